@@ -1,0 +1,68 @@
+"""Agent cards: what an agent is for, where its knowledge lives and how it talks to its LLM."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+class LLMConfig(BaseModel):
+    """Per-agent LLM settings; `None` means the service-wide default from settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Literal["extractive", "openai"] | None = None
+    """Which LLM port implementation answers for this agent."""
+    model: str | None = None
+    """Chat model name for the `openai` backend."""
+    temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+    """Sampling temperature."""
+    max_tokens: int = Field(default=400, ge=1, le=32_000)
+    """Longest answer in tokens."""
+    system_prompt: str = "You answer questions using only the provided passages and cite them as [n]."
+    """System prompt: the agent's specialisation in words."""
+
+
+class RetrievalConfig(BaseModel):
+    """How the agent searches its knowledge collection."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    top_k: int | None = Field(default=None, ge=1, le=50)
+    """Passages to retrieve; `None` uses the service default."""
+    min_score: float = Field(default=0.2, ge=-1.0, le=1.0)
+    """Passages with a lower cosine similarity are not used."""
+
+
+class AgentCard(BaseModel):
+    """One worker agent. Cards are loaded from YAML and announced with `AgentCreated` events."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    """Stable id, also the Kafka key of the agent's tasks (lower case, digits, `-`, `_`)."""
+    description: str = Field(min_length=1)
+    """One or two sentences on what the agent knows; the router embeds it."""
+    examples: tuple[str, ...] = ()
+    """Typical requests; the router embeds them too."""
+    domain: str | None = None
+    """Domain label of the agent's knowledge (defaults to the name)."""
+    collection: str | None = None
+    """Knowledge collection the agent retrieves from (defaults to the name)."""
+    llm: LLMConfig = LLMConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("agent names are lower case letters, digits, '-' or '_' and start with a letter")
+        return value
+
+    @property
+    def knowledge_collection(self) -> str:
+        return self.collection or self.name

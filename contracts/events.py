@@ -1,0 +1,306 @@
+"""Every fact Smolit records, as frozen, versioned pydantic models.
+
+Each event carries the envelope fields (`event_id`, `type`, `schema_version`, `occurred_at`, `correlation_id`,
+`causation_id`, `producer`) followed by its payload fields. `type` is a stable string literal, never an import path.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .agents import AgentCard
+
+
+E = TypeVar("E", bound="Event")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """Envelope shared by all events."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    event_id: UUID = Field(default_factory=uuid4)
+    """Unique id; consumers dedupe by it."""
+    schema_version: int = 1
+    """Version of this event's payload; older versions are upcast on read."""
+    occurred_at: datetime = Field(default_factory=_now)
+    """When the producer recorded the fact (UTC)."""
+    correlation_id: UUID
+    """The user request this event belongs to (for requests: their own id)."""
+    causation_id: UUID | None = None
+    """The event that caused this one."""
+    producer: str = "smolit"
+    """Service that produced the event."""
+
+    def caused(self, event_cls: type[E], /, producer: str, **payload: Any) -> E:
+        """Build the next event in this chain: same correlation id, causation = this event."""
+        return event_cls(
+            correlation_id=self.correlation_id, causation_id=self.event_id, producer=producer, **payload
+        )
+
+
+# ---- requests, routing, tasks ------------------------------------------------------------------------------
+
+
+class RequestReceived(Event):
+    type: Literal["RequestReceived"] = "RequestReceived"
+    conversation_id: str = Field(min_length=1, max_length=200)
+    """Conversation the request belongs to (Kafka key of the requests topic)."""
+    text: str = Field(min_length=1)
+    """The user's request."""
+    user: str | None = None
+    """Who asked, when known."""
+    agent: str | None = None
+    """Ask this agent directly instead of routing."""
+
+    @property
+    def request_id(self) -> UUID:
+        return self.correlation_id
+
+
+class RoutingDecided(Event):
+    type: Literal["RoutingDecided"] = "RoutingDecided"
+    agent: str
+    """Chosen agent."""
+    scores: dict[str, float]
+    """Score of every agent considered."""
+    score: float
+    """Score of the chosen agent."""
+    model_version: str
+    """Scorer that decided (e.g. `similarity-v1` or a registry version)."""
+    low_confidence: bool = False
+    """No specialised agent reached the threshold; the fallback took it."""
+    exploration: bool = False
+    """The choice was an exploration step, not the argmax."""
+    propensity: float = 1.0
+    """Probability with which the policy chose this agent."""
+    latency_ms: float
+    """Routing time for this request (embedding share included)."""
+    embedding: str
+    """Request embedding (contracts.vectors wire form), computed once by the router."""
+
+
+class TaskAssigned(Event):
+    type: Literal["TaskAssigned"] = "TaskAssigned"
+    agent: str
+    """Agent that must answer (Kafka key of the tasks topic)."""
+    text: str
+    """The request text."""
+    conversation_id: str
+    embedding: str
+    """Request embedding, so agents never re-embed."""
+    deadline: datetime | None = None
+    """After this the answer is no longer awaited."""
+
+
+class SubqueryRequested(Event):
+    type: Literal["SubqueryRequested"] = "SubqueryRequested"
+    from_agent: str
+    agent: str
+    """Agent asked (Kafka key of the subqueries topic)."""
+    text: str
+    parent_event_id: UUID
+    """Task or subquery that asked."""
+    depth: int = Field(ge=1)
+    deadline: datetime | None = None
+    budget: int = Field(default=1, ge=0)
+    """How many further subqueries the answer may spend."""
+
+
+# ---- answers -----------------------------------------------------------------------------------------------
+
+
+class Source(BaseModel):
+    """A knowledge passage an answer used."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    chunk_id: int
+    source: str
+    """Where the document came from (path, URL or dataset row)."""
+    title: str | None = None
+    score: float
+    """Cosine similarity of the passage to the request."""
+    snippet: str
+    """Start of the passage, for display."""
+
+
+class AnswerProduced(Event):
+    type: Literal["AnswerProduced"] = "AnswerProduced"
+    agent: str
+    answer: str
+    sources: tuple[Source, ...] = ()
+    backend: str
+    """LLM backend that wrote the answer."""
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float
+    """Agent time from task receipt to answer."""
+
+
+class SubqueryAnswered(Event):
+    type: Literal["SubqueryAnswered"] = "SubqueryAnswered"
+    agent: str
+    subquery_event_id: UUID
+    answer: str
+    sources: tuple[Source, ...] = ()
+    latency_ms: float
+
+
+class TaskFailed(Event):
+    type: Literal["TaskFailed"] = "TaskFailed"
+    agent: str
+    reason: str
+    """Human-readable cause."""
+    retryable: bool = False
+
+
+# ---- feedback, metrics, learning ---------------------------------------------------------------------------
+
+
+class FeedbackGiven(Event):
+    type: Literal["FeedbackGiven"] = "FeedbackGiven"
+    rating: int = Field(ge=-1, le=5)
+    """-1/+1 thumbs, or 1–5 stars."""
+    comment: str | None = None
+    user: str | None = None
+
+
+class AgentMetricsWindow(Event):
+    type: Literal["AgentMetricsWindow"] = "AgentMetricsWindow"
+    agent: str
+    window_start: datetime
+    window_end: datetime
+    requests: int = 0
+    answers: int = 0
+    failures: int = 0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    feedback_count: int = 0
+    mean_rating: float | None = None
+    negative_rate: float | None = None
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class TrainingExample(Event):
+    type: Literal["TrainingExample"] = "TrainingExample"
+    text: str
+    embedding: str
+    agent: str
+    scores: dict[str, float]
+    rating: int | None = None
+    failed: bool = False
+    latency_ms: float | None = None
+    propensity: float = 1.0
+
+
+class RouterModelPromoted(Event):
+    type: Literal["RouterModelPromoted"] = "RouterModelPromoted"
+    registry_name: str
+    version: str
+    alias: str = "champion"
+
+
+class RolledBack(Event):
+    type: Literal["RolledBack"] = "RolledBack"
+    registry_name: str
+    version: str
+    """Version restored."""
+    from_version: str
+    reason: str
+
+
+class AgentCreated(Event):
+    type: Literal["AgentCreated"] = "AgentCreated"
+    card: AgentCard
+
+
+class AgentUpdated(Event):
+    type: Literal["AgentUpdated"] = "AgentUpdated"
+    card: AgentCard
+
+
+class AgentFlagged(Event):
+    type: Literal["AgentFlagged"] = "AgentFlagged"
+    agent: str
+    reason: str
+    evidence: dict[str, float] = Field(default_factory=dict)
+
+
+class AgentRetired(Event):
+    type: Literal["AgentRetired"] = "AgentRetired"
+    agent: str
+    reason: str
+
+
+class DeadLetter(Event):
+    type: Literal["DeadLetter"] = "DeadLetter"
+    error: str
+    """Why the message could not be processed."""
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    consumer_group: str
+    raw_value: str | None
+    """Original value, base64."""
+    raw_key: str | None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+AnyEvent = Annotated[
+    RequestReceived
+    | RoutingDecided
+    | TaskAssigned
+    | SubqueryRequested
+    | AnswerProduced
+    | SubqueryAnswered
+    | TaskFailed
+    | FeedbackGiven
+    | AgentMetricsWindow
+    | TrainingExample
+    | RouterModelPromoted
+    | RolledBack
+    | AgentCreated
+    | AgentUpdated
+    | AgentFlagged
+    | AgentRetired
+    | DeadLetter,
+    Field(discriminator="type"),
+]
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        RequestReceived,
+        RoutingDecided,
+        TaskAssigned,
+        SubqueryRequested,
+        AnswerProduced,
+        SubqueryAnswered,
+        TaskFailed,
+        FeedbackGiven,
+        AgentMetricsWindow,
+        TrainingExample,
+        RouterModelPromoted,
+        RolledBack,
+        AgentCreated,
+        AgentUpdated,
+        AgentFlagged,
+        AgentRetired,
+        DeadLetter,
+    )
+}

