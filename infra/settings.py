@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     # --- Kafka -------------------------------------------------------------------------------------
     kafka_bootstrap: str | None = None
     """External Kafka bootstrap servers (`host:port,...`). Unset: start the embedded Tansu broker."""
+    kafka_profile: Literal["auto", "tansu", "kafka"] = "auto"
+    """Client profile: `tansu` applies the embedded-broker workarounds; `auto` = tansu when no bootstrap is set."""
     kafka_storage: Literal["s3", "memory"] = "s3"
     """Embedded broker storage: durable `s3` (local SeaweedFS under data_dir) or `memory` (tests)."""
     kafka_port: int = 0
@@ -89,6 +91,8 @@ class Settings(BaseSettings):
     """How long `POST /v1/requests` waits for the answer before answering 504."""
     max_request_chars: int = 4000
     """Longest request text accepted (longer: HTTP 413)."""
+    gateway_instance: str = "0"
+    """Name of this gateway instance; each instance reads every answer under its own consumer group."""
     router_metrics_port: int = 0
     """Prometheus port of the router process; 0 picks a free one."""
     agents_metrics_port: int = 0
@@ -109,6 +113,10 @@ class Settings(BaseSettings):
     @property
     def embedded_broker(self) -> bool:
         return self.kafka_bootstrap is None
+
+    @property
+    def tansu_profile(self) -> bool:
+        return self.kafka_profile == "tansu" or (self.kafka_profile == "auto" and self.embedded_broker)
 
     @property
     def embedded_database(self) -> bool:

@@ -1,0 +1,7 @@
+"""Router: agent cards, similarity scoring, the decision policy and the routing service."""
+
+from .policy import Decision, NoAgents, decide
+from .scoring import SimilarityScorer
+from .service import Router, RouterMetrics, UnexpectedEvent
+
+__all__ = ["Decision", "NoAgents", "Router", "RouterMetrics", "SimilarityScorer", "UnexpectedEvent", "decide"]

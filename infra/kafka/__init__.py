@@ -1,0 +1,24 @@
+"""Kafka adapters: client profiles, the event producer, the one consumer loop, dedupe and topic admin."""
+
+from .admin import BrokerUnreachable, check_broker, ensure_topics
+from .consumer import ConsumerLoop, Handler, LoopConfig, RetryableError
+from .dedupe import Deduper, MemoryDeduper, PostgresDeduper
+from .producer import EventProducer, Outgoing, ProduceError
+from .profile import KafkaProfile
+
+__all__ = [
+    "BrokerUnreachable",
+    "ConsumerLoop",
+    "Deduper",
+    "EventProducer",
+    "Handler",
+    "KafkaProfile",
+    "LoopConfig",
+    "MemoryDeduper",
+    "Outgoing",
+    "PostgresDeduper",
+    "ProduceError",
+    "RetryableError",
+    "check_broker",
+    "ensure_topics",
+]

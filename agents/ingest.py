@@ -1,0 +1,115 @@
+"""Knowledge ingestion: text in, chunks + embeddings + metadata stored; unchanged content is skipped."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from smolit.infra.knowledge import Document, KnowledgeStore, UpsertResult
+
+from .chunking import chunk_text
+
+TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".rst"})
+
+
+class TextEmbedder(Protocol):
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class RawDocument:
+    source: str
+    text: str
+    title: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Ingestor:
+    """Chunks, embeds and stores documents for one collection at a time."""
+
+    def __init__(self, store: KnowledgeStore, embedder: TextEmbedder, max_chars: int = 900) -> None:
+        self._store = store
+        self._embedder = embedder
+        self._max_chars = max_chars
+
+    def ingest(self, collection: str, doc: RawDocument, domain: str | None = None) -> UpsertResult:
+        return self.ingest_all(collection, [doc], domain).most_common(1)[0][0]  # type: ignore[return-value]
+
+    def ingest_all(
+        self,
+        collection: str,
+        docs: Iterable[RawDocument],
+        domain: str | None = None,
+        batch_docs: int = 64,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Counter[str]:
+        """Ingest documents, embedding the chunks of up to `batch_docs` documents in one call."""
+        counts: Counter[str] = Counter()
+        batch: list[tuple[RawDocument, str, list[str]]] = []
+
+        def flush() -> None:
+            texts = [chunk for _, _, chunks in batch for chunk in chunks]
+            vectors = self._embedder.embed(texts)
+            offset = 0
+            for doc, digest, chunks in batch:
+                counts[self._store.upsert(_document(collection, doc, digest, chunks,
+                                                    vectors[offset:offset + len(chunks)], domain))] += 1
+                offset += len(chunks)
+            if on_progress:
+                on_progress(len(batch))
+            batch.clear()
+
+        for doc in docs:
+            digest = content_hash(doc.text)
+            if self._store.stored_hash(collection, doc.source) == digest:
+                counts["unchanged"] += 1  # checked before embedding: a re-ingest costs a query, not an encode
+                if on_progress:
+                    on_progress(1)
+                continue
+            chunks = chunk_text(doc.text, self._max_chars)
+            if not chunks:
+                raise ValueError(f"{doc.source}: no text to ingest")
+            batch.append((doc, digest, chunks))
+            if len(batch) >= batch_docs:
+                flush()
+        if batch:
+            flush()
+        return counts
+
+
+def _document(
+    collection: str, doc: RawDocument, digest: str, chunks: list[str], vectors: np.ndarray, domain: str | None
+) -> Document:
+    return Document(
+        collection=collection,
+        source=doc.source,
+        content_hash=digest,
+        chunks=chunks,
+        embeddings=vectors,
+        title=doc.title,
+        domain=domain or collection,
+        metadata=doc.metadata or {},
+    )
+
+
+def read_text_files(path: Path) -> Iterator[RawDocument]:
+    """A text/markdown file, or every such file under a folder (sorted), as raw documents."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if file.suffix.lower() not in TEXT_SUFFIXES:
+            if path.is_file():
+                raise ValueError(f"{file}: unsupported file type {file.suffix!r} (use {sorted(TEXT_SUFFIXES)})")
+            continue
+        text = file.read_text(encoding="utf-8", errors="replace")
+        title = next((line.lstrip("# ").strip() for line in text.splitlines() if line.strip()), file.stem)
+        yield RawDocument(source=str(file.resolve()), text=text, title=title[:200], metadata={"path": str(file)})

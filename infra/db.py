@@ -1,0 +1,107 @@
+"""PostgreSQL access: one pool per process, pgvector registered, schema migrations applied in order."""
+
+from __future__ import annotations
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg_pool import ConnectionPool
+
+EMBEDDING_DIM = 384
+
+
+class DatabaseUnreachable(RuntimeError):
+    """The database URL does not answer."""
+
+
+#: Ordered, append-only migrations. Never edit a released step; add a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE EXTENSION IF NOT EXISTS vector;
+    CREATE TABLE documents (
+        id           bigserial PRIMARY KEY,
+        collection   text NOT NULL,
+        source       text NOT NULL,
+        title        text,
+        domain       text,
+        content_hash text NOT NULL,
+        metadata     jsonb NOT NULL DEFAULT '{}',
+        ingested_at  timestamptz NOT NULL DEFAULT now(),
+        UNIQUE (collection, source)
+    );
+    CREATE TABLE chunks (
+        id          bigserial PRIMARY KEY,
+        document_id bigint NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        collection  text NOT NULL,
+        chunk_index int NOT NULL,
+        text        text NOT NULL,
+        embedding   vector(384) NOT NULL
+    );
+    CREATE INDEX chunks_collection_idx ON chunks (collection);
+    CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops);
+    CREATE TABLE processed_events (
+        consumer_group text NOT NULL,
+        event_id       uuid NOT NULL,
+        processed_at   timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (consumer_group, event_id)
+    );
+    CREATE TABLE requests (
+        request_id      uuid PRIMARY KEY,
+        conversation_id text NOT NULL,
+        text            text NOT NULL,
+        created_at      timestamptz NOT NULL DEFAULT now(),
+        answered_at     timestamptz,
+        outcome         jsonb
+    );
+    CREATE TABLE service_heartbeats (
+        service   text NOT NULL,
+        instance  text NOT NULL,
+        pid       int NOT NULL,
+        last_seen timestamptz NOT NULL DEFAULT now(),
+        info      jsonb NOT NULL DEFAULT '{}',
+        PRIMARY KEY (service, instance)
+    );
+    """,
+)
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    register_vector(conn)
+
+
+def open_pool(url: str, max_size: int = 8, timeout_s: float = 10.0) -> ConnectionPool:
+    """Open a pool with pgvector registered; raises DatabaseUnreachable with the address when it cannot connect."""
+    check_database(url, timeout_s)
+    pool = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        configure=_configure,
+        kwargs={"autocommit": True},
+        open=False,
+    )
+    pool.open(wait=True, timeout=timeout_s)
+    return pool
+
+
+def check_database(url: str, timeout_s: float = 5.0) -> None:
+    try:
+        with psycopg.connect(url, connect_timeout=max(1, int(timeout_s))) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnreachable(str(exc).strip().splitlines()[0]) from exc
+
+
+def migrate(url: str) -> int:
+    """Apply pending migrations in one transaction each; returns the schema version. Safe to run concurrently."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY)")
+        for version, sql in enumerate(MIGRATIONS, start=1):
+            with conn.transaction():
+                # An advisory lock serialises concurrent starters; the version row makes each step run once.
+                conn.execute("SELECT pg_advisory_xact_lock(4242)")
+                done = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (version,)).fetchone()
+                if done:
+                    continue
+                conn.execute(sql)
+                conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+        return len(MIGRATIONS)

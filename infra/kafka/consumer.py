@@ -1,0 +1,236 @@
+"""The one consumer loop: decode → dedupe → handle → produce → mark processed → commit.
+
+Policy, in one place:
+- undecodable or schema-invalid messages go to the dead-letter topic with the reason (`DecodeError`);
+- a handler raising `RetryableError` is retried with exponential backoff, a bounded number of times, then the
+  messages go to the dead-letter topic;
+- any other handler exception is isolated to its message (the batch is re-run one message at a time) and that
+  message is dead-lettered; the rest are still processed;
+- outputs are flushed to the broker before the input offsets are committed (at-least-once), and processed event ids
+  are recorded so a redelivered event is handled once.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from uuid import UUID, uuid4
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from smolit.contracts import DeadLetter, DecodeError, Event, Topic, decode
+from smolit.contracts.serde import HEADER_EVENT_ID
+
+from ..metrics import ConsumerMetrics
+from .dedupe import Deduper
+from .producer import EventProducer, Outgoing, ProduceError
+
+log = structlog.get_logger("smolit.consumer")
+
+Handler = Callable[[Sequence[Event]], Sequence[Outgoing]]
+"""Handles a batch of events and returns what to publish. Pure with respect to Kafka: it never produces."""
+
+
+class RetryableError(Exception):
+    """A transient failure (database down, LLM timeout): retry the batch with backoff."""
+
+
+@dataclass
+class LoopConfig:
+    group: str
+    topics: list[str]
+    batch_size: int = 64
+    poll_timeout_s: float = 0.05
+    max_attempts: int = 4
+    backoff_s: float = 0.2
+    dedupe: bool = True
+
+
+@dataclass
+class _Batch:
+    events: list[tuple[Message, Event]] = field(default_factory=list)
+    outputs: list[Outgoing] = field(default_factory=list)
+    dead: list[tuple[Message, str]] = field(default_factory=list)
+
+
+class ConsumerLoop:
+    """Runs a batch handler over a consumer group until `stop()`."""
+
+    def __init__(
+        self,
+        consumer_config: dict[str, object],
+        config: LoopConfig,
+        handler: Handler,
+        producer: EventProducer,
+        deduper: Deduper | None,
+        metrics: ConsumerMetrics,
+    ) -> None:
+        self.config = config
+        self._consumer_config = consumer_config
+        self._handler = handler
+        self._producer = producer
+        self._deduper = deduper if config.dedupe else None
+        self._metrics = metrics
+        self._stop = threading.Event()
+        self.assigned = threading.Event()
+        """Set once the group has given this member its partitions (Tansu joins take seconds)."""
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        consumer = Consumer(self._consumer_config)
+        consumer.subscribe(self.config.topics, on_assign=self._on_assign)
+        log.info("consumer started", group=self.config.group, topics=self.config.topics)
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(self.config.batch_size, self.config.poll_timeout_s)
+                records = [m for m in messages if not self._is_event_error(m)]
+                if records:
+                    self._process_and_commit(consumer, records)
+        finally:
+            consumer.close()
+            log.info("consumer stopped", group=self.config.group)
+
+    def start_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name=f"consumer-{self.config.group}", daemon=True)
+        thread.start()
+        return thread
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned.set()
+
+    def _is_event_error(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return False
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error", group=self.config.group, error=err.str())
+        return True
+
+    # ---- one batch ----------------------------------------------------------------------------------------
+
+    def _process_and_commit(self, consumer: Consumer, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        batch = self.process(messages)
+        self._publish(batch)
+        if self._deduper is not None and batch.events:
+            self._deduper.mark(self.config.group, [e.event_id for _, e in batch.events])
+        consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
+        self._metrics.batch_seconds.labels(self.config.group).observe(time.perf_counter() - started)
+
+    def process(self, messages: list[Message]) -> _Batch:
+        """Decode, dedupe and handle a batch; returns outputs and dead letters (nothing is produced yet)."""
+        batch = _Batch()
+        fresh: list[tuple[Message, Event]] = []
+        for msg in messages:
+            self._metrics.consumed.labels(self.config.group, msg.topic()).inc()
+            try:
+                fresh.append((msg, decode(msg.value())))
+            except DecodeError as exc:
+                batch.dead.append((msg, f"undecodable: {exc}"))
+        fresh = self._drop_duplicates(fresh)
+        batch.events = fresh
+        if fresh:
+            self._handle(fresh, batch)
+        return batch
+
+    def _drop_duplicates(self, items: list[tuple[Message, Event]]) -> list[tuple[Message, Event]]:
+        if self._deduper is None or not items:
+            return items
+        seen = self._deduper.seen(self.config.group, [e.event_id for _, e in items])
+        unique: list[tuple[Message, Event]] = []
+        for msg, event in items:
+            if event.event_id in seen:
+                self._metrics.duplicates.labels(self.config.group).inc()
+                log.info("duplicate skipped", group=self.config.group, event_id=str(event.event_id))
+                continue
+            seen.add(event.event_id)  # also drops a duplicate inside the same batch
+            unique.append((msg, event))
+        return unique
+
+    def _handle(self, items: list[tuple[Message, Event]], batch: _Batch) -> None:
+        try:
+            batch.outputs.extend(self._call_with_retry([e for _, e in items]))
+        except RetryError as exc:
+            reason = f"gave up after {self.config.max_attempts} attempts: {exc.last_attempt.exception()}"
+            batch.dead.extend((msg, reason) for msg, _ in items)
+        except Exception as exc:
+            if len(items) == 1:
+                log.warning("handler failed", group=self.config.group, error=repr(exc))
+                batch.dead.append((items[0][0], f"handler error: {exc!r}"))
+                return
+            for item in items:  # isolate the poison message: run the rest one by one
+                self._handle([item], batch)
+
+    def _call_with_retry(self, events: list[Event]) -> Sequence[Outgoing]:
+        for attempt in Retrying(
+            retry=retry_if_exception_type(RetryableError),
+            stop=stop_after_attempt(self.config.max_attempts),
+            wait=wait_exponential(multiplier=self.config.backoff_s, max=10),
+            before_sleep=lambda _: self._metrics.retries.labels(self.config.group).inc(),
+        ):
+            with attempt:
+                return self._handler(events)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _publish(self, batch: _Batch) -> None:
+        for out in batch.outputs:
+            self._producer.send(out)
+            self._metrics.produced.labels(out.topic.value).inc()
+        for msg, reason in batch.dead:
+            self._producer.send(_dead_letter(msg, reason, self.config.group))
+            self._metrics.dead_letters.labels(self.config.group, msg.topic()).inc()
+            log.warning("dead-lettered", group=self.config.group, topic=msg.topic(), offset=msg.offset(),
+                        reason=reason)
+        for attempt in Retrying(
+            retry=retry_if_exception_type(ProduceError),
+            wait=wait_exponential(multiplier=self.config.backoff_s, max=5),
+            stop=stop_after_attempt(self.config.max_attempts),
+            reraise=True,
+        ):
+            with attempt:
+                self._producer.flush()
+
+
+def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
+    latest: dict[tuple[str, int], int] = {}
+    for msg in messages:
+        key = (msg.topic(), msg.partition())
+        latest[key] = max(latest.get(key, -1), msg.offset())
+    return [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
+
+
+def _dead_letter(msg: Message, reason: str, group: str) -> Outgoing:
+    raw_key = msg.key()
+    headers = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)) for k, v in msg.headers() or []}
+    value = msg.value()
+    event = DeadLetter(
+        correlation_id=_correlation(headers),
+        producer=group,
+        error=reason[:2000],
+        source_topic=msg.topic(),
+        source_partition=msg.partition(),
+        source_offset=msg.offset(),
+        consumer_group=group,
+        raw_value=base64.b64encode(value).decode() if value is not None else None,
+        raw_key=base64.b64encode(raw_key).decode() if raw_key is not None else None,
+        headers=headers,
+    )
+    key = raw_key.decode("utf-8", "replace") if raw_key else str(event.event_id)
+    return Outgoing(Topic.DLQ, key, event)
+
+
+def _correlation(headers: dict[str, str]) -> UUID:
+    """The poison message's own event id when its headers carry one, else a fresh id."""
+    try:
+        return UUID(headers.get(HEADER_EVENT_ID, ""))
+    except ValueError:
+        return uuid4()

@@ -1,0 +1,114 @@
+"""Knowledge store on pgvector: documents, their chunks and embeddings, searched per collection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+UpsertResult = Literal["added", "replaced", "unchanged"]
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document to ingest, already chunked and embedded."""
+
+    collection: str
+    source: str
+    content_hash: str
+    chunks: Sequence[str]
+    embeddings: np.ndarray
+    title: str | None = None
+    domain: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: int
+    text: str
+    score: float
+    """Cosine similarity (1 - cosine distance)."""
+    source: str
+    title: str | None
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    collection: str
+    documents: int
+    chunks: int
+
+
+class KnowledgeStore:
+    """Documents and chunk embeddings in PostgreSQL; search uses the HNSW cosine index."""
+
+    def __init__(self, pool: ConnectionPool, ef_search: int = 64) -> None:
+        self._pool = pool
+        self._ef_search = ef_search
+
+    def stored_hash(self, collection: str, source: str) -> str | None:
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT content_hash FROM documents WHERE collection = %s AND source = %s", (collection, source)
+            ).fetchone()
+        return row[0] if row else None
+
+    def upsert(self, doc: Document) -> UpsertResult:
+        """Store a document; same content again is a no-op, changed content replaces its chunks."""
+        if len(doc.chunks) != len(doc.embeddings):
+            raise ValueError("every chunk needs exactly one embedding")
+        with self._pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT id, content_hash FROM documents WHERE collection = %s AND source = %s FOR UPDATE",
+                (doc.collection, doc.source),
+            ).fetchone()
+            if row and row[1] == doc.content_hash:
+                return "unchanged"
+            if row:
+                conn.execute("DELETE FROM documents WHERE id = %s", (row[0],))
+            (doc_id,) = conn.execute(
+                "INSERT INTO documents (collection, source, title, domain, content_hash, metadata)"
+                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                (doc.collection, doc.source, doc.title, doc.domain, doc.content_hash, Jsonb(doc.metadata)),
+            ).fetchone()
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO chunks (document_id, collection, chunk_index, text, embedding)"
+                    " VALUES (%s, %s, %s, %s, %s)",
+                    [
+                        (doc_id, doc.collection, i, text, np.asarray(vec, dtype=np.float32))
+                        for i, (text, vec) in enumerate(zip(doc.chunks, doc.embeddings, strict=True))
+                    ],
+                )
+        return "replaced" if row else "added"
+
+    def search(self, collection: str, embedding: np.ndarray, k: int, min_score: float = -1.0) -> list[Hit]:
+        """Top-k chunks of one collection by cosine similarity, best first."""
+        vec = np.asarray(embedding, dtype=np.float32)
+        with self._pool.connection() as conn, conn.transaction():
+            # Iterative scans keep HNSW results complete when the collection filter removes candidates.
+            conn.execute(
+                "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true)",
+                (str(self._ef_search), "relaxed_order"),
+            )
+            rows = conn.execute(
+                "SELECT c.id, c.text, 1 - (c.embedding <=> %s) AS score, d.source, d.title"
+                " FROM chunks c JOIN documents d ON d.id = c.document_id"
+                " WHERE c.collection = %s ORDER BY c.embedding <=> %s LIMIT %s",
+                (vec, collection, vec, k),
+            ).fetchall()
+        hits = [Hit(chunk_id=r[0], text=r[1], score=float(r[2]), source=r[3], title=r[4]) for r in rows]
+        return sorted((h for h in hits if h.score >= min_score), key=lambda h: -h.score)
+
+    def stats(self) -> list[CollectionStats]:
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT d.collection, count(DISTINCT d.id), count(c.id) FROM documents d"
+                " LEFT JOIN chunks c ON c.document_id = d.id GROUP BY d.collection ORDER BY d.collection"
+            ).fetchall()
+        return [CollectionStats(collection=r[0], documents=r[1], chunks=r[2]) for r in rows]

@@ -1,0 +1,3 @@
+from smolit.cli import main
+
+main()

@@ -1,0 +1,235 @@
+"""Process wiring for one service: router, agents or gateway (`smolit run SERVICE`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+from prometheus_client import CollectorRegistry
+from psycopg_pool import ConnectionPool
+
+from smolit.contracts import Topic, TopicNames
+from smolit.infra.cards import load_cards
+from smolit.infra.db import open_pool
+from smolit.infra.heartbeat import Heartbeat
+from smolit.infra.kafka import (
+    ConsumerLoop,
+    EventProducer,
+    Handler,
+    KafkaProfile,
+    LoopConfig,
+    PostgresDeduper,
+    check_broker,
+)
+from smolit.infra.logging import configure_logging
+from smolit.infra.metrics import ConsumerMetrics, serve_metrics
+from smolit.infra.settings import Settings
+
+from .errors import SetupError
+
+Service = Literal["router", "agents", "gateway"]
+SERVICES: tuple[Service, ...] = ("router", "agents", "gateway")
+log = structlog.get_logger("smolit.services")
+
+
+@dataclass
+class Wiring:
+    """What every service process shares: settings, broker profile, producer, pool, metrics registry."""
+
+    settings: Settings
+    profile: KafkaProfile
+    topics: TopicNames
+    producer: EventProducer
+    pool: ConnectionPool
+    registry: CollectorRegistry
+    consumer_metrics: ConsumerMetrics
+    instance: str
+
+    def loop(self, group: str, topics: list[Topic], handler: Handler, *, dedupe: bool = True,
+             offset_reset: str = "earliest") -> ConsumerLoop:
+        return ConsumerLoop(
+            self.profile.consumer(group, offset_reset=offset_reset),
+            LoopConfig(
+                group=group,
+                topics=[self.topics(t) for t in topics],
+                batch_size=self.settings.consumer_batch_size,
+                max_attempts=self.settings.consumer_max_attempts,
+                backoff_s=self.settings.consumer_backoff_s,
+                dedupe=dedupe,
+            ),
+            handler,
+            self.producer,
+            PostgresDeduper(self.pool),
+            self.consumer_metrics,
+        )
+
+
+def limit_threads(threads: int) -> None:
+    """One compute pool per process, sized on purpose (must run before numpy/onnxruntime start their pools)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+
+
+@contextmanager
+def wiring(settings: Settings, service: str) -> Iterator[Wiring]:
+    bootstrap = settings.kafka_bootstrap
+    if bootstrap is None or settings.database_url is None:
+        raise SetupError(
+            f"`smolit run {service}` needs SMOLIT_KAFKA_BOOTSTRAP and SMOLIT_DATABASE_URL"
+            " (or use `smolit up`, which starts the embedded broker and database)"
+        )
+    profile = KafkaProfile(bootstrap, embedded=settings.tansu_profile)
+    try:
+        check_broker(profile.admin(), timeout_s=10)
+    except Exception as exc:
+        raise SetupError(f"Kafka broker at {bootstrap} is not reachable (setting SMOLIT_KAFKA_BOOTSTRAP)") from exc
+    try:
+        pool = open_pool(settings.database_url, settings.db_pool_max)
+    except Exception as exc:
+        raise SetupError(
+            f"database at {_redact(settings.database_url)} is not reachable (setting SMOLIT_DATABASE_URL): {exc}"
+        ) from exc
+    producer = EventProducer(profile.producer(), TopicNames(settings.topic_prefix))
+    registry = CollectorRegistry()
+    instance = f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        yield Wiring(settings, profile, TopicNames(settings.topic_prefix), producer, pool, registry,
+                     ConsumerMetrics.create(registry), instance)
+    finally:
+        producer.close()
+        pool.close()
+
+
+def run_service(service: Service, settings: Settings) -> None:
+    """Run one service until SIGINT/SIGTERM."""
+    configure_logging(settings.log_level, settings.log_json)
+    limit_threads(settings.threads)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with wiring(settings, service) as w:
+        runner: Callable[[Wiring, threading.Event], None] = {
+            "router": _run_router, "agents": _run_agents, "gateway": _run_gateway
+        }[service]
+        structlog.contextvars.bind_contextvars(service=service)
+        runner(w, stop)
+
+
+def _run_consumers(w: Wiring, service: str, loops: list[ConsumerLoop], stop: threading.Event, port: int) -> None:
+    bound = serve_metrics(w.registry, w.settings.host, port)
+    heartbeat = Heartbeat(w.pool, service, w.instance)
+    heartbeat.info = {"metrics_port": bound}
+    threads = [loop.start_thread() for loop in loops]
+    for loop in loops:
+        loop.assigned.wait(30)
+    heartbeat.start()
+    log.info("service ready", metrics_port=bound)
+    try:
+        while not stop.wait(0.5):
+            if not all(t.is_alive() for t in threads):
+                raise SetupError(f"{service}: a consumer loop stopped unexpectedly (see the log above)")
+    finally:
+        heartbeat.stop()
+        for loop in loops:
+            loop.stop()
+        for thread in threads:
+            thread.join(15)
+
+
+def _run_router(w: Wiring, stop: threading.Event) -> None:
+    from smolit.infra.embedder import build_embedder
+    from smolit.router import Router, RouterMetrics
+
+    router = Router(
+        load_cards(w.settings.agents_dir),
+        build_embedder(w.settings),
+        fallback=w.settings.fallback_agent,
+        threshold=w.settings.route_threshold,
+        metrics=RouterMetrics.create(w.registry),
+    )
+    loop = w.loop("smolit-router", [Topic.REQUESTS], router.handle)
+    _run_consumers(w, "router", [loop], stop, w.settings.router_metrics_port)
+
+
+def _run_agents(w: Wiring, stop: threading.Event) -> None:
+    from smolit.agents import AgentMetrics, AgentRuntime
+    from smolit.infra.knowledge import KnowledgeStore
+    from smolit.infra.llm import build_llms
+
+    runtime = AgentRuntime(
+        load_cards(w.settings.agents_dir),
+        KnowledgeStore(w.pool, w.settings.hnsw_ef_search),
+        build_llms(w.settings),
+        default_backend=w.settings.llm_backend,
+        default_top_k=w.settings.retrieval_top_k,
+        metrics=AgentMetrics.create(w.registry),
+    )
+    loop = w.loop("smolit-agents", [Topic.TASKS], runtime.handle)
+    _run_consumers(w, "agents", [loop], stop, w.settings.agents_metrics_port)
+
+
+def _run_gateway(w: Wiring, stop: threading.Event) -> None:
+    import uvicorn
+
+    from smolit.gateway import AnswerProjection, GatewayDeps, PendingRequests, create_app
+
+    pending = PendingRequests()
+    # Each gateway instance must see every answer, so its group is its own; committed offsets let it resume.
+    group = f"smolit-gateway-{w.settings.gateway_instance}"
+    loop = w.loop(group, [Topic.DECISIONS, Topic.ANSWERS], AnswerProjection(w.pool, pending).handle, dedupe=False)
+    app = create_app(
+        GatewayDeps(
+            producer=w.producer,
+            pool=w.pool,
+            pending=pending,
+            cards=load_cards(w.settings.agents_dir),
+            registry=w.registry,
+            broker_check=lambda: _check_broker_quickly(w.profile),
+            request_timeout_s=w.settings.request_timeout_s,
+            max_request_chars=w.settings.max_request_chars,
+        )
+    )
+    thread = loop.start_thread()
+    loop.assigned.wait(30)
+    poller = threading.Thread(target=_poll_forever, args=(w.producer, stop), name="producer-poll", daemon=True)
+    poller.start()
+    heartbeat = Heartbeat(w.pool, "gateway", w.instance)
+    heartbeat.start()
+    config = uvicorn.Config(app, host=w.settings.host, port=w.settings.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    watcher = threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True)
+    watcher.start()
+    log.info("gateway ready", url=f"http://{w.settings.host}:{w.settings.port}")
+    try:
+        server.run()
+    finally:
+        stop.set()
+        heartbeat.stop()
+        loop.stop()
+        thread.join(15)
+
+
+def _check_broker_quickly(profile: KafkaProfile) -> None:
+    check_broker(profile.admin(), timeout_s=3)
+
+
+def _poll_forever(producer: EventProducer, stop: threading.Event) -> None:
+    while not stop.is_set():
+        producer.poll(0.1)
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL for error messages."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}@{host}"

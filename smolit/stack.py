@@ -1,0 +1,207 @@
+"""The whole system in one supervisor: embedded broker and database (unless external), then the services."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from smolit.contracts import TopicNames
+from smolit.infra.db import migrate
+from smolit.infra.embedded import EmbeddedBroker, EmbeddedPostgres, EmbeddedStartError, free_port
+from smolit.infra.kafka import KafkaProfile, ensure_topics
+from smolit.infra.settings import Settings
+
+from .errors import SetupError
+from .services import SERVICES
+
+Step = Callable[[str], None]
+"""Called with a short description as each start-up step begins."""
+
+
+def state_path(data_dir: Path) -> Path:
+    return data_dir / "run" / "state.json"
+
+
+def read_state(data_dir: Path) -> dict[str, Any] | None:
+    """Addresses of a running `smolit up` on this data dir, or None."""
+    path = state_path(data_dir)
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    try:
+        os.kill(int(state["pid"]), 0)
+    except (OSError, KeyError, ValueError):
+        return None  # stale: the supervisor is gone
+    return state
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    on_step: Step = lambda _: None
+    broker: EmbeddedBroker | None = None
+    database: EmbeddedPostgres | None = None
+    bootstrap: str = ""
+    database_url: str = ""
+    gateway_url: str = ""
+    services: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir.resolve()
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def start(self, load_demo: Callable[[Stack], None] | None = None, timeout_s: float = 180.0) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_infrastructure()
+            if load_demo is not None:
+                load_demo(self)
+            self._start_services(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        self._write_state()
+
+    def _start_infrastructure(self) -> None:
+        s = self.settings
+        if s.embedded_broker:
+            self.on_step(f"starting embedded Kafka broker (Tansu, {s.kafka_storage} storage)")
+            self.broker = EmbeddedBroker(self.data_dir, s.kafka_storage, s.kafka_port, self.log_dir)
+            try:
+                self.bootstrap = self.broker.start()
+            except EmbeddedStartError as exc:
+                raise SetupError(str(exc)) from exc
+        else:
+            self.bootstrap = s.kafka_bootstrap or ""
+        if s.embedded_database:
+            self.on_step("starting embedded PostgreSQL + pgvector")
+            self.database = EmbeddedPostgres(self.data_dir, s.database_port, self.log_dir)
+            try:
+                self.database_url = self.database.start()
+            except EmbeddedStartError as exc:
+                raise SetupError(str(exc)) from exc
+        else:
+            self.database_url = s.database_url or ""
+        self.on_step("applying database migrations")
+        try:
+            migrate(self.database_url)
+        except Exception as exc:
+            raise SetupError(
+                f"database at {self.database_url.split('@')[-1]} is not usable (setting SMOLIT_DATABASE_URL): {exc}"
+            ) from exc
+        self.on_step("creating topics")
+        profile = KafkaProfile(self.bootstrap, embedded=s.tansu_profile)
+        try:
+            ensure_topics(profile.admin(), TopicNames(s.topic_prefix), s.topic_partitions, timeout_s=20)
+        except Exception as exc:
+            raise SetupError(
+                f"Kafka broker at {self.bootstrap} is not reachable (setting SMOLIT_KAFKA_BOOTSTRAP): {exc}"
+            ) from exc
+
+    def service_env(self) -> dict[str, str]:
+        """Environment for service processes: the resolved addresses on top of the user's settings."""
+        env = dict(os.environ)
+        env |= {
+            "SMOLIT_KAFKA_BOOTSTRAP": self.bootstrap,
+            "SMOLIT_DATABASE_URL": self.database_url,
+            "SMOLIT_KAFKA_PROFILE": "tansu" if self.settings.tansu_profile else "kafka",
+            "SMOLIT_DATA_DIR": str(self.data_dir),
+            "SMOLIT_LOG_JSON": "true",
+        }
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, str(self.settings.threads))
+        return env
+
+    def _start_services(self, timeout_s: float) -> None:
+        port = self.settings.port or free_port()
+        self.gateway_url = f"http://{self.settings.host}:{port}"
+        env = self.service_env() | {"SMOLIT_PORT": str(port)}
+        for name in SERVICES:
+            self.on_step(f"starting {name}")
+            log = (self.log_dir / f"{name}.log").open("ab")
+            self.services[name] = subprocess.Popen(
+                [sys.executable, "-m", "smolit", "run", name],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.on_step("waiting for every service to report healthy")
+        self._wait_healthy(timeout_s)
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            for name, proc in self.services.items():
+                if proc.poll() is not None:
+                    raise SetupError(f"{name} exited with code {proc.returncode}: {self._log_tail(name)}")
+            try:
+                response = httpx.get(f"{self.gateway_url}/healthz", timeout=5)
+                if response.status_code == 200:
+                    return
+                last = response.text
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.3)
+        raise SetupError(f"services not healthy after {timeout_s:.0f}s: {last}")
+
+    def _log_tail(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+        return lines[-1] if lines else f"no output (log: {path})"
+
+    def _write_state(self) -> None:
+        path = state_path(self.data_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "pid": os.getpid(),
+            "gateway_url": self.gateway_url,
+            "kafka_bootstrap": self.bootstrap,
+            "database_url": self.database_url,
+            "services": {n: p.pid for n, p in self.services.items()},
+        }, indent=2))
+
+    def check_services(self) -> str | None:
+        """Name and exit code of a service that died, if any."""
+        for name, proc in self.services.items():
+            if proc.poll() is not None:
+                return f"{name} exited with code {proc.returncode}: {self._log_tail(name)}"
+        return None
+
+    def pids(self) -> dict[str, list[int]]:
+        """Process ids by role, for memory accounting."""
+        return {
+            "services": [p.pid for p in self.services.values() if p.poll() is None],
+            "broker": self.broker.pids() if self.broker else [],
+            "database": self.database.pids() if self.database else [],
+        }
+
+    def stop(self) -> None:
+        """Stop services first (they drain and commit), then the broker and the database."""
+        for proc in self.services.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.services.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.services.clear()
+        if self.broker is not None:
+            self.broker.stop()
+        if self.database is not None:
+            self.database.stop()
+        state_path(self.data_dir).unlink(missing_ok=True)

