@@ -62,8 +62,11 @@ class Ingestor:
             vectors = self._embedder.embed(texts)
             offset = 0
             for doc, digest, chunks in batch:
-                counts[self._store.upsert(_document(collection, doc, digest, chunks,
-                                                    vectors[offset:offset + len(chunks)], domain))] += 1
+                counts[
+                    self._store.upsert(
+                        _document(collection, doc, digest, chunks, vectors[offset : offset + len(chunks)], domain)
+                    )
+                ] += 1
                 offset += len(chunks)
             if on_progress:
                 on_progress(len(batch))

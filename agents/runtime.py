@@ -12,7 +12,16 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from smolit.contracts import AgentCard, AnswerProduced, Event, Source, TaskAssigned, TaskFailed, Topic, unpack_vector
+from smolit.contracts import (
+    AgentCard,
+    AnswerProduced,
+    Event,
+    Source,
+    TaskAssigned,
+    TaskFailed,
+    Topic,
+    unpack_vector,
+)
 from smolit.infra.kafka import Outgoing, RetryableError
 from smolit.infra.knowledge import Hit, KnowledgeStore
 from smolit.infra.llm import LLM, LLMError, LLMUnavailable, Passage
@@ -34,7 +43,10 @@ class AgentMetrics(NamedTuple):
             answers=Counter("smolit_agent_answers_total", "Answers produced", ["agent"], registry=registry),
             failures=Counter("smolit_agent_failures_total", "Tasks failed", ["agent"], registry=registry),
             answer_seconds=Histogram(
-                "smolit_agent_answer_seconds", "Task receipt to answer", ["agent"], registry=registry,
+                "smolit_agent_answer_seconds",
+                "Task receipt to answer",
+                ["agent"],
+                registry=registry,
                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             ),
             tokens=Counter("smolit_llm_tokens_total", "LLM tokens", ["agent", "kind"], registry=registry),
@@ -92,8 +104,13 @@ class AgentRuntime:
             return self._fail(task, f"LLM {backend} error: {exc}")
         elapsed = time.perf_counter() - started
         self._record(card.name, elapsed, completion.prompt_tokens, completion.completion_tokens, completion.cost_usd)
-        log.info("answered", request_id=str(task.correlation_id), agent=card.name, sources=len(hits),
-                 latency_ms=round(elapsed * 1000, 2))
+        log.info(
+            "answered",
+            request_id=str(task.correlation_id),
+            agent=card.name,
+            sources=len(hits),
+            latency_ms=round(elapsed * 1000, 2),
+        )
         return task.caused(
             AnswerProduced,
             producer=PRODUCER,
@@ -116,7 +133,7 @@ class AgentRuntime:
         except psycopg.OperationalError as exc:  # database away: the loop retries the batch with backoff
             raise RetryableError(f"knowledge search failed: {exc}") from exc
 
-    def _complete(self, llm: LLM, question: str, passages: list[Passage], card: AgentCard):  # noqa: ANN202
+    def _complete(self, llm: LLM, question: str, passages: list[Passage], card: AgentCard):
         for attempt in Retrying(
             retry=retry_if_exception_type(LLMUnavailable),
             stop=stop_after_attempt(self._llm_attempts),
@@ -141,5 +158,10 @@ class AgentRuntime:
 
 
 def _source(hit: Hit) -> Source:
-    return Source(chunk_id=hit.chunk_id, source=hit.source, title=hit.title, score=round(hit.score, 6),
-                  snippet=hit.text[:240])
+    return Source(
+        chunk_id=hit.chunk_id,
+        source=hit.source,
+        title=hit.title,
+        score=round(hit.score, 6),
+        snippet=hit.text[:240],
+    )

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .agents import AgentCard
 
-
 E = TypeVar("E", bound="Event")
 
 
@@ -44,9 +43,7 @@ class Event(BaseModel):
 
     def caused(self, event_cls: type[E], /, producer: str, **payload: Any) -> E:
         """Build the next event in this chain: same correlation id, causation = this event."""
-        return event_cls(
-            correlation_id=self.correlation_id, causation_id=self.event_id, producer=producer, **payload
-        )
+        return event_cls(correlation_id=self.correlation_id, causation_id=self.event_id, producer=producer, **payload)
 
 
 # ---- requests, routing, tasks ------------------------------------------------------------------------------

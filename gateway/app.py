@@ -65,7 +65,9 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         "smolit_gateway_requests_total", "Requests through the gateway", ["status"], registry=deps.registry
     )
     latency = Histogram(
-        "smolit_gateway_request_seconds", "POST /v1/requests latency", registry=deps.registry,
+        "smolit_gateway_request_seconds",
+        "POST /v1/requests latency",
+        registry=deps.registry,
         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     )
 
@@ -81,7 +83,8 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         if len(body.text) > deps.max_request_chars:
             http_requests.labels("413").inc()
             raise HTTPException(
-                413, f"text has {len(body.text)} characters; the limit is {deps.max_request_chars}"
+                413,
+                f"text has {len(body.text)} characters; the limit is {deps.max_request_chars}"
                 " (setting SMOLIT_MAX_REQUEST_CHARS)",
             )
         if body.agent is not None and body.agent not in deps.cards:
@@ -91,8 +94,12 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         request_id = uuid.uuid4()
         conversation = body.conversation_id or str(request_id)
         event = RequestReceived(
-            correlation_id=request_id, producer="gateway", conversation_id=conversation, text=body.text,
-            user=body.user, agent=body.agent,
+            correlation_id=request_id,
+            producer="gateway",
+            conversation_id=conversation,
+            text=body.text,
+            user=body.user,
+            agent=body.agent,
         )
         await run_in_threadpool(_record_request, deps.pool, request_id, conversation, body.text)
         future = deps.pending.expect(request_id)
@@ -190,7 +197,7 @@ def _health(deps: GatewayDeps) -> dict[str, Any]:
     try:
         deps.broker_check()
         checks["broker"] = {"ok": True}
-    except Exception as exc:  # noqa: BLE001 - reported, not raised
+    except Exception as exc:
         checks["broker"] = {"ok": False, "error": str(exc)}
     services: dict[str, Any] = {}
     try:

@@ -28,7 +28,13 @@ def decision_view(event: RoutingDecided) -> dict[str, Any]:
 
 def answer_view(event: AnswerProduced | TaskFailed) -> dict[str, Any]:
     if isinstance(event, TaskFailed):
-        return {"status": "failed", "agent": event.agent, "error": event.reason, "answer": None, "sources": []}
+        return {
+            "status": "failed",
+            "agent": event.agent,
+            "error": event.reason,
+            "answer": None,
+            "sources": [],
+        }
     return {
         "status": "answered",
         "agent": event.agent,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass
@@ -40,10 +41,9 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
+            # The database being briefly away is reported by /healthz, not fatal here.
+            with contextlib.suppress(psycopg.Error):
                 self.beat()
-            except psycopg.Error:
-                pass  # the database being briefly away is reported by /healthz, not fatal here
 
     def stop(self) -> None:
         self._stop.set()
@@ -53,7 +53,7 @@ class Heartbeat:
                     "DELETE FROM service_heartbeats WHERE service = %s AND instance = %s",
                     (self._service, self._instance),
                 )
-        except Exception:  # noqa: BLE001 - shutting down; a stale row just ages out
+        except Exception:
             pass
 
 

@@ -54,7 +54,8 @@ class KnowledgeStore:
     def stored_hash(self, collection: str, source: str) -> str | None:
         with self._pool.connection() as conn:
             row = conn.execute(
-                "SELECT content_hash FROM documents WHERE collection = %s AND source = %s", (collection, source)
+                "SELECT content_hash FROM documents WHERE collection = %s AND source = %s",
+                (collection, source),
             ).fetchone()
         return row[0] if row else None
 

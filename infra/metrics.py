@@ -18,21 +18,26 @@ class ConsumerMetrics(NamedTuple):
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ConsumerMetrics:
         return cls(
-            consumed=Counter(
-                "smolit_events_consumed_total", "Events consumed", ["group", "topic"], registry=registry
-            ),
+            consumed=Counter("smolit_events_consumed_total", "Events consumed", ["group", "topic"], registry=registry),
             produced=Counter("smolit_events_produced_total", "Events produced", ["topic"], registry=registry),
             dead_letters=Counter(
-                "smolit_dead_letters_total", "Messages sent to the dead-letter topic", ["group", "topic"],
+                "smolit_dead_letters_total",
+                "Messages sent to the dead-letter topic",
+                ["group", "topic"],
                 registry=registry,
             ),
             duplicates=Counter(
-                "smolit_duplicate_events_total", "Events skipped as already processed", ["group"],
+                "smolit_duplicate_events_total",
+                "Events skipped as already processed",
+                ["group"],
                 registry=registry,
             ),
             retries=Counter("smolit_handler_retries_total", "Retried handler calls", ["group"], registry=registry),
             batch_seconds=Histogram(
-                "smolit_batch_seconds", "Time to process one consumed batch", ["group"], registry=registry,
+                "smolit_batch_seconds",
+                "Time to process one consumed batch",
+                ["group"],
+                registry=registry,
                 buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             ),
         )

@@ -15,9 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """All Smolit settings. Environment variable = `SMOLIT_` + field name in upper case."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="SMOLIT_", frozen=True, revalidate_instances="always", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="SMOLIT_", frozen=True, revalidate_instances="always", extra="ignore")
 
     data_dir: Path = Path(".smolit")
     """Where the embedded broker, database, caches and logs keep their files."""

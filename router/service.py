@@ -9,7 +9,15 @@ from typing import NamedTuple
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from smolit.contracts import AgentCard, Event, RequestReceived, RoutingDecided, TaskAssigned, Topic, pack_vector
+from smolit.contracts import (
+    AgentCard,
+    Event,
+    RequestReceived,
+    RoutingDecided,
+    TaskAssigned,
+    Topic,
+    pack_vector,
+)
 from smolit.infra.kafka import Outgoing
 
 from .policy import decide
@@ -33,10 +41,14 @@ class RouterMetrics(NamedTuple):
         return cls(
             decisions=Counter("smolit_routing_decisions_total", "Routing decisions", ["agent"], registry=registry),
             low_confidence=Counter(
-                "smolit_routing_low_confidence_total", "Requests sent to the fallback agent", registry=registry
+                "smolit_routing_low_confidence_total",
+                "Requests sent to the fallback agent",
+                registry=registry,
             ),
             routing_seconds=Histogram(
-                "smolit_routing_seconds", "Embedding + scoring time per batch", registry=registry,
+                "smolit_routing_seconds",
+                "Embedding + scoring time per batch",
+                registry=registry,
                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
             ),
         )
@@ -96,12 +108,18 @@ class Router:
                 conversation_id=request.conversation_id,
                 embedding=packed,
             )
-            outputs += [Outgoing(Topic.DECISIONS, str(request.request_id), decided), Outgoing(Topic.TASKS, decision.agent, task)]
+            outputs += [
+                Outgoing(Topic.DECISIONS, str(request.request_id), decided),
+                Outgoing(Topic.TASKS, decision.agent, task),
+            ]
             self._metrics.decisions.labels(decision.agent).inc()
             if decision.low_confidence:
                 self._metrics.low_confidence.inc()
             log.info(
-                "routed", request_id=str(request.request_id), agent=decision.agent,
-                score=round(decision.score, 4), low_confidence=decision.low_confidence,
+                "routed",
+                request_id=str(request.request_id),
+                agent=decision.agent,
+                score=round(decision.score, 4),
+                low_confidence=decision.low_confidence,
             )
         return outputs

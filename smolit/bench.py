@@ -39,7 +39,8 @@ def _questions(settings: Settings, n: int) -> list[str]:
 def _percentiles(values_ms: list[float]) -> dict[str, float]:
     arr = np.asarray(values_ms)
     return {f"p{p}": round(float(np.percentile(arr, p)), 2) for p in (50, 95, 99)} | {
-        "mean": round(float(arr.mean()), 2), "max": round(float(arr.max()), 2)
+        "mean": round(float(arr.mean()), 2),
+        "max": round(float(arr.max()), 2),
     }
 
 
@@ -67,8 +68,13 @@ async def _closed_loop(url: str, questions: list[str], concurrency: int) -> dict
         started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    return {"requests": len(questions), "concurrency": concurrency, "failures": failures,
-            "requests_per_s": round(len(latencies) / wall, 2), "latency_ms": _percentiles(latencies)}
+    return {
+        "requests": len(questions),
+        "concurrency": concurrency,
+        "failures": failures,
+        "requests_per_s": round(len(latencies) / wall, 2),
+        "latency_ms": _percentiles(latencies),
+    }
 
 
 async def _open_loop(url: str, questions: list[str], rate: float) -> dict[str, Any]:
@@ -92,8 +98,12 @@ async def _open_loop(url: str, questions: list[str], rate: float) -> dict[str, A
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
             tasks.append(asyncio.create_task(one(http, q)))
         await asyncio.gather(*tasks)
-    return {"rate_per_s": rate, "requests": len(questions), "failures": failures,
-            "latency_ms": _percentiles(latencies)}
+    return {
+        "rate_per_s": rate,
+        "requests": len(questions),
+        "failures": failures,
+        "latency_ms": _percentiles(latencies),
+    }
 
 
 def _routing_latency(settings: Settings) -> dict[str, Any]:
@@ -114,7 +124,7 @@ def _routing_latency(settings: Settings) -> dict[str, Any]:
         single.append((time.perf_counter() - t0) * 1000)
     batched = []
     for i in range(0, 256, 64):
-        batch = questions[i:i + 64]
+        batch = questions[i : i + 64]
         t0 = time.perf_counter()
         scorer.score(embedder.embed(batch))
         batched.append((time.perf_counter() - t0) * 1000 / len(batch))
@@ -153,11 +163,13 @@ def run_pipeline_bench(requests: int, concurrency: int, rate: float, progress: b
             questions = _questions(settings, requests)
             asyncio.run(_closed_loop(stack.gateway_url, questions[:20], 4))  # warm-up
             throughput = asyncio.run(_closed_loop(stack.gateway_url, questions, concurrency))
-            fixed = (asyncio.run(_open_loop(stack.gateway_url, questions[: int(rate * 10)], rate))
-                     if rate > 0 else None)
+            fixed = asyncio.run(_open_loop(stack.gateway_url, questions[: int(rate * 10)], rate)) if rate > 0 else None
             pids = stack.pids()
-            memory = {"services_rss_mb": _rss_mb(pids["services"]), "broker_rss_mb": _rss_mb(pids["broker"]),
-                      "database_rss_mb": _rss_mb(pids["database"])}
+            memory = {
+                "services_rss_mb": _rss_mb(pids["services"]),
+                "broker_rss_mb": _rss_mb(pids["broker"]),
+                "database_rss_mb": _rss_mb(pids["database"]),
+            }
         finally:
             stack.stop()
         routing = _routing_latency(settings)

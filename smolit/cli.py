@@ -12,7 +12,14 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from smolit.infra.settings import Settings, load_settings
@@ -83,7 +90,7 @@ def _load_demo(stack: Any, progress: Progress) -> None:
     pool = open_pool(stack.database_url, 2)
     try:
         load_demo_knowledge(stack.settings, KnowledgeStore(pool), build_embedder(stack.settings), report)
-    except Exception as exc:  # noqa: BLE001 - the system still runs; the user learns why answers lack sources
+    except Exception as exc:
         console.print(f"[yellow]demo knowledge not loaded:[/] {exc}")
     finally:
         pool.close()
@@ -161,7 +168,10 @@ def ingest(
     with _pool(settings) as pool, _progress() as progress:
         task = progress.add_task(f"ingesting into {agent}", total=len(docs))
         counts = Ingestor(KnowledgeStore(pool), build_embedder(settings)).ingest_all(
-            card.knowledge_collection, docs, domain=card.domain, on_progress=lambda n: progress.advance(task, n)
+            card.knowledge_collection,
+            docs,
+            domain=card.domain,
+            on_progress=lambda n: progress.advance(task, n),
         )
     out.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no documents found")
 
@@ -181,8 +191,15 @@ def agents(
     rows = []
     for name, card in sorted(cards.items()):
         st = stats.get(card.knowledge_collection)
-        rows.append({"agent": name, "domain": card.domain or name, "documents": st.documents if st else 0,
-                     "chunks": st.chunks if st else 0, "description": card.description})
+        rows.append(
+            {
+                "agent": name,
+                "domain": card.domain or name,
+                "documents": st.documents if st else 0,
+                "chunks": st.chunks if st else 0,
+                "description": card.description,
+            }
+        )
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -207,8 +224,15 @@ def bench_pipeline(
 
 
 def _progress() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def _gateway_url(settings: Settings) -> str:
@@ -224,7 +248,7 @@ def _cards(settings: Settings) -> dict[str, Any]:
     return load_cards(settings.agents_dir)
 
 
-def _pool(settings: Settings):  # noqa: ANN202 - a ConnectionPool context manager
+def _pool(settings: Settings):
     from smolit.infra.db import DatabaseUnreachable, open_pool
 
     from .stack import read_state

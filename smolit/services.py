@@ -52,8 +52,15 @@ class Wiring:
     consumer_metrics: ConsumerMetrics
     instance: str
 
-    def loop(self, group: str, topics: list[Topic], handler: Handler, *, dedupe: bool = True,
-             offset_reset: str = "earliest") -> ConsumerLoop:
+    def loop(
+        self,
+        group: str,
+        topics: list[Topic],
+        handler: Handler,
+        *,
+        dedupe: bool = True,
+        offset_reset: str = "earliest",
+    ) -> ConsumerLoop:
         return ConsumerLoop(
             self.profile.consumer(group, offset_reset=offset_reset),
             LoopConfig(
@@ -100,8 +107,16 @@ def wiring(settings: Settings, service: str) -> Iterator[Wiring]:
     registry = CollectorRegistry()
     instance = f"{socket.gethostname()}-{os.getpid()}"
     try:
-        yield Wiring(settings, profile, TopicNames(settings.topic_prefix), producer, pool, registry,
-                     ConsumerMetrics.create(registry), instance)
+        yield Wiring(
+            settings,
+            profile,
+            TopicNames(settings.topic_prefix),
+            producer,
+            pool,
+            registry,
+            ConsumerMetrics.create(registry),
+            instance,
+        )
     finally:
         producer.close()
         pool.close()
@@ -116,7 +131,9 @@ def run_service(service: Service, settings: Settings) -> None:
         signal.signal(sig, lambda *_: stop.set())
     with wiring(settings, service) as w:
         runner: Callable[[Wiring, threading.Event], None] = {
-            "router": _run_router, "agents": _run_agents, "gateway": _run_gateway
+            "router": _run_router,
+            "agents": _run_agents,
+            "gateway": _run_gateway,
         }[service]
         structlog.contextvars.bind_contextvars(service=service)
         runner(w, stop)
@@ -163,10 +180,18 @@ def _run_agents(w: Wiring, stop: threading.Event) -> None:
     from smolit.infra.knowledge import KnowledgeStore
     from smolit.infra.llm import build_llms
 
+    cards = load_cards(w.settings.agents_dir)
+    llms = build_llms(w.settings)
+    wanted = {w.settings.llm_backend} | {c.llm.backend for c in cards.values() if c.llm.backend}
+    if missing := sorted(wanted - llms.keys()):
+        raise SetupError(
+            f"LLM backend {', '.join(missing)} is asked for but not configured"
+            " (set SMOLIT_OPENAI_BASE_URL and/or SMOLIT_OPENAI_API_KEY)"
+        )
     runtime = AgentRuntime(
-        load_cards(w.settings.agents_dir),
+        cards,
         KnowledgeStore(w.pool, w.settings.hnsw_ef_search),
-        build_llms(w.settings),
+        llms,
         default_backend=w.settings.llm_backend,
         default_top_k=w.settings.retrieval_top_k,
         metrics=AgentMetrics.create(w.registry),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +16,15 @@ import httpx
 
 from smolit.contracts import TopicNames
 from smolit.infra.db import migrate
-from smolit.infra.embedded import EmbeddedBroker, EmbeddedPostgres, EmbeddedStartError, free_port
+from smolit.infra.embedded import (
+    Child,
+    EmbeddedBroker,
+    EmbeddedPostgres,
+    EmbeddedStartError,
+    free_port,
+    spawn,
+    terminate,
+)
 from smolit.infra.kafka import KafkaProfile, ensure_topics
 from smolit.infra.settings import Settings
 
@@ -54,7 +61,7 @@ class Stack:
     bootstrap: str = ""
     database_url: str = ""
     gateway_url: str = ""
-    services: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    services: dict[str, Child] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -132,10 +139,9 @@ class Stack:
         env = self.service_env() | {"SMOLIT_PORT": str(port)}
         for name in SERVICES:
             self.on_step(f"starting {name}")
-            log = (self.log_dir / f"{name}.log").open("ab")
-            self.services[name] = subprocess.Popen(
-                [sys.executable, "-m", "smolit", "run", name],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # Services die with the supervisor even if it is killed (parent-death signal), never orphaned.
+            self.services[name] = spawn(
+                name, [sys.executable, "-m", "smolit", "run", name], self.log_dir / f"{name}.log", env=env
             )
         self.on_step("waiting for every service to report healthy")
         self._wait_healthy(timeout_s)
@@ -144,9 +150,8 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         last = "no answer yet"
         while time.monotonic() < deadline:
-            for name, proc in self.services.items():
-                if proc.poll() is not None:
-                    raise SetupError(f"{name} exited with code {proc.returncode}: {self._log_tail(name)}")
+            if (dead := self.check_services()) is not None:
+                raise SetupError(dead)
             try:
                 response = httpx.get(f"{self.gateway_url}/healthz", timeout=5)
                 if response.status_code == 200:
@@ -165,40 +170,41 @@ class Stack:
     def _write_state(self) -> None:
         path = state_path(self.data_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({
-            "pid": os.getpid(),
-            "gateway_url": self.gateway_url,
-            "kafka_bootstrap": self.bootstrap,
-            "database_url": self.database_url,
-            "services": {n: p.pid for n, p in self.services.items()},
-        }, indent=2))
+        path.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "gateway_url": self.gateway_url,
+                    "kafka_bootstrap": self.bootstrap,
+                    "database_url": self.database_url,
+                    "services": {n: c.pid for n, c in self.services.items()},
+                },
+                indent=2,
+            )
+        )
 
     def check_services(self) -> str | None:
         """Name and exit code of a service that died, if any."""
-        for name, proc in self.services.items():
-            if proc.poll() is not None:
-                return f"{name} exited with code {proc.returncode}: {self._log_tail(name)}"
+        for name, child in self.services.items():
+            if not child.running():
+                return f"{name} exited with code {child.proc.returncode}: {self._log_tail(name)}"
         return None
 
     def pids(self) -> dict[str, list[int]]:
         """Process ids by role, for memory accounting."""
         return {
-            "services": [p.pid for p in self.services.values() if p.poll() is None],
+            "services": [c.pid for c in self.services.values() if c.running()],
             "broker": self.broker.pids() if self.broker else [],
             "database": self.database.pids() if self.database else [],
         }
 
     def stop(self) -> None:
         """Stop services first (they drain and commit), then the broker and the database."""
-        for proc in self.services.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.services.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        for child in self.services.values():  # signal all first so they drain in parallel
+            if child.running():
+                child.proc.send_signal(signal.SIGTERM)
+        for child in self.services.values():
+            terminate(child, 20)
         self.services.clear()
         if self.broker is not None:
             self.broker.stop()

@@ -60,7 +60,9 @@ def producer(profile: KafkaProfile, topics: TopicNames) -> Iterator[EventProduce
     p.close()
 
 
-def read_topic(profile: KafkaProfile, topic: str, expect: int, timeout_s: float = 20.0) -> list[tuple[bytes | None, bytes | None]]:
+def read_topic(
+    profile: KafkaProfile, topic: str, expect: int, timeout_s: float = 20.0
+) -> list[tuple[bytes | None, bytes | None]]:
     """(key, value) of the first `expect` records of a topic, read by partition assignment (no group join)."""
     consumer = Consumer(profile.consumer(f"reader-{uuid.uuid4().hex}") | {"enable.partition.eof": False})
     meta = consumer.list_topics(topic, timeout=10)
@@ -77,13 +79,14 @@ def read_topic(profile: KafkaProfile, topic: str, expect: int, timeout_s: float 
     return records
 
 
-def read_events(profile: KafkaProfile, topics: TopicNames, topic: Topic, expect: int,
-                timeout_s: float = 20.0) -> list[Event]:
+def read_events(
+    profile: KafkaProfile, topics: TopicNames, topic: Topic, expect: int, timeout_s: float = 20.0
+) -> list[Event]:
     return [decode(v) for _, v in read_topic(profile, topics(topic), expect, timeout_s)]
 
 
 @pytest.fixture(scope="session")
-def embedder():  # noqa: ANN201 - the real ONNX embedder, loaded once
+def embedder():
     from smolit.infra.embedder import OnnxMiniLMEmbedder
 
     return OnnxMiniLMEmbedder(threads=1)

