@@ -14,7 +14,8 @@ class BrokerUnreachable(RuntimeError):
 
 def check_broker(config: dict[str, object], timeout_s: float = 5.0) -> list[str]:
     """Topic names the broker reports; raises BrokerUnreachable when it does not answer in time."""
-    admin = AdminClient(config)
+    # Quiet client: an unreachable broker is reported once by the caller, not as librdkafka log spam.
+    admin = AdminClient({**config, "log_level": 0})
     try:
         meta = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:

@@ -51,10 +51,16 @@ def _produce(bootstrap: str, topic: str, value: bytes) -> None:
 
 
 def _consume_one(bootstrap: str, topic: str, timeout_s: float = 20.0) -> bytes | None:
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
-        "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     try:
         deadline = time.monotonic() + timeout_s
