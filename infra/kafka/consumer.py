@@ -49,6 +49,8 @@ class LoopConfig:
     max_attempts: int = 4
     backoff_s: float = 0.2
     dedupe: bool = True
+    commit_interval_s: float = 0.2
+    """Processed offsets are committed at most this often while busy, and at once when the loop goes idle."""
 
 
 @dataclass
@@ -77,6 +79,8 @@ class ConsumerLoop:
         self._deduper = deduper if config.dedupe else None
         self._metrics = metrics
         self._stop = threading.Event()
+        self._uncommitted: dict[tuple[str, int], int] = {}
+        self._last_commit = time.monotonic()
         self.assigned = threading.Event()
         """Set once the group has given this member its partitions (Tansu joins take seconds)."""
 
@@ -87,14 +91,18 @@ class ConsumerLoop:
 
     def run(self) -> None:
         consumer = Consumer(self._consumer_config)
-        consumer.subscribe(self.config.topics, on_assign=self._on_assign)
+        consumer.subscribe(self.config.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("consumer started", group=self.config.group, topics=self.config.topics)
         try:
             while not self._stop.is_set():
                 messages = consumer.consume(self.config.batch_size, self.config.poll_timeout_s)
                 records = [m for m in messages if not self._is_event_error(m)]
                 if records:
-                    self._process_and_commit(consumer, records)
+                    self._process(records)
+                # Coalesced commits: every commit is a broker write (an S3 object on the embedded broker).
+                if not records or time.monotonic() - self._last_commit >= self.config.commit_interval_s:
+                    self._commit(consumer)
+            self._commit(consumer)
         finally:
             consumer.close()
             log.info("consumer stopped", group=self.config.group)
@@ -107,6 +115,17 @@ class ConsumerLoop:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.set()
 
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit(consumer)  # hand over processed work before another member takes the partitions
+
+    def _commit(self, consumer: Consumer) -> None:
+        self._last_commit = time.monotonic()
+        if not self._uncommitted:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()]
+        consumer.commit(offsets=offsets, asynchronous=False)
+        self._uncommitted.clear()
+
     def _is_event_error(self, msg: Message) -> bool:
         err = msg.error()
         if err is None:
@@ -117,13 +136,15 @@ class ConsumerLoop:
 
     # ---- one batch ----------------------------------------------------------------------------------------
 
-    def _process_and_commit(self, consumer: Consumer, messages: list[Message]) -> None:
+    def _process(self, messages: list[Message]) -> None:
+        """Handle, publish (acknowledged), mark processed; only then do the offsets become committable."""
         started = time.perf_counter()
         batch = self.process(messages)
         self._publish(batch)
         if self._deduper is not None and batch.events:
             self._deduper.mark(self.config.group, [e.event_id for _, e in batch.events])
-        consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
+        for tp in _next_offsets(messages):
+            self._uncommitted[(tp.topic, tp.partition)] = tp.offset
         self._metrics.batch_seconds.labels(self.config.group).observe(time.perf_counter() - started)
 
     def process(self, messages: list[Message]) -> _Batch:
