@@ -141,9 +141,11 @@ def _rss_mb(pids: list[int]) -> float:
     return round(total / 2**20, 1)
 
 
-def run_pipeline_bench(requests: int, concurrency: int, rate: float, progress: bool = False) -> dict[str, Any]:
+def run_pipeline_bench(
+    requests: int, concurrency: int, rate: float, storage: str = "memory", progress: bool = False
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="smolit-bench-") as tmp:
-        settings = Settings(data_dir=Path(tmp), kafka_storage="memory", port=0)
+        settings = Settings(data_dir=Path(tmp), kafka_storage=storage, port=0)
         say = print if progress else (lambda *_: None)
         stack = Stack(settings, on_step=lambda s: say(s))
         from smolit.demo.loader import load_demo_knowledge
@@ -175,6 +177,7 @@ def run_pipeline_bench(requests: int, concurrency: int, rate: float, progress: b
         routing = _routing_latency(settings)
     return {
         "benchmark": "pipeline",
+        "broker_storage": storage,
         "llm_backend": settings.llm_backend,
         "threads_per_process": settings.threads,
         "cpu_count": os.cpu_count(),

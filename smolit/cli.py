@@ -214,12 +214,17 @@ def bench_pipeline(
     requests: Annotated[int, typer.Option(help="Requests to send.")] = 500,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 32,
     rate: Annotated[float, typer.Option(help="Also measure latency at this fixed rate (req/s); 0 skips.")] = 50.0,
+    storage: Annotated[
+        str, typer.Option(help="Embedded broker storage: memory or s3 (durable, as `smolit up`).")
+    ] = "memory",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """End-to-end throughput and latency through gateway → router → agent, plus routing latency and memory."""
     from .bench import run_pipeline_bench
 
-    result = run_pipeline_bench(requests=requests, concurrency=concurrency, rate=rate, progress=not as_json)
+    if storage not in ("memory", "s3"):
+        raise typer.BadParameter("storage is memory or s3")
+    result = run_pipeline_bench(requests, concurrency, rate, storage, progress=not as_json)
     out.print_json(json.dumps(result)) if as_json else out.print(result)
 
 
