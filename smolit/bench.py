@@ -44,34 +44,36 @@ def _percentiles(values_ms: list[float]) -> dict[str, float]:
     }
 
 
+async def _ask(http: httpx.AsyncClient, url: str, question: str) -> float | None:
+    """Milliseconds until the answer, or None when the request did not end in an answer."""
+    t0 = time.perf_counter()
+    r = await http.post(f"{url}/v1/requests", json={"text": question})
+    if r.status_code == 200 and r.json()["status"] == "answered":
+        return (time.perf_counter() - t0) * 1000
+    return None
+
+
 async def _closed_loop(url: str, questions: list[str], concurrency: int) -> dict[str, Any]:
     """As fast as `concurrency` clients can go."""
-    latencies: list[float] = []
-    failures = 0
+    results: list[float | None] = []
     queue: asyncio.Queue[str] = asyncio.Queue()
     for q in questions:
         queue.put_nowait(q)
 
     async def client(http: httpx.AsyncClient) -> None:
-        nonlocal failures
         while not queue.empty():
-            q = queue.get_nowait()
-            t0 = time.perf_counter()
-            r = await http.post(f"{url}/v1/requests", json={"text": q})
-            if r.status_code == 200 and r.json()["status"] == "answered":
-                latencies.append((time.perf_counter() - t0) * 1000)
-            else:
-                failures += 1
+            results.append(await _ask(http, url, queue.get_nowait()))
 
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
         started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         wall = time.perf_counter() - started
+    latencies = [r for r in results if r is not None]
     return {
         "requests": len(questions),
         "concurrency": concurrency,
-        "failures": failures,
+        "failures": len(results) - len(latencies),
         "requests_per_s": round(len(latencies) / wall, 2),
         "latency_ms": _percentiles(latencies),
     }
@@ -79,25 +81,15 @@ async def _closed_loop(url: str, questions: list[str], concurrency: int) -> dict
 
 async def _open_loop(url: str, questions: list[str], rate: float) -> dict[str, Any]:
     """Requests started on a fixed schedule, independent of answers (no coordinated omission)."""
-    latencies: list[float] = []
-    failures = 0
-
-    async def one(http: httpx.AsyncClient, q: str) -> None:
-        nonlocal failures
-        t0 = time.perf_counter()
-        r = await http.post(f"{url}/v1/requests", json={"text": q})
-        if r.status_code == 200 and r.json()["status"] == "answered":
-            latencies.append((time.perf_counter() - t0) * 1000)
-        else:
-            failures += 1
-
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=500)) as http:
         start = time.perf_counter()
         tasks = []
         for i, q in enumerate(questions):
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-            tasks.append(asyncio.create_task(one(http, q)))
-        await asyncio.gather(*tasks)
+            tasks.append(asyncio.create_task(_ask(http, url, q)))
+        results = await asyncio.gather(*tasks)
+    latencies = [r for r in results if r is not None]
+    failures = len(results) - len(latencies)
     return {
         "rate_per_s": rate,
         "requests": len(questions),
