@@ -24,7 +24,7 @@ from smolit.contracts import (
 )
 from smolit.infra.kafka import Outgoing, RetryableError
 from smolit.infra.knowledge import Hit, KnowledgeStore
-from smolit.infra.llm import LLM, LLMError, LLMUnavailable, Passage
+from smolit.infra.llm import LLM, Completion, LLMError, LLMUnavailable, Passage
 
 log = structlog.get_logger("smolit.agents")
 PRODUCER = "agents"
@@ -133,7 +133,7 @@ class AgentRuntime:
         except psycopg.OperationalError as exc:  # database away: the loop retries the batch with backoff
             raise RetryableError(f"knowledge search failed: {exc}") from exc
 
-    def _complete(self, llm: LLM, question: str, passages: list[Passage], card: AgentCard):
+    def _complete(self, llm: LLM, question: str, passages: list[Passage], card: AgentCard) -> Completion:
         for attempt in Retrying(
             retry=retry_if_exception_type(LLMUnavailable),
             stop=stop_after_attempt(self._llm_attempts),

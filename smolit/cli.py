@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -26,6 +26,9 @@ from smolit.infra.settings import Settings, load_settings
 
 from .errors import SetupError
 from .services import SERVICES, Service
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Smolit: event-sourced multi-agent LLM service.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print JSON.")
@@ -253,7 +256,7 @@ def _cards(settings: Settings) -> dict[str, Any]:
     return load_cards(settings.agents_dir)
 
 
-def _pool(settings: Settings):
+def _pool(settings: Settings) -> ConnectionPool:
     from smolit.infra.db import DatabaseUnreachable, open_pool
 
     from .stack import read_state
