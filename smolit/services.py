@@ -59,10 +59,9 @@ class Wiring:
         handler: Handler,
         *,
         dedupe: bool = True,
-        offset_reset: str = "earliest",
     ) -> ConsumerLoop:
         return ConsumerLoop(
-            self.profile.consumer(group, offset_reset=offset_reset),
+            self.profile.consumer(group),
             LoopConfig(
                 group=group,
                 topics=[self.topics(t) for t in topics],

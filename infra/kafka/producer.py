@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -65,10 +65,6 @@ class EventProducer:
                 return
             except BufferError:  # local queue full: serve delivery reports, then try again
                 self._producer.poll(0.05)
-
-    def send_all(self, outs: Iterable[Outgoing]) -> None:
-        for out in outs:
-            self.send(out)
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until everything queued is acknowledged; raise ProduceError otherwise."""
