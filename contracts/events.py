@@ -145,6 +145,10 @@ class AnswerProduced(Event):
     cost_usd: float = 0.0
     latency_ms: float
     """Agent time from task receipt to answer."""
+    cache_hit: bool = False
+    """The LLM completion came from the cache of identical calls."""
+    subqueries: int = 0
+    """Subqueries this answer asked of other agents."""
 
 
 class SubqueryAnswered(Event):
@@ -191,6 +195,11 @@ class AgentMetricsWindow(Event):
     negative_rate: float | None = None
     tokens: int = 0
     cost_usd: float = 0.0
+    cache_hits: int = 0
+    subqueries_sent: int = 0
+    subqueries_received: int = 0
+    mean_routing_score: float | None = None
+    """Mean router score of the requests routed to this agent (routing confidence)."""
 
 
 class TrainingExample(Event):
