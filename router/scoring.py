@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Mapping
 
 import numpy as np
 
 from smolit.contracts import AgentCard
 
-
-class TextEmbedder(Protocol):
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+from .features import AgentFeatures, TextEmbedder
 
 
 class SimilarityScorer:
@@ -23,25 +20,12 @@ class SimilarityScorer:
     version = "similarity-v1"
 
     def __init__(self, cards: Mapping[str, AgentCard], embedder: TextEmbedder) -> None:
-        self.agents: list[str] = sorted(cards)
-        texts: list[str] = []
-        owner: list[int] = []
-        for idx, name in enumerate(self.agents):
-            card = cards[name]
-            for text in (card.description, *card.examples):
-                texts.append(text)
-                owner.append(idx)
-        self._prototypes = np.asarray(embedder.embed(texts), dtype=np.float32)
-        self._owner = np.asarray(owner)
-        # Column ranges per agent, so a reduceat gives each agent's best prototype in one call.
-        self._starts = np.searchsorted(self._owner, np.arange(len(self.agents)))
+        self.features = AgentFeatures.from_cards(cards, embedder)
+        self.agents: list[str] = list(self.features.agents)
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """(n, dim) normalised request embeddings -> (n, agents) scores in [-1, 1]."""
-        if embeddings.shape[0] == 0:
-            return np.zeros((0, len(self.agents)), dtype=np.float32)
-        sims = embeddings.astype(np.float32) @ self._prototypes.T
-        return np.maximum.reduceat(sims, self._starts, axis=1)
+        return self.features.priors(embeddings)
 
     def score_dicts(self, embeddings: np.ndarray) -> list[dict[str, float]]:
         return [

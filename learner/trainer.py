@@ -1,0 +1,158 @@
+"""Incremental training of the routing network from logged outcomes: replay buffer, mini-batches, warm start."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from smolit.router.features import AgentFeatures
+from smolit.router.model import RouterNet
+
+from .evaluation import Evaluation, calibration, classification
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One routed request and what came of it."""
+
+    embedding: np.ndarray
+    agent: str
+    """Agent that answered."""
+    good: bool | None
+    """Was the answer good (None: no usable signal on the chosen agent)."""
+    preferred: str | None = None
+    """Agent the user says should have answered (corrective feedback)."""
+    propensity: float = 1.0
+    """Probability with which the router chose `agent` (exploration correction)."""
+
+    @property
+    def label(self) -> str | None:
+        """The right agent, when the outcome tells it."""
+        return self.preferred or (self.agent if self.good else None)
+
+
+def new_trainer(features: AgentFeatures, dim: int, *, hidden: int = 256, seed: int = 0, **options: float) -> Trainer:
+    """A fresh network and trainer, both seeded: the same outcomes always give the same model."""
+    torch.manual_seed(seed)
+    return Trainer(RouterNet(dim, hidden=hidden), features, seed=seed, **options)  # type: ignore[arg-type]
+
+
+class Trainer:
+    """Owns a `RouterNet` and learns from outcomes without ever starting from scratch."""
+
+    def __init__(
+        self,
+        net: RouterNet,
+        features: AgentFeatures,
+        *,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 64,
+        buffer_size: int = 50_000,
+        max_ips_weight: float = 10.0,
+        seed: int = 0,
+    ) -> None:
+        torch.manual_seed(seed)  # dropout masks: replaying the same log gives the same model
+        self.net = net
+        self.batch_size = batch_size
+        self.max_ips_weight = max_ips_weight
+        self.buffer: deque[Outcome] = deque(maxlen=buffer_size)
+        self.seen = 0
+        self._rng = random.Random(seed)
+        self.set_features(features)
+        self.optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def set_features(self, features: AgentFeatures) -> None:
+        """Switch to a new agent set (agents added or retired); learned corrections of known agents are kept."""
+        self.features = features
+        self._agent_index = {a: i for i, a in enumerate(features.agents)}
+        self._card_vectors = torch.from_numpy(features.card_vectors())
+        new_params = [name for name in features.agents if name not in self.net.deltas]
+        self.net.ensure_agents(features.agents)
+        if new_params and hasattr(self, "optimizer"):
+            self.optimizer.add_param_group(
+                {"params": [p for a in new_params for p in (self.net.deltas[a], self.net.biases[a])]}
+            )
+
+    def add(self, outcomes: Iterable[Outcome]) -> int:
+        """Buffer usable outcomes (agents unknown to the current agent set are skipped); returns how many."""
+        added = 0
+        for outcome in outcomes:
+            if outcome.agent not in self._agent_index:
+                continue
+            if outcome.preferred is not None and outcome.preferred not in self._agent_index:
+                outcome = Outcome(outcome.embedding, outcome.agent, outcome.good, None, outcome.propensity)
+            if outcome.good is None and outcome.label is None:
+                continue
+            self.buffer.append(outcome)
+            added += 1
+        self.seen += added
+        return added
+
+    def train(self, steps: int) -> float | None:
+        """`steps` mini-batch updates sampled from the replay buffer; mean loss, or None with an empty buffer."""
+        if not self.buffer:
+            return None
+        self.net.train()
+        losses = []
+        for _ in range(steps):
+            batch = self._rng.choices(self.buffer, k=min(self.batch_size, len(self.buffer)))
+            loss = self._loss(batch)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        return float(np.mean(losses))
+
+    def _loss(self, batch: Sequence[Outcome]) -> torch.Tensor:
+        embeddings = np.stack([o.embedding for o in batch]).astype(np.float32)
+        logits = self._logits(embeddings)
+        rows = torch.arange(len(batch))
+        chosen = torch.tensor([self._agent_index[o.agent] for o in batch])
+        loss = torch.zeros(())
+        # Calibration on the agent that answered, inverse-propensity weighted (clipped) for exploration steps.
+        judged = [i for i, o in enumerate(batch) if o.good is not None]
+        if judged:
+            target = torch.tensor([float(batch[i].good) for i in judged])
+            weight = torch.tensor([min(1.0 / max(batch[i].propensity, 1e-6), self.max_ips_weight) for i in judged])
+            loss = loss + F.binary_cross_entropy_with_logits(logits[rows, chosen][judged], target, weight=weight)
+        # Ranking: where the outcome names the right agent, push it above the others.
+        labelled = [i for i, o in enumerate(batch) if o.label is not None]
+        if labelled:
+            target_idx = torch.tensor([self._agent_index[batch[i].label] for i in labelled])  # type: ignore[index]
+            loss = loss + F.cross_entropy(logits[labelled], target_idx)
+        return loss
+
+    def _logits(self, embeddings: np.ndarray) -> torch.Tensor:
+        priors = torch.from_numpy(self.features.priors(embeddings))
+        return self.net(torch.from_numpy(embeddings), self._card_vectors, priors, self.features.agents)
+
+    @torch.no_grad()
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n, agents) probability of a good outcome per agent."""
+        self.net.eval()
+        return torch.sigmoid(self._logits(np.asarray(embeddings, dtype=np.float32))).numpy()
+
+    def predict(self, embeddings: np.ndarray) -> list[str]:
+        return [self.features.agents[i] for i in self.probabilities(embeddings).argmax(axis=1)]
+
+    def evaluate(self, holdout: Sequence[Outcome]) -> Evaluation:
+        if not holdout:
+            return Evaluation(0, None, None, None, None, {}, None, None)
+        usable = [o for o in holdout if o.agent in self._agent_index]
+        probs = self.probabilities(np.stack([o.embedding for o in usable])) if usable else np.zeros((0, 0))
+        labelled, judged = [], []
+        for outcome, row in zip(usable, probs, strict=True):
+            if outcome.label is not None:
+                labelled.append((outcome.label, self.features.agents[int(row.argmax())]))
+            if outcome.good is not None:
+                judged.append((float(row[self._agent_index[outcome.agent]]), int(outcome.good)))
+        cls = classification([t for t, _ in labelled], [p for _, p in labelled], self.features.agents)
+        cal = calibration([p for p, _ in judged], [y for _, y in judged])
+        return Evaluation(examples=len(usable), **cls, **cal)  # type: ignore[arg-type]

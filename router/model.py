@@ -1,0 +1,55 @@
+"""The routing network: scores every agent for a request. Pure `nn.Module`, no I/O.
+
+logit[k] = temperature * <h(q), a_k + delta_k> + prior_weight * s_k + bias_k
+
+- `q` is the request embedding; `h(q) = q + mlp(q)` is a residual refinement whose last layer starts at zero,
+- `a_k` is the agent's card embedding (mean of its description and example embeddings, normalised), so a new agent
+  is scored from its card the moment it appears, with no output layer to resize,
+- `delta_k` is a learned correction of the agent's embedding (zero for an agent the network has not seen),
+- `s_k` is the similarity prior (best cosine to the card's prototypes, `SimilarityScorer`).
+
+At initialisation the network ranks agents exactly as the similarity scorer does. How much the learned terms
+outweigh the prior (temperature, prior weight, deltas) is learned from outcomes instead of a hand-set blend.
+`sigmoid(logit[k])` is the probability of a good outcome if the request goes to agent k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class RouterNet(nn.Module):
+    def __init__(self, dim: int, hidden: int = 256, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dim = dim
+        self.hidden = hidden
+        self.refine = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.refine[-1].weight)
+        nn.init.zeros_(self.refine[-1].bias)
+        # Start sharp enough that the similarity ranking is also a confident one (cosines differ by ~0.1).
+        self.log_temperature = nn.Parameter(torch.tensor(2.3))
+        self.prior_weight = nn.Parameter(torch.tensor(5.0))
+        self.offset = nn.Parameter(torch.tensor(-4.0))
+        self.deltas = nn.ParameterDict()
+        self.biases = nn.ParameterDict()
+
+    def ensure_agents(self, agents: Sequence[str]) -> None:
+        """Give unseen agents a zero correction and bias (new agents join without retraining)."""
+        for agent in agents:
+            if agent not in self.deltas:
+                self.deltas[agent] = nn.Parameter(torch.zeros(self.dim))
+                self.biases[agent] = nn.Parameter(torch.zeros(()))
+
+    def forward(
+        self, queries: torch.Tensor, agent_vectors: torch.Tensor, priors: torch.Tensor, agents: Sequence[str]
+    ) -> torch.Tensor:
+        """(n, dim) queries, (k, dim) card embeddings, (n, k) similarity priors -> (n, k) logits."""
+        self.ensure_agents(agents)
+        deltas = torch.stack([self.deltas[a] for a in agents])
+        biases = torch.stack([self.biases[a] for a in agents])
+        refined = queries + self.refine(queries)
+        affinity = refined @ (agent_vectors + deltas).T
+        return self.log_temperature.exp() * affinity + self.prior_weight * priors + biases + self.offset
