@@ -51,7 +51,7 @@ class Trainer:
         net: RouterNet,
         features: AgentFeatures,
         *,
-        lr: float = 3e-3,
+        lr: float = 1e-2,
         weight_decay: float = 1e-4,
         batch_size: int = 64,
         buffer_size: int = 50_000,

