@@ -7,7 +7,11 @@ Both number passages 1..n in the order given, which callers keep best-first.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -73,6 +77,53 @@ def build_prompt(question: str, passages: Sequence[Passage], config: LLMConfig) 
         f"Question: {question.strip()}"
     )
     return [{"role": "system", "content": config.system_prompt}, {"role": "user", "content": user}]
+
+
+# --- Cache of identical calls ------------------------------------------------------------------------
+
+
+def cache_key(backend: str, model: str | None, question: str, passages: Sequence[Passage], config: LLMConfig) -> str:
+    """Hash of everything that shapes a completion: backend, model, the full prompt and the sampling parameters."""
+    material = {
+        "backend": backend,
+        "model": model,
+        "messages": build_prompt(question, passages, config),
+        "temperature": config.temperature,
+        "max_tokens": config.max_tokens,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+class CompletionCache:
+    """Bounded in-process LRU of completions by `cache_key`; thread-safe.
+
+    In-process rather than Postgres: a hit then costs a dict lookup instead of a round trip, and losing the cache on
+    restart only costs the calls it would have saved.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, Completion] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Completion | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: str, completion: Completion) -> None:
+        if self.max_entries <= 0:
+            return
+        with self._lock:
+            self._entries[key] = completion
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 # --- Extractive (offline) ----------------------------------------------------------------------------
@@ -224,6 +275,7 @@ class OpenAILLM:
     """Chat completions from an OpenAI-compatible endpoint; one HTTP client per instance."""
 
     name = "openai"
+    default_model: str
 
     def __init__(
         self, base_url: str | None, api_key: str | None, default_model: str, timeout_s: float, max_retries: int

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -33,6 +33,9 @@ from smolit.infra.metrics import ConsumerMetrics, serve_metrics
 from smolit.infra.settings import Settings
 
 from .errors import SetupError
+
+if TYPE_CHECKING:
+    from smolit.agents import DeadlineSweeper
 
 Service = Literal["router", "agents", "gateway"]
 SERVICES: tuple[Service, ...] = ("router", "agents", "gateway")
@@ -138,13 +141,22 @@ def run_service(service: Service, settings: Settings) -> None:
         runner(w, stop)
 
 
-def _run_consumers(w: Wiring, service: str, loops: list[ConsumerLoop], stop: threading.Event, port: int) -> None:
+def _run_consumers(
+    w: Wiring,
+    service: str,
+    loops: list[ConsumerLoop],
+    stop: threading.Event,
+    port: int,
+    sweeper: DeadlineSweeper | None = None,
+) -> None:
     bound = serve_metrics(w.registry, w.settings.host, port)
     heartbeat = Heartbeat(w.pool, service, w.instance)
     heartbeat.info = {"metrics_port": bound}
     threads = [loop.start_thread() for loop in loops]
     for loop in loops:
         loop.assigned.wait(30)
+    if sweeper is not None:
+        threads.append(sweeper.start_thread())
     heartbeat.start()
     log.info("service ready", metrics_port=bound)
     try:
@@ -153,6 +165,8 @@ def _run_consumers(w: Wiring, service: str, loops: list[ConsumerLoop], stop: thr
                 raise SetupError(f"{service}: a consumer loop stopped unexpectedly (see the log above)")
     finally:
         heartbeat.stop()
+        if sweeper is not None:
+            sweeper.stop()
         for loop in loops:
             loop.stop()
         for thread in threads:
@@ -175,13 +189,16 @@ def _run_router(w: Wiring, stop: threading.Event) -> None:
 
 
 def _run_agents(w: Wiring, stop: threading.Event) -> None:
-    from smolit.agents import AgentMetrics, AgentRuntime
+    from smolit.agents import AgentMetrics, AgentRuntime, DeadlineSweeper, ParkingLot, SubqueryPolicy
     from smolit.infra.knowledge import KnowledgeStore
-    from smolit.infra.llm import build_llms
+    from smolit.infra.llm import CompletionCache, build_llms
 
-    cards = load_cards(w.settings.agents_dir)
-    llms = build_llms(w.settings)
-    wanted = {w.settings.llm_backend} | {c.llm.backend for c in cards.values() if c.llm.backend}
+    s = w.settings
+    cards = load_cards(s.agents_dir)
+    llms = build_llms(s)
+    wanted = {s.llm_backend} | {c.llm.backend for c in cards.values() if c.llm.backend}
+    wanted |= {c.llm.fallback_backend for c in cards.values() if c.llm.fallback_backend}
+    wanted |= {s.llm_fallback_backend} if s.llm_fallback_backend else set()
     if missing := sorted(wanted - llms.keys()):
         raise SetupError(
             f"LLM backend {', '.join(missing)} is asked for but not configured"
@@ -189,14 +206,26 @@ def _run_agents(w: Wiring, stop: threading.Event) -> None:
         )
     runtime = AgentRuntime(
         cards,
-        KnowledgeStore(w.pool, w.settings.hnsw_ef_search),
+        KnowledgeStore(w.pool, s.hnsw_ef_search),
         llms,
-        default_backend=w.settings.llm_backend,
-        default_top_k=w.settings.retrieval_top_k,
+        default_backend=s.llm_backend,
+        default_top_k=s.retrieval_top_k,
         metrics=AgentMetrics.create(w.registry),
+        llm_attempts=s.llm_attempts,
+        fallback_backend=s.llm_fallback_backend,
+        cache=CompletionCache(s.llm_cache_size) if s.llm_cache_size else None,
+        parking=ParkingLot(w.pool),
+        policy=SubqueryPolicy(
+            max_depth=s.subquery_max_depth,
+            budget=s.subquery_budget,
+            timeout_s=s.subquery_timeout_s,
+            consult_threshold=s.consult_threshold,
+        ),
     )
-    loop = w.loop("smolit-agents", [Topic.TASKS], runtime.handle)
-    _run_consumers(w, "agents", [loop], stop, w.settings.agents_metrics_port)
+    # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
+    loop = w.loop("smolit-agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
+    sweeper = DeadlineSweeper(runtime.sweep, runtime.delivered, w.producer, s.subquery_sweep_s)
+    _run_consumers(w, "agents", [loop], stop, s.agents_metrics_port, sweeper)
 
 
 def _run_gateway(w: Wiring, stop: threading.Event) -> None:
