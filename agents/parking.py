@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from smolit.contracts import EVENT_TYPES, Event, Source, SubqueryAnswered, SubqueryRequested, Topic
 from smolit.infra.kafka import EventProducer, Outgoing
+from smolit.infra.llm import Passage
 
 from .subqueries import SubResult
 
@@ -41,6 +42,12 @@ class Draft(BaseModel):
     started_at: float
     """Wall-clock time (epoch seconds) the agent received the task; latency is measured from it."""
     subqueries: int = 0
+    question: str = ""
+    """What the agent answered itself."""
+    passages: tuple[Passage, ...] = ()
+    """Its retrieved passages, kept when the LLM writes the final answer with the subanswers (`rewrite`)."""
+    rewrite: bool = False
+    """The LLM asked for the subqueries (tool call), so it writes the final answer once they are in."""
 
 
 Finisher = Callable[[Event, Draft, Sequence[SubResult]], Outgoing]

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import psycopg
@@ -30,6 +30,7 @@ from smolit.contracts import (
     TaskAssigned,
     TaskFailed,
     Topic,
+    pack_vector,
     unpack_vector,
 )
 from smolit.infra.kafka import Outgoing, RetryableError
@@ -37,7 +38,7 @@ from smolit.infra.knowledge import Hit, KnowledgeStore
 from smolit.infra.llm import LLM, Completion, CompletionCache, LLMError, LLMUnavailable, Passage, cache_key
 
 from .parking import Draft, ParkingLot
-from .subqueries import Consult, SubqueryPolicy, SubResult, merge_answers, plan_consults
+from .subqueries import Consult, SubqueryPolicy, SubResult, merge_answers, plan_consults, subanswer_passages
 
 log = structlog.get_logger("smolit.agents")
 PRODUCER = "agents"
@@ -87,6 +88,10 @@ class AgentMetrics(NamedTuple):
         )
 
 
+class TextEmbedder(Protocol):
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
 class _Failed(Exception):
     """This work item cannot be answered; `reason` says why."""
 
@@ -115,6 +120,7 @@ class AgentRuntime:
         cache: CompletionCache | None = None,
         parking: ParkingLot | None = None,
         policy: SubqueryPolicy | None = None,
+        embedder: TextEmbedder | None = None,
     ) -> None:
         self._cards = dict(cards)
         self._store = store
@@ -127,6 +133,8 @@ class AgentRuntime:
         self._fallback_backend = fallback_backend
         self._cache = cache
         self._parking = parking
+        # Embeds the questions an LLM asks with the consult_agent tool; without one the tool is not offered.
+        self._embedder = embedder
         # Without a parking lot there is nowhere to wait for subanswers: subqueries are off.
         self._policy = policy or SubqueryPolicy()
         if parking is None:
@@ -161,7 +169,12 @@ class AgentRuntime:
                 raise _Failed("the deadline passed before the agent got to it")
             consults = self._plan(card, work)
             text, embedding = _own_part(work, [c.clause for c in consults])
-            draft = self._draft(card, text, embedding, started, len(consults))
+            offered = self._offer(card, work, consults)
+            draft, asked = self._draft(card, text, embedding, started, offered)
+            if asked:
+                consults += self._tool_consults(asked, self._budget(work) - len(consults))
+                draft = draft.model_copy(update={"rewrite": True})
+            draft = draft.model_copy(update={"subqueries": len(consults)})
         except _Failed as failed:
             return [self._fail(work, failed.reason, failed.retryable)]
         if not consults:
@@ -175,11 +188,34 @@ class AgentRuntime:
             chain, depth, budget, clauses = work.chain, work.depth, work.budget, ()
         return plan_consults(card, clauses, chain=chain, depth=depth, budget=budget, policy=self._policy)
 
-    def _draft(self, card: AgentCard, text: str, embedding: str | None, started: float, asked: int) -> Draft:
+    def _budget(self, work: Work) -> int:
+        return self._policy.budget if isinstance(work, TaskAssigned) else work.budget
+
+    def _offer(self, card: AgentCard, work: Work, planned: list[Consult]) -> tuple[str, ...]:
+        """Agents the LLM may still consult through the `consult_agent` tool."""
+        depth, chain = (0, ()) if isinstance(work, TaskAssigned) else (work.depth, work.chain)
+        if self._embedder is None or depth >= self._policy.max_depth or self._budget(work) <= len(planned):
+            return ()
+        taken = {*chain, card.name, *(c.agent for c in planned)}
+        return tuple(a for a in card.consults if a not in taken)
+
+    def _tool_consults(self, asked: tuple[tuple[str, str], ...], room: int) -> list[Consult]:
+        asked = asked[: max(room, 0)]
+        if not asked or self._embedder is None:
+            return []
+        vectors = self._embedder.embed([question for _, question in asked])  # one call for all asked questions
+        return [
+            Consult(agent, Clause(text=question, embedding=pack_vector(vector.tolist()), scores={}))
+            for (agent, question), vector in zip(asked, vectors, strict=True)
+        ]
+
+    def _draft(
+        self, card: AgentCard, text: str, embedding: str | None, started: float, offered: tuple[str, ...] = ()
+    ) -> tuple[Draft, tuple[tuple[str, str], ...]]:
         hits = self._retrieve(card, embedding) if embedding else []
         passages = [Passage(text=h.text, source=h.source, title=h.title, score=h.score) for h in hits]
-        completion, cache_hit = self._generate(card, text, passages)
-        return Draft(
+        completion, cache_hit = self._generate(card, text, passages, offered)
+        draft = Draft(
             answer=completion.text,
             sources=tuple(_source(h) for h in hits),
             backend=completion.backend,
@@ -189,8 +225,10 @@ class AgentRuntime:
             cost_usd=completion.cost_usd,
             cache_hit=cache_hit,
             started_at=started,
-            subqueries=asked,
+            question=text,
+            passages=tuple(passages),
         )
+        return draft, completion.consults
 
     def _retrieve(self, card: AgentCard, embedding: str) -> list[Hit]:
         vector = np.asarray(unpack_vector(embedding), dtype=np.float32)
@@ -200,11 +238,13 @@ class AgentRuntime:
         except psycopg.OperationalError as exc:  # database away: the loop retries the batch with backoff
             raise RetryableError(f"knowledge search failed: {exc}") from exc
 
-    def _generate(self, card: AgentCard, question: str, passages: list[Passage]) -> tuple[Completion, bool]:
+    def _generate(
+        self, card: AgentCard, question: str, passages: list[Passage], offered: tuple[str, ...] = ()
+    ) -> tuple[Completion, bool]:
         """The agent's backend with retries; when it stays unavailable, the fallback backend if one is set."""
         backend = card.llm.backend or self._default_backend
         try:
-            return self._call(card, backend, question, passages)
+            return self._call(card, backend, question, passages, offered)
         except LLMUnavailable as exc:
             fallback = card.llm.fallback_backend or self._fallback_backend
             reason = f"LLM {backend} unavailable after {self._llm_attempts} attempts: {exc}"
@@ -213,20 +253,22 @@ class AgentRuntime:
             log.warning("llm fallback", agent=card.name, backend=backend, fallback=fallback, error=str(exc))
             self._metrics.fallbacks.labels(card.name, fallback).inc()
             try:
-                return self._call(card, fallback, question, passages)
+                return self._call(card, fallback, question, passages, offered)
             except LLMError as again:
                 raise _Failed(f"{reason}; fallback {fallback} failed too: {again}", again.retryable) from again
         except LLMError as exc:
             raise _Failed(f"LLM {backend} error: {exc}") from exc
 
-    def _call(self, card: AgentCard, backend: str, question: str, passages: list[Passage]) -> tuple[Completion, bool]:
+    def _call(
+        self, card: AgentCard, backend: str, question: str, passages: list[Passage], offered: tuple[str, ...]
+    ) -> tuple[Completion, bool]:
         llm = self._llms.get(backend)
         if llm is None:
             raise _Failed(f"agent {card.name!r} asks for LLM backend {backend!r}, which is not configured")
         key = None
         if self._cache is not None and card.llm.cache:
             model = card.llm.model or getattr(llm, "default_model", None)
-            key = cache_key(backend, model, question, passages, card.llm)
+            key = cache_key(backend, model, question, passages, card.llm, offered)
             if (cached := self._cache.get(key)) is not None:
                 self._metrics.cache_hits.labels(card.name).inc()
                 return cached, True
@@ -237,7 +279,7 @@ class AgentRuntime:
             reraise=True,
         ):
             with attempt:
-                completion = llm.complete(question, passages, card.llm)
+                completion = llm.complete(question, passages, card.llm, offered)
         if key is not None:
             self._cache.put(key, completion)  # type: ignore[union-attr]
         return completion, False
@@ -249,10 +291,11 @@ class AgentRuntime:
         deadline = datetime.now(UTC) + timedelta(seconds=self._policy.timeout_s)
         if work.deadline is not None:
             deadline = min(deadline, work.deadline)
+        budget = self._budget(work)
         if isinstance(work, TaskAssigned):
-            chain, depth, budget = (card.name,), 1, self._policy.budget
+            chain, depth = (card.name,), 1
         else:
-            chain, depth, budget = (*work.chain, card.name), work.depth + 1, work.budget
+            chain, depth = (*work.chain, card.name), work.depth + 1
         subqueries = [
             SubqueryRequested(
                 # Derived ids: a redelivered task asks the same subqueries again, and the asked agent dedupes them.
@@ -303,7 +346,8 @@ class AgentRuntime:
     # ---- results --------------------------------------------------------------------------------------------
 
     def _final(self, work: Work, draft: Draft, results: Sequence[SubResult]) -> Outgoing:
-        text, sources = merge_answers(draft.answer, draft.sources, results)
+        draft = self._rewrite(work, draft, results)
+        text, sources = merge_answers(draft.answer, draft.sources, results, quote=not draft.rewrite)
         answered = [r.answer for r in results if r.answer is not None]
         prompt = draft.prompt_tokens + sum(a.prompt_tokens for a in answered)
         completion = draft.completion_tokens + sum(a.completion_tokens for a in answered)
@@ -350,6 +394,28 @@ class AgentRuntime:
                 subqueries=draft.subqueries,
             )
         return Outgoing(Topic.ANSWERS, str(work.correlation_id), answer)
+
+    def _rewrite(self, work: Work, draft: Draft, results: Sequence[SubResult]) -> Draft:
+        """When the LLM asked for the subqueries, it writes the final answer from its passages plus the subanswers'
+        (numbered after its own, so citations match the joint source list). If that fails, the answers are quoted."""
+        card = self._cards.get(work.agent)
+        answered = [r.answer for r in results if r.answer is not None and not r.answer.error]
+        if not draft.rewrite or card is None:
+            return draft.model_copy(update={"rewrite": False})
+        passages = list(draft.passages) + [p for a in answered for p in subanswer_passages(a)]
+        try:
+            completion, _ = self._generate(card, draft.question, passages)
+        except _Failed as failed:
+            log.warning("rewrite with subanswers failed", agent=card.name, reason=failed.reason)
+            return draft.model_copy(update={"rewrite": False})
+        return draft.model_copy(
+            update={
+                "answer": completion.text,
+                "prompt_tokens": draft.prompt_tokens + completion.prompt_tokens,
+                "completion_tokens": draft.completion_tokens + completion.completion_tokens,
+                "cost_usd": draft.cost_usd + completion.cost_usd,
+            }
+        )
 
     def _fail(self, work: Work, reason: str, retryable: bool = False) -> Outgoing:
         self._metrics.failures.labels(work.agent).inc()

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from smolit.contracts import AgentCard, Clause, Source, SubqueryAnswered
+from smolit.infra.llm import Passage
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,13 @@ def _shift_citations(text: str, offset: int) -> str:
     return _CITATION.sub(lambda m: f"[{int(m.group(1)) + offset}]", text) if offset else text
 
 
-def merge_answers(own: str, own_sources: Sequence[Source], results: Sequence[SubResult]) -> tuple[str, list[Source]]:
+def merge_answers(
+    own: str, own_sources: Sequence[Source], results: Sequence[SubResult], *, quote: bool = True
+) -> tuple[str, list[Source]]:
     """The asking agent's answer followed by each consulted agent's part, citations renumbered to the joint sources.
 
-    A missing or failed subanswer becomes a short note instead, so the user sees what is not covered.
+    A missing or failed subanswer becomes a short note instead, so the user sees what is not covered. With
+    `quote=False` (the LLM already wrote the subanswers into `own`) only their sources are appended.
     """
     parts = [own.strip()]
     sources = list(own_sources)
@@ -92,6 +96,27 @@ def merge_answers(own: str, own_sources: Sequence[Source], results: Sequence[Sub
         elif answer.error:
             parts.append(f"Note: the {result.agent} agent could not answer ({answer.error}).")
         else:
-            parts.append(f"From the {result.agent} agent: {_shift_citations(answer.answer.strip(), len(sources))}")
+            if quote:
+                parts.append(f"From the {result.agent} agent: {_shift_citations(answer.answer.strip(), len(sources))}")
             sources.extend(answer.sources)
     return "\n\n".join(p for p in parts if p), sources
+
+
+_SEGMENT_END = re.compile(r"(?<=\])[.!?]?\s+")  # "… notice. [1] Next" and "… notice [1]. Next" both end at [1]
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.!?,;:])")
+
+
+def _uncited(segment: str) -> str:
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", _CITATION.sub("", segment)).strip()
+
+
+def subanswer_passages(answer: SubqueryAnswered) -> list[Passage]:
+    """One passage per source of a subanswer: the subanswer's sentences that cite it (else the source's snippet),
+    so an LLM given them after its own passages cites the joint source list in order."""
+    segments = _SEGMENT_END.split(answer.answer)
+    passages = []
+    for number, source in enumerate(answer.sources, start=1):
+        cited = [_uncited(seg) for seg in segments if f"[{number}]" in seg]
+        text = " ".join(c for c in cited if c) or source.snippet
+        passages.append(Passage(text=text, source=source.source, title=source.title, score=source.score))
+    return passages

@@ -7,6 +7,7 @@ Both number passages 1..n in the order given, which callers keep best-first.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -42,6 +43,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+    consults: tuple[tuple[str, str], ...] = ()
+    """(agent, question) pairs the model asked for with the `consult_agent` tool."""
 
 
 class LLMError(Exception):
@@ -60,7 +63,11 @@ class LLMUnavailable(LLMError):
 class LLM(Protocol):
     name: str
 
-    def complete(self, question: str, passages: Sequence[Passage], config: LLMConfig) -> Completion: ...
+    def complete(
+        self, question: str, passages: Sequence[Passage], config: LLMConfig, consultable: Sequence[str] = ()
+    ) -> Completion:
+        """Answer from the passages; backends with tool calling may ask to consult one of `consultable`."""
+        ...
 
 
 def build_prompt(question: str, passages: Sequence[Passage], config: LLMConfig) -> list[dict[str, str]]:
@@ -79,17 +86,67 @@ def build_prompt(question: str, passages: Sequence[Passage], config: LLMConfig) 
     return [{"role": "system", "content": config.system_prompt}, {"role": "user", "content": user}]
 
 
+CONSULT_TOOL = "consult_agent"
+
+
+def consult_tool(agents: Sequence[str]) -> dict[str, Any]:
+    """OpenAI tool definition that lets the model ask one of `agents` a question it cannot answer from its passages."""
+    return {
+        "type": "function",
+        "function": {
+            "name": CONSULT_TOOL,
+            "description": (
+                "Ask another specialised agent a question that your passages do not cover. "
+                "Its answer, with its sources, is given back to you before you answer."
+            ),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "agent": {"type": "string", "enum": list(agents), "description": "Agent to ask."},
+                    "question": {"type": "string", "description": "Self-contained question for that agent."},
+                },
+                "required": ["agent", "question"],
+            },
+        },
+    }
+
+
+def _tool_consults(message: Any, consultable: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """Valid `consult_agent` calls of a response message; malformed or unknown ones are ignored."""
+    found: list[tuple[str, str]] = []
+    for call in getattr(message, "tool_calls", None) or []:
+        function = getattr(call, "function", None)
+        if function is None or function.name != CONSULT_TOOL:
+            continue
+        try:
+            args = json.loads(function.arguments or "{}")
+        except json.JSONDecodeError:
+            continue
+        agent, question = args.get("agent"), args.get("question")
+        if agent in consultable and isinstance(question, str) and question.strip():
+            found.append((agent, question.strip()))
+    return tuple(dict.fromkeys(found))
+
+
 # --- Cache of identical calls ------------------------------------------------------------------------
 
 
-def cache_key(backend: str, model: str | None, question: str, passages: Sequence[Passage], config: LLMConfig) -> str:
-    """Hash of everything that shapes a completion: backend, model, the full prompt and the sampling parameters."""
+def cache_key(
+    backend: str,
+    model: str | None,
+    question: str,
+    passages: Sequence[Passage],
+    config: LLMConfig,
+    consultable: Sequence[str] = (),
+) -> str:
+    """Hash of everything that shapes a completion: backend, model, the full prompt, tools and sampling parameters."""
     material = {
         "backend": backend,
         "model": model,
         "messages": build_prompt(question, passages, config),
         "temperature": config.temperature,
         "max_tokens": config.max_tokens,
+        "consultable": list(consultable),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()
 
@@ -182,7 +239,10 @@ class ExtractiveLLM:
 
     name = "extractive"
 
-    def complete(self, question: str, passages: Sequence[Passage], config: LLMConfig) -> Completion:
+    def complete(
+        self, question: str, passages: Sequence[Passage], config: LLMConfig, consultable: Sequence[str] = ()
+    ) -> Completion:
+        """`consultable` is ignored: without generation there is no tool calling."""
         text = self._answer(question, passages, config.max_tokens)
         read = _words(question) + sum(_words(p.text) for p in passages)
         return Completion(text, self.name, None, read, _words(text), 0.0)
@@ -294,14 +354,22 @@ class OpenAILLM:
             "max_tokens": config.max_tokens,
         }
 
-    def complete(self, question: str, passages: Sequence[Passage], config: LLMConfig) -> Completion:
+    def complete(
+        self, question: str, passages: Sequence[Passage], config: LLMConfig, consultable: Sequence[str] = ()
+    ) -> Completion:
         request = self._request(question, passages, config)
+        if consultable:
+            request |= {"tools": [consult_tool(consultable)], "tool_choice": "auto"}
         try:
             response = self._client.chat.completions.create(**request)
         except openai.OpenAIError as exc:
             raise _translate(exc) from exc
-        text = (response.choices[0].message.content or "") if response.choices else ""
-        return self._completion(text, response.model or request["model"], response.usage)
+        message = response.choices[0].message if response.choices else None
+        text = (message.content or "") if message else ""
+        completion = self._completion(text, response.model or request["model"], response.usage)
+        if message is not None and consultable and (consults := _tool_consults(message, consultable)):
+            completion = dataclasses.replace(completion, consults=consults)
+        return completion
 
     def stream(self, question: str, passages: Sequence[Passage], config: LLMConfig) -> Generator[str, None, Completion]:
         """Yields text deltas; the generator's return value is the `Completion` (`yield from`)."""

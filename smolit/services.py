@@ -6,16 +6,16 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 
-from smolit.contracts import Topic, TopicNames
+from smolit.contracts import AgentCard, Topic, TopicNames
 from smolit.infra.cards import load_cards
 from smolit.infra.db import open_pool
 from smolit.infra.heartbeat import Heartbeat
@@ -221,11 +221,34 @@ def _run_agents(w: Wiring, stop: threading.Event) -> None:
             timeout_s=s.subquery_timeout_s,
             consult_threshold=s.consult_threshold,
         ),
+        embedder=_LazyEmbedder(s) if _tool_calls_possible(s, cards) else None,
     )
     # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
     loop = w.loop("smolit-agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
     sweeper = DeadlineSweeper(runtime.sweep, runtime.delivered, w.producer, s.subquery_sweep_s)
     _run_consumers(w, "agents", [loop], stop, s.agents_metrics_port, sweeper)
+
+
+def _tool_calls_possible(settings: Settings, cards: dict[str, AgentCard]) -> bool:
+    """Only generative backends call the consult_agent tool, and only agents that may consult someone."""
+    return any(c.consults and (c.llm.backend or settings.llm_backend) == "openai" for c in cards.values())
+
+
+class _LazyEmbedder:
+    """Loads the embedder on the first consult_agent call, so agents that never use the tool never pay for it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._embedder: Any = None
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        with self._lock:
+            if self._embedder is None:
+                from smolit.infra.embedder import build_embedder
+
+                self._embedder = build_embedder(self._settings)
+        return self._embedder.embed(texts)
 
 
 def _run_gateway(w: Wiring, stop: threading.Event) -> None:

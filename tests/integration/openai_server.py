@@ -1,7 +1,8 @@
 """A real OpenAI-compatible HTTP server (FastAPI + uvicorn on a free port) for integration tests.
 
 It records every request body. Its behaviour is steered by the model name: `sleep:<s>` answers after `<s>` seconds,
-`status:<code>` answers with that HTTP error. Answers quote the system prompt, so tests see which prompt arrived.
+`status:<code>` answers with that HTTP error, `tool:<agent>` calls the offered tool to consult `<agent>`. Answers
+quote the system prompt, so tests see which prompt arrived.
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ def _fake_openai(received: list[dict[str, Any]]) -> FastAPI:
         received.append(body)
         if (error := await _steer(body["model"])) is not None:
             return error
+        if body["model"].startswith("tool:") and body.get("tools"):
+            # `tool:<agent>` with tools offered: ask that agent via the consult_agent tool instead of answering.
+            arguments = {"agent": body["model"].split(":", 1)[1], "question": "Can the bank change my card terms?"}
+            call = {"id": "call_1", "type": "function", "function": {"name": body["tools"][0]["function"]["name"]}}
+            call["function"]["arguments"] = json.dumps(arguments)
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+            head = {"id": "chatcmpl-1", "created": 0, "model": body["model"], "object": "chat.completion"}
+            return JSONResponse(head | {"choices": [choice], "usage": usage})
         # The answer quotes the system prompt, so tests can see which prompt reached the model.
         words = f"Per the {body['messages'][0]['content']} cheques clear in two days [1]".split()
         prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])

@@ -12,8 +12,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 
-from smolit.agents import AgentMetrics, AgentRuntime, Ingestor, RawDocument
-from smolit.contracts import AgentCard, AnswerProduced, TaskAssigned, TaskFailed, pack_vector
+from smolit.agents import AgentMetrics, AgentRuntime, Ingestor, ParkingLot, RawDocument
+from smolit.contracts import (
+    AgentCard,
+    AnswerProduced,
+    SubqueryAnswered,
+    SubqueryRequested,
+    TaskAssigned,
+    TaskFailed,
+    pack_vector,
+)
 from smolit.infra.knowledge import KnowledgeStore
 from smolit.infra.llm import LLM, CompletionCache, ExtractiveLLM, OpenAILLM
 
@@ -150,3 +158,44 @@ def test_endpoint_down_falls_back_to_extractive(pool, embedder, collection) -> N
     assert isinstance(answer, AnswerProduced) and answer.backend == "extractive"
     assert answer.answer == "Cheques are cleared within two business days. [1]"
     assert registry.get_sample_value("smolit_llm_fallbacks_total", {"agent": "resilient", "backend": "extractive"}) == 1
+
+
+def test_the_llm_consults_another_agent_with_the_consult_agent_tool(pool, embedder, server, collection) -> None:
+    """The model's consult_agent call becomes a subquery; the subanswer's passages come back numbered after the
+    agent's own, and the model writes the final answer citing both agents' sources."""
+    base_url, received = server
+    legal_collection = f"c{uuid.uuid4().hex[:8]}"
+    terms = "A card issuer must tell you in writing at least 45 days before it changes your card agreement."
+    Ingestor(KnowledgeStore(pool), embedder).ingest(legal_collection, RawDocument("legal#terms", terms, "Terms"))
+    asker = AgentCard.model_validate(
+        {
+            "name": "asker",
+            "description": "banking",
+            "collection": collection,
+            "consults": ["lawyer"],
+            "llm": {"backend": "openai", "model": "tool:lawyer", "system_prompt": "You are a banker."},
+        }
+    )
+    lawyer = AgentCard(name="lawyer", description="contracts", collection=legal_collection)
+    llms: dict[str, LLM] = {"openai": OpenAILLM(base_url, None, "m", 5.0, 0), "extractive": ExtractiveLLM()}
+    runtime = _runtime(pool, [asker, lawyer], llms, parking=ParkingLot(pool), embedder=embedder)
+    before = len(received)
+
+    [ask] = runtime.handle([_task(embedder, "asker", "When do cheques clear?")])
+    offered = received[before]["tools"][0]["function"]
+    assert offered["name"] == "consult_agent" and offered["parameters"]["properties"]["agent"]["enum"] == ["lawyer"]
+    sub = ask.event
+    assert isinstance(sub, SubqueryRequested) and (sub.from_agent, sub.agent) == ("asker", "lawyer")
+    assert sub.text == "Can the bank change my card terms?" and sub.embedding is not None
+
+    [reply] = runtime.handle([sub])
+    assert isinstance(reply.event, SubqueryAnswered) and [s.source for s in reply.event.sources] == ["legal#terms"]
+    [final] = runtime.handle([reply.event])
+    answer = final.event
+    assert isinstance(answer, AnswerProduced) and answer.subqueries == 1
+    assert [s.source for s in answer.sources] == ["bank#cheques", "legal#terms"]
+    rewrite = received[-1]
+    assert "tools" not in rewrite and "You are a banker." in answer.answer
+    user = rewrite["messages"][1]["content"]
+    assert "[2] (source: legal#terms, title: Terms)\nA card issuer must tell you in writing" in user
+    assert answer.prompt_tokens > 10 and answer.completion_tokens > 5  # both calls are counted

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from smolit.agents import SubqueryPolicy, merge_answers, plan_consults
-from smolit.agents.subqueries import SubResult
+from smolit.agents.subqueries import SubResult, subanswer_passages
 from smolit.contracts import AgentCard, Clause, LLMConfig, Source, SubqueryAnswered
 from smolit.infra.llm import Completion, CompletionCache, Passage, cache_key
 from smolit.router.clauses import split_clauses
@@ -86,6 +86,14 @@ def test_missing_and_failed_subanswers_become_notes() -> None:
     assert [s.source for s in sources] == ["f1"]
 
 
+def test_subanswer_passages_follow_its_citations() -> None:
+    """Each source of a subanswer becomes one passage made of the sentences citing it (its snippet if none do)."""
+    sub = _answered("legal", "Fees must be fair. They need notice [1]. Penalties are void. [2]", (_source("l1"),) * 3)
+    passages = subanswer_passages(sub)
+    assert [p.text for p in passages] == ["Fees must be fair. They need notice", "Penalties are void.", "…"]
+    assert [p.source for p in passages] == ["l1", "l1", "l1"]
+
+
 def test_cache_key_changes_with_prompt_and_parameters_and_the_lru_is_bounded() -> None:
     """Any change of backend, model, prompt, passages or sampling parameters is a different call; old entries go."""
     passages = [Passage("Cheques clear in two days.", "a", None, 0.9)]
@@ -98,6 +106,7 @@ def test_cache_key_changes_with_prompt_and_parameters_and_the_lru_is_bounded() -
         cache_key("openai", "m", "q?", [], LLMConfig()),
         cache_key("openai", "m", "q?", passages, LLMConfig(temperature=0.9)),
         cache_key("openai", "m", "q?", passages, LLMConfig(system_prompt="Be brief.")),
+        cache_key("openai", "m", "q?", passages, LLMConfig(), consultable=("legal",)),
     ]
     assert base not in variants and len(set(variants)) == len(variants)
     cache = CompletionCache(2)
