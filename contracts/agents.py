@@ -25,6 +25,10 @@ class LLMConfig(BaseModel):
     """Longest answer in tokens."""
     system_prompt: str = "You answer questions using only the provided passages and cite them as [n]."
     """System prompt: the agent's specialisation in words."""
+    fallback_backend: Literal["extractive", "openai"] | None = None
+    """Backend that answers when `backend` stays unavailable after its retries (e.g. `extractive`); `None`: fail."""
+    cache: bool = True
+    """Reuse the completion of an identical earlier call (same backend, model, prompt and parameters)."""
 
 
 class RetrievalConfig(BaseModel):
@@ -55,6 +59,8 @@ class AgentCard(BaseModel):
     """Knowledge collection the agent retrieves from (defaults to the name)."""
     llm: LLMConfig = LLMConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    consults: tuple[str, ...] = ()
+    """Agents this one may ask a subquery when part of a request belongs to them."""
 
     @field_validator("name")
     @classmethod
@@ -62,6 +68,13 @@ class AgentCard(BaseModel):
         if not _NAME.match(value):
             raise ValueError("agent names are lower case letters, digits, '-' or '_' and start with a letter")
         return value
+
+    @field_validator("consults")
+    @classmethod
+    def _valid_consults(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if bad := [name for name in value if not _NAME.match(name)]:
+            raise ValueError(f"consults names invalid agent names: {bad}")
+        return tuple(dict.fromkeys(value))  # keep order, drop repeats
 
     @property
     def knowledge_collection(self) -> str:

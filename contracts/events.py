@@ -87,6 +87,18 @@ class RoutingDecided(Event):
     """Request embedding (contracts.vectors wire form), computed once by the router."""
 
 
+class Clause(BaseModel):
+    """One part of a compound request ("..., and is ... enforceable?"), embedded and scored by the router."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text: str
+    embedding: str
+    """Clause embedding (contracts.vectors wire form)."""
+    scores: dict[str, float]
+    """Score of every agent for this clause alone."""
+
+
 class TaskAssigned(Event):
     type: Literal["TaskAssigned"] = "TaskAssigned"
     agent: str
@@ -98,6 +110,10 @@ class TaskAssigned(Event):
     """Request embedding, so agents never re-embed."""
     deadline: datetime | None = None
     """After this the answer is no longer awaited."""
+    scores: dict[str, float] = Field(default_factory=dict)
+    """The router's score of every agent for the whole request (empty in events from before it was added)."""
+    clauses: tuple[Clause, ...] = ()
+    """Parts of a compound request with their own embeddings and scores; empty for a single question."""
 
 
 class SubqueryRequested(Event):
@@ -112,6 +128,11 @@ class SubqueryRequested(Event):
     deadline: datetime | None = None
     budget: int = Field(default=1, ge=0)
     """How many further subqueries the answer may spend."""
+    chain: tuple[str, ...] = ()
+    """Agents already in this chain of questions, first asker first (the loop guard refuses to ask them again)."""
+    embedding: str | None = None
+    """Embedding of `text` (the clause's, computed by the router); `None`: the asked agent embeds nothing and
+    retrieves nothing."""
 
 
 # ---- answers -----------------------------------------------------------------------------------------------
@@ -158,6 +179,13 @@ class SubqueryAnswered(Event):
     answer: str
     sources: tuple[Source, ...] = ()
     latency_ms: float
+    error: str | None = None
+    """Set when the asked agent could not answer (unknown agent, loop guard, LLM down); `answer` is then empty.
+    A failed subquery is reported here, not as `TaskFailed`, so it never reads as the user request failing."""
+    backend: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 class TaskFailed(Event):

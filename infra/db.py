@@ -61,6 +61,30 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (service, instance)
     );
     """,
+    # 2: answers waiting for subanswers (agent-to-agent subqueries), so a restart does not lose them.
+    """
+    CREATE TABLE parked_tasks (
+        parent_event_id uuid PRIMARY KEY,
+        correlation_id  uuid NOT NULL,
+        agent           text NOT NULL,
+        parent          jsonb NOT NULL,
+        draft           jsonb NOT NULL,
+        deadline        timestamptz NOT NULL,
+        created_at      timestamptz NOT NULL DEFAULT now(),
+        result          jsonb,
+        finished_by     text,
+        finished_at     timestamptz,
+        delivered       boolean NOT NULL DEFAULT false
+    );
+    CREATE INDEX parked_tasks_open_idx ON parked_tasks (deadline) WHERE result IS NULL;
+    CREATE TABLE parked_subqueries (
+        subquery_event_id uuid PRIMARY KEY,
+        parent_event_id   uuid NOT NULL REFERENCES parked_tasks(parent_event_id) ON DELETE CASCADE,
+        agent             text NOT NULL,
+        answer            jsonb
+    );
+    CREATE INDEX parked_subqueries_parent_idx ON parked_subqueries (parent_event_id);
+    """,
 )
 
 

@@ -7,7 +7,12 @@ Both number passages 1..n in the order given, which callers keep best-first.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -38,6 +43,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+    consults: tuple[tuple[str, str], ...] = ()
+    """(agent, question) pairs the model asked for with the `consult_agent` tool."""
 
 
 class LLMError(Exception):
@@ -56,7 +63,11 @@ class LLMUnavailable(LLMError):
 class LLM(Protocol):
     name: str
 
-    def complete(self, question: str, passages: Sequence[Passage], config: LLMConfig) -> Completion: ...
+    def complete(
+        self, question: str, passages: Sequence[Passage], config: LLMConfig, consultable: Sequence[str] = ()
+    ) -> Completion:
+        """Answer from the passages; backends with tool calling may ask to consult one of `consultable`."""
+        ...
 
 
 def build_prompt(question: str, passages: Sequence[Passage], config: LLMConfig) -> list[dict[str, str]]:
@@ -73,6 +84,103 @@ def build_prompt(question: str, passages: Sequence[Passage], config: LLMConfig) 
         f"Question: {question.strip()}"
     )
     return [{"role": "system", "content": config.system_prompt}, {"role": "user", "content": user}]
+
+
+CONSULT_TOOL = "consult_agent"
+
+
+def consult_tool(agents: Sequence[str]) -> dict[str, Any]:
+    """OpenAI tool definition that lets the model ask one of `agents` a question it cannot answer from its passages."""
+    return {
+        "type": "function",
+        "function": {
+            "name": CONSULT_TOOL,
+            "description": (
+                "Ask another specialised agent a question that your passages do not cover. "
+                "Its answer, with its sources, is given back to you before you answer."
+            ),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "agent": {"type": "string", "enum": list(agents), "description": "Agent to ask."},
+                    "question": {"type": "string", "description": "Self-contained question for that agent."},
+                },
+                "required": ["agent", "question"],
+            },
+        },
+    }
+
+
+def _tool_consults(message: Any, consultable: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """Valid `consult_agent` calls of a response message; malformed or unknown ones are ignored."""
+    found: list[tuple[str, str]] = []
+    for call in getattr(message, "tool_calls", None) or []:
+        function = getattr(call, "function", None)
+        if function is None or function.name != CONSULT_TOOL:
+            continue
+        try:
+            args = json.loads(function.arguments or "{}")
+        except json.JSONDecodeError:
+            continue
+        agent, question = args.get("agent"), args.get("question")
+        if agent in consultable and isinstance(question, str) and question.strip():
+            found.append((agent, question.strip()))
+    return tuple(dict.fromkeys(found))
+
+
+# --- Cache of identical calls ------------------------------------------------------------------------
+
+
+def cache_key(
+    backend: str,
+    model: str | None,
+    question: str,
+    passages: Sequence[Passage],
+    config: LLMConfig,
+    consultable: Sequence[str] = (),
+) -> str:
+    """Hash of everything that shapes a completion: backend, model, the full prompt, tools and sampling parameters."""
+    material = {
+        "backend": backend,
+        "model": model,
+        "messages": build_prompt(question, passages, config),
+        "temperature": config.temperature,
+        "max_tokens": config.max_tokens,
+        "consultable": list(consultable),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+class CompletionCache:
+    """Bounded in-process LRU of completions by `cache_key`; thread-safe.
+
+    In-process rather than Postgres: a hit then costs a dict lookup instead of a round trip, and losing the cache on
+    restart only costs the calls it would have saved.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, Completion] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Completion | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: str, completion: Completion) -> None:
+        if self.max_entries <= 0:
+            return
+        with self._lock:
+            self._entries[key] = completion
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 # --- Extractive (offline) ----------------------------------------------------------------------------
@@ -131,7 +239,10 @@ class ExtractiveLLM:
 
     name = "extractive"
 
-    def complete(self, question: str, passages: Sequence[Passage], config: LLMConfig) -> Completion:
+    def complete(
+        self, question: str, passages: Sequence[Passage], config: LLMConfig, consultable: Sequence[str] = ()
+    ) -> Completion:
+        """`consultable` is ignored: without generation there is no tool calling."""
         text = self._answer(question, passages, config.max_tokens)
         read = _words(question) + sum(_words(p.text) for p in passages)
         return Completion(text, self.name, None, read, _words(text), 0.0)
@@ -224,6 +335,7 @@ class OpenAILLM:
     """Chat completions from an OpenAI-compatible endpoint; one HTTP client per instance."""
 
     name = "openai"
+    default_model: str
 
     def __init__(
         self, base_url: str | None, api_key: str | None, default_model: str, timeout_s: float, max_retries: int
@@ -242,14 +354,22 @@ class OpenAILLM:
             "max_tokens": config.max_tokens,
         }
 
-    def complete(self, question: str, passages: Sequence[Passage], config: LLMConfig) -> Completion:
+    def complete(
+        self, question: str, passages: Sequence[Passage], config: LLMConfig, consultable: Sequence[str] = ()
+    ) -> Completion:
         request = self._request(question, passages, config)
+        if consultable:
+            request |= {"tools": [consult_tool(consultable)], "tool_choice": "auto"}
         try:
             response = self._client.chat.completions.create(**request)
         except openai.OpenAIError as exc:
             raise _translate(exc) from exc
-        text = (response.choices[0].message.content or "") if response.choices else ""
-        return self._completion(text, response.model or request["model"], response.usage)
+        message = response.choices[0].message if response.choices else None
+        text = (message.content or "") if message else ""
+        completion = self._completion(text, response.model or request["model"], response.usage)
+        if message is not None and consultable and (consults := _tool_consults(message, consultable)):
+            completion = dataclasses.replace(completion, consults=consults)
+        return completion
 
     def stream(self, question: str, passages: Sequence[Passage], config: LLMConfig) -> Generator[str, None, Completion]:
         """Yields text deltas; the generator's return value is the `Completion` (`yield from`)."""

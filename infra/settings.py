@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     """Timeout of one LLM call."""
     llm_max_retries: int = 2
     """Retries of one LLM call (the client's own backoff)."""
+    llm_attempts: int = Field(default=3, ge=1, le=10)
+    """Attempts the agent runtime makes (exponential backoff, 0.5 s doubling) before giving up on a backend."""
+    llm_fallback_backend: Literal["extractive", "openai"] | None = None
+    """Backend that answers when an agent's own backend stays unavailable and its card names no `fallback_backend`."""
+    llm_cache_size: int = Field(default=1024, ge=0)
+    """Completions kept in each agent process's LRU cache of identical LLM calls; 0 disables the cache."""
 
     # --- Agents and routing ------------------------------------------------------------------------
     agents_dir: Path | None = None
@@ -79,6 +85,16 @@ class Settings(BaseSettings):
     """Default number of passages an agent retrieves."""
     hnsw_ef_search: int = 64
     """pgvector HNSW ef_search used by retrieval."""
+    consult_threshold: float = 0.35
+    """Lowest router score of a request clause for another agent before an agent consults it (if its card allows)."""
+    subquery_max_depth: int = Field(default=2, ge=0, le=8)
+    """Longest chain of agent-to-agent subqueries; 0 turns subqueries off."""
+    subquery_budget: int = Field(default=2, ge=0, le=16)
+    """Most subqueries one request may spend, all depths together."""
+    subquery_timeout_s: float = Field(default=8.0, gt=0)
+    """How long an agent waits for subanswers before answering without them (capped by the task's deadline)."""
+    subquery_sweep_s: float = Field(default=0.5, gt=0)
+    """How often the agents service looks for parked answers whose subqueries ran out of time."""
 
     # --- Gateway -----------------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from smolit.contracts import (
     AgentCard,
+    Clause,
     Event,
     RequestReceived,
     RoutingDecided,
@@ -20,6 +21,7 @@ from smolit.contracts import (
 )
 from smolit.infra.kafka import Outgoing
 
+from .clauses import split_clauses
 from .policy import decide
 from .scoring import SimilarityScorer, TextEmbedder
 
@@ -81,12 +83,27 @@ class Router:
                 raise UnexpectedEvent(f"router expects RequestReceived, got {event.type}")  # type: ignore[attr-defined]
             requests.append(event)
         started = time.perf_counter()
-        embeddings = self._embedder.embed([r.text for r in requests])
-        all_scores = self._scorer.score_dicts(embeddings)
+        # Clauses of compound requests are embedded in the same batch: one encoder call per batch.
+        split = [split_clauses(r.text) for r in requests]
+        texts = [r.text for r in requests] + [c for clauses in split for c in clauses]
+        vectors = self._embedder.embed(texts)
+        scored = self._scorer.score_dicts(vectors)
+        embeddings, all_scores = vectors[: len(requests)], scored[: len(requests)]
+        all_clauses: list[tuple[Clause, ...]] = []
+        row = len(requests)
+        for clauses in split:
+            rows = range(row, row + len(clauses))
+            all_clauses.append(
+                tuple(
+                    Clause(text=t, embedding=pack_vector(vectors[i].tolist()), scores=scored[i])
+                    for t, i in zip(clauses, rows, strict=True)
+                )
+            )
+            row += len(clauses)
         elapsed = time.perf_counter() - started
         self._metrics.routing_seconds.observe(elapsed)
         outputs: list[Outgoing] = []
-        for request, vector, scores in zip(requests, embeddings, all_scores, strict=True):
+        for request, vector, scores, clauses in zip(requests, embeddings, all_scores, all_clauses, strict=True):
             decision = decide(scores, fallback=self._fallback, threshold=self._threshold, requested=request.agent)
             packed = pack_vector(vector.tolist())
             decided = request.caused(
@@ -107,6 +124,8 @@ class Router:
                 text=request.text,
                 conversation_id=request.conversation_id,
                 embedding=packed,
+                scores=scores,
+                clauses=clauses,
             )
             outputs += [
                 Outgoing(Topic.DECISIONS, str(request.request_id), decided),

@@ -6,16 +6,16 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 
-from smolit.contracts import Topic, TopicNames
+from smolit.contracts import AgentCard, Topic, TopicNames
 from smolit.infra.cards import load_cards
 from smolit.infra.db import open_pool
 from smolit.infra.heartbeat import Heartbeat
@@ -33,6 +33,9 @@ from smolit.infra.metrics import ConsumerMetrics, serve_metrics
 from smolit.infra.settings import Settings
 
 from .errors import SetupError
+
+if TYPE_CHECKING:
+    from smolit.agents import DeadlineSweeper
 
 Service = Literal["router", "agents", "gateway"]
 SERVICES: tuple[Service, ...] = ("router", "agents", "gateway")
@@ -138,13 +141,22 @@ def run_service(service: Service, settings: Settings) -> None:
         runner(w, stop)
 
 
-def _run_consumers(w: Wiring, service: str, loops: list[ConsumerLoop], stop: threading.Event, port: int) -> None:
+def _run_consumers(
+    w: Wiring,
+    service: str,
+    loops: list[ConsumerLoop],
+    stop: threading.Event,
+    port: int,
+    sweeper: DeadlineSweeper | None = None,
+) -> None:
     bound = serve_metrics(w.registry, w.settings.host, port)
     heartbeat = Heartbeat(w.pool, service, w.instance)
     heartbeat.info = {"metrics_port": bound}
     threads = [loop.start_thread() for loop in loops]
     for loop in loops:
         loop.assigned.wait(30)
+    if sweeper is not None:
+        threads.append(sweeper.start_thread())
     heartbeat.start()
     log.info("service ready", metrics_port=bound)
     try:
@@ -153,6 +165,8 @@ def _run_consumers(w: Wiring, service: str, loops: list[ConsumerLoop], stop: thr
                 raise SetupError(f"{service}: a consumer loop stopped unexpectedly (see the log above)")
     finally:
         heartbeat.stop()
+        if sweeper is not None:
+            sweeper.stop()
         for loop in loops:
             loop.stop()
         for thread in threads:
@@ -175,13 +189,16 @@ def _run_router(w: Wiring, stop: threading.Event) -> None:
 
 
 def _run_agents(w: Wiring, stop: threading.Event) -> None:
-    from smolit.agents import AgentMetrics, AgentRuntime
+    from smolit.agents import AgentMetrics, AgentRuntime, DeadlineSweeper, ParkingLot, SubqueryPolicy
     from smolit.infra.knowledge import KnowledgeStore
-    from smolit.infra.llm import build_llms
+    from smolit.infra.llm import CompletionCache, build_llms
 
-    cards = load_cards(w.settings.agents_dir)
-    llms = build_llms(w.settings)
-    wanted = {w.settings.llm_backend} | {c.llm.backend for c in cards.values() if c.llm.backend}
+    s = w.settings
+    cards = load_cards(s.agents_dir)
+    llms = build_llms(s)
+    wanted = {s.llm_backend} | {c.llm.backend for c in cards.values() if c.llm.backend}
+    wanted |= {c.llm.fallback_backend for c in cards.values() if c.llm.fallback_backend}
+    wanted |= {s.llm_fallback_backend} if s.llm_fallback_backend else set()
     if missing := sorted(wanted - llms.keys()):
         raise SetupError(
             f"LLM backend {', '.join(missing)} is asked for but not configured"
@@ -189,14 +206,49 @@ def _run_agents(w: Wiring, stop: threading.Event) -> None:
         )
     runtime = AgentRuntime(
         cards,
-        KnowledgeStore(w.pool, w.settings.hnsw_ef_search),
+        KnowledgeStore(w.pool, s.hnsw_ef_search),
         llms,
-        default_backend=w.settings.llm_backend,
-        default_top_k=w.settings.retrieval_top_k,
+        default_backend=s.llm_backend,
+        default_top_k=s.retrieval_top_k,
         metrics=AgentMetrics.create(w.registry),
+        llm_attempts=s.llm_attempts,
+        fallback_backend=s.llm_fallback_backend,
+        cache=CompletionCache(s.llm_cache_size) if s.llm_cache_size else None,
+        parking=ParkingLot(w.pool),
+        policy=SubqueryPolicy(
+            max_depth=s.subquery_max_depth,
+            budget=s.subquery_budget,
+            timeout_s=s.subquery_timeout_s,
+            consult_threshold=s.consult_threshold,
+        ),
+        embedder=_LazyEmbedder(s) if _tool_calls_possible(s, cards) else None,
     )
-    loop = w.loop("smolit-agents", [Topic.TASKS], runtime.handle)
-    _run_consumers(w, "agents", [loop], stop, w.settings.agents_metrics_port)
+    # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
+    loop = w.loop("smolit-agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
+    sweeper = DeadlineSweeper(runtime.sweep, runtime.delivered, w.producer, s.subquery_sweep_s)
+    _run_consumers(w, "agents", [loop], stop, s.agents_metrics_port, sweeper)
+
+
+def _tool_calls_possible(settings: Settings, cards: dict[str, AgentCard]) -> bool:
+    """Only generative backends call the consult_agent tool, and only agents that may consult someone."""
+    return any(c.consults and (c.llm.backend or settings.llm_backend) == "openai" for c in cards.values())
+
+
+class _LazyEmbedder:
+    """Loads the embedder on the first consult_agent call, so agents that never use the tool never pay for it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._embedder: Any = None
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        with self._lock:
+            if self._embedder is None:
+                from smolit.infra.embedder import build_embedder
+
+                self._embedder = build_embedder(self._settings)
+        return self._embedder.embed(texts)
 
 
 def _run_gateway(w: Wiring, stop: threading.Event) -> None:

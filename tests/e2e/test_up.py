@@ -103,6 +103,19 @@ def test_question_is_answered_by_the_finance_agent_with_sources(system: Running)
     assert again["answer"] == body["answer"] and again["agent"] == "finance"
 
 
+def test_compound_question_is_answered_by_two_agents(system: Running) -> None:
+    """A finance question with a contract clause: the finance agent consults the legal agent and merges its part."""
+    text = (
+        "Should I pay off my credit card debt before investing, and can the bank change my card agreement without "
+        "telling me?"
+    )
+    r = httpx.post(f"{system.url}/v1/requests", json={"text": text}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "answered" and body["agent"] == "finance"
+    assert "\n\nFrom the legal agent: " in body["answer"]
+
+
 def test_cli_ask_json_prints_one_object(system: Running) -> None:
     """`smolit ask --json` prints the answer as one JSON object with the documented keys."""
     env = dict(os.environ) | {"SMOLIT_DATA_DIR": str(system.data_dir)}

@@ -1,29 +1,21 @@
-"""OpenAILLM and OpenAIEmbedder against a real OpenAI-compatible HTTP server running in a background thread.
-
-The server (FastAPI + uvicorn on a free port) records every request body. Its behaviour is steered by the model
-name: `sleep:<s>` answers after `<s>` seconds, `status:<code>` answers with that HTTP error.
-"""
+"""OpenAILLM and OpenAIEmbedder against a real OpenAI-compatible HTTP server running in a background thread
+(tests/integration/openai_server.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import openai
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from smolit.contracts.agents import LLMConfig
 from smolit.infra.embedder import OpenAIEmbedder
 from smolit.infra.llm import LLMError, LLMUnavailable, OpenAILLM, Passage, cost_usd
+
+from .openai_server import running_server
 
 pytestmark = pytest.mark.integration
 
@@ -33,80 +25,11 @@ PASSAGES = [
 ]
 
 
-def _fake_openai(received: list[dict[str, Any]]) -> FastAPI:
-    app = FastAPI()
-
-    async def _steer(model: str) -> Response | None:
-        if model.startswith("sleep:"):
-            await asyncio.sleep(float(model.split(":", 1)[1]))
-        if model.startswith("status:"):
-            code = int(model.split(":", 1)[1])
-            return JSONResponse({"error": {"message": f"fake {code}", "type": "fake"}}, status_code=code)
-        return None
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
-        body = await request.json()
-        received.append(body)
-        if (error := await _steer(body["model"])) is not None:
-            return error
-        # The answer quotes the system prompt, so tests can see which prompt reached the model.
-        words = f"Per the {body['messages'][0]['content']} cheques clear in two days [1]".split()
-        prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words), "total_tokens": 0}
-        head = {"id": "chatcmpl-1", "created": 0, "model": body["model"]}
-        if not body.get("stream"):
-            message = {"role": "assistant", "content": " ".join(words)}
-            choice = {"index": 0, "message": message, "finish_reason": "stop"}
-            return JSONResponse(head | {"object": "chat.completion", "choices": [choice], "usage": usage})
-
-        async def events() -> AsyncIterator[str]:
-            chunk = head | {"object": "chat.completion.chunk"}
-            for i, word in enumerate(words):
-                delta = {"content": word if i == 0 else " " + word} | ({"role": "assistant"} if i == 0 else {})
-                choice = {"index": 0, "delta": delta, "finish_reason": None}
-                yield f"data: {json.dumps(chunk | {'choices': [choice]})}\n\n"
-            stop = {"index": 0, "delta": {}, "finish_reason": "stop"}
-            yield f"data: {json.dumps(chunk | {'choices': [stop]})}\n\n"
-            if body.get("stream_options", {}).get("include_usage"):
-                yield f"data: {json.dumps(chunk | {'choices': [], 'usage': usage})}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> Response:
-        body = await request.json()
-        received.append(body)
-        rng = np.random.default_rng(len(body["input"]))
-        # Deliberately not unit length and listed in reverse order, like a sloppy self-hosted server.
-        data = [
-            {"object": "embedding", "index": i, "embedding": (3.0 * rng.standard_normal(body["dimensions"])).tolist()}
-            for i in range(len(body["input"]))
-        ][::-1]
-        return JSONResponse({"object": "list", "data": data, "model": body["model"], "usage": {}})
-
-    return app
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """Base URL of the running fake server and the list of request bodies it has received."""
-    received: list[dict[str, Any]] = []
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # bound before the thread starts: no race for the port
-    config = uvicorn.Config(_fake_openai(received), log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert uv.started, "fake OpenAI server did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", received
-    uv.should_exit = True
-    thread.join(timeout=5)
-    sock.close()
+    with running_server() as running:
+        yield running
 
 
 def _llm(base_url: str, timeout_s: float = 5.0) -> OpenAILLM:
