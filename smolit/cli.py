@@ -140,6 +140,43 @@ def ask(
         raise typer.Exit(1)
 
 
+@app.command()
+def feedback(
+    request_id: Annotated[str, typer.Argument(help="The request id `smolit ask` printed.")],
+    good: Annotated[
+        bool | None, typer.Option("--good/--bad", help="Thumbs up or down (rating +1 / -1).", show_default=False)
+    ] = None,
+    rating: Annotated[int | None, typer.Option(min=1, max=5, help="Stars, 1–5 (instead of --good/--bad).")] = None,
+    comment: Annotated[str | None, typer.Option(help="Free text kept with the feedback.")] = None,
+    user: Annotated[str | None, typer.Option(help="Who rates; feedback counts once per user and request.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    url: Annotated[str | None, typer.Option(help="Gateway URL (default: the running `smolit up`).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Rate an answer: --good/--bad or --rating 1–5."""
+    if (good is None) == (rating is None):
+        raise typer.BadParameter("give exactly one of --good, --bad or --rating N")
+    settings = load_settings(data_dir=data_dir)
+    base = url or _gateway_url(settings)
+    body: dict[str, Any] = {"request_id": request_id, "comment": comment, "user": user}
+    body |= {"rating": 1 if good else -1, "scale": "thumbs"} if rating is None else {"rating": rating, "scale": "stars"}
+    try:
+        response = httpx.post(f"{base}/v1/feedback", json=body, timeout=30)
+    except httpx.HTTPError as exc:
+        raise SetupError(f"gateway at {base} is not reachable ({exc}); is `smolit up` running?") from exc
+    result = response.json()
+    if as_json:
+        out.print_json(json.dumps(result))
+    elif response.status_code >= 300:
+        console.print(f"[red]{response.status_code}[/] {result.get('detail', result)}")
+    elif result.get("duplicate"):
+        out.print(f"already rated: request {request_id} has feedback {result['feedback_id']} from this user")
+    else:
+        out.print(f"thanks: {result['sentiment']} feedback {result['feedback_id']} for {result.get('agent') or '?'}")
+    if response.status_code >= 300:
+        raise typer.Exit(1)
+
+
 def _print_answer(result: dict[str, Any]) -> None:
     score = result.get("score")
     header = f"[bold]{result['agent']}[/] (score {score:.3f})" if score is not None else f"[bold]{result['agent']}[/]"
