@@ -249,6 +249,43 @@ def agents(
     out.print(table)
 
 
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of rows.")] = False,
+    since: Annotated[
+        str | None, typer.Option(help="Only windows from this time on: 30m, 2h, 1d or an ISO time (default: all).")
+    ] = None,
+    window: Annotated[str | None, typer.Option(help="Only this window length, e.g. 1m or 1h.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Live per-agent table: the latest metrics window per agent and window length (agent-metrics topic)."""
+    from smolit.contracts import TopicNames
+    from smolit.infra.kafka import BrokerUnreachable, KafkaProfile, TopicMissing, check_broker
+
+    from .stats import collect_stats, flag_notes, parse_since, stats_table
+
+    settings = load_settings(data_dir=data_dir)
+    try:
+        start = parse_since(since) if since else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    profile = KafkaProfile(_bootstrap(settings), embedded=settings.tansu_profile)
+    try:
+        check_broker(profile.admin(), timeout_s=5)
+        rows = collect_stats(profile, TopicNames(settings.topic_prefix), start)
+    except (BrokerUnreachable, TopicMissing) as exc:
+        raise SetupError(f"cannot read agent metrics from {profile.bootstrap}: {exc}") from exc
+    rows = [r for r in rows if window is None or r["window"] == window]
+    if as_json:
+        out.print_json(json.dumps(rows))
+    elif not rows:
+        out.print("no agent metrics yet (the stream processors publish a window per agent as requests flow)")
+    else:
+        out.print(stats_table(rows))
+        for note in flag_notes(rows):
+            out.print(f"[yellow]{note}[/]")
+
+
 @bench_app.command("pipeline")
 def bench_pipeline(
     requests: Annotated[int, typer.Option(help="Requests to send.")] = 500,
@@ -285,6 +322,19 @@ def _gateway_url(settings: Settings) -> str:
 
     state = read_state(settings.data_dir)
     return state["gateway_url"] if state else f"http://{settings.host}:{settings.port}"
+
+
+def _bootstrap(settings: Settings) -> str:
+    from .stack import read_state
+
+    if settings.kafka_bootstrap:
+        return settings.kafka_bootstrap
+    state = read_state(settings.data_dir)
+    if state is None:
+        raise SetupError(
+            f"no running Smolit in {settings.data_dir.resolve()}: start `smolit up` or set SMOLIT_KAFKA_BOOTSTRAP"
+        )
+    return str(state["kafka_bootstrap"])
 
 
 def _cards(settings: Settings) -> dict[str, Any]:
