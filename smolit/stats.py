@@ -20,6 +20,7 @@ from smolit.contracts import (
     Topic,
     TopicNames,
 )
+from smolit.infra.agent_gauges import window_kind
 from smolit.infra.kafka import KafkaProfile, read_topic_events
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -35,15 +36,6 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     except ValueError as exc:
         raise ValueError(f"--since takes a duration like 30m, 2h, 1d or an ISO time, not {text!r}") from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def window_kind(window: AgentMetricsWindow) -> str:
-    """A window's length as a label: `1m`, `5m`, `1h`, `90s`."""
-    seconds = round((window.window_end - window.window_start).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def latest_windows(events: Iterable[Event]) -> list[AgentMetricsWindow]:
