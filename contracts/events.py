@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .agents import AgentCard
 
@@ -205,6 +205,25 @@ class FeedbackGiven(Event):
     """-1/+1 thumbs, or 1–5 stars."""
     comment: str | None = None
     user: str | None = None
+    scale: Literal["thumbs", "stars"] | None = None
+    """How to read `rating` (a rating of 1 is a thumbs-up but a one-star review). None: thumbs for -1/+1,
+    stars for 2–5 (what producers before this field meant)."""
+
+    @model_validator(mode="after")
+    def _rating_fits_scale(self) -> FeedbackGiven:
+        if self.scale == "thumbs" and self.rating not in (-1, 1):
+            raise ValueError("a thumbs rating is -1 or +1")
+        if self.scale == "stars" and not 1 <= self.rating <= 5:
+            raise ValueError("a star rating is 1 to 5")
+        return self
+
+    @property
+    def sentiment(self) -> Literal["positive", "neutral", "negative"]:
+        """Thumbs up or 4–5 stars are positive; thumbs down or 1–2 stars negative; 3 stars (or 0) neutral."""
+        scale = self.scale or ("thumbs" if self.rating in (-1, 1) else "stars")
+        if scale == "thumbs":
+            return "positive" if self.rating > 0 else "negative" if self.rating < 0 else "neutral"
+        return "positive" if self.rating >= 4 else "negative" if self.rating in (1, 2) else "neutral"
 
 
 class AgentMetricsWindow(Event):

@@ -1,7 +1,7 @@
-"""Gateway: the HTTP edge (native request API, health, metrics) and the answer projection."""
+"""Gateway: the HTTP edge (native request API, feedback, health, metrics) and the answer projection."""
 
-from .app import GatewayDeps, create_app
+from .app import GatewayDeps, GatewayMetrics, create_app
 from .pending import PendingRequests
 from .projection import AnswerProjection
 
-__all__ = ["AnswerProjection", "GatewayDeps", "PendingRequests", "create_app"]
+__all__ = ["AnswerProjection", "GatewayDeps", "GatewayMetrics", "PendingRequests", "create_app"]

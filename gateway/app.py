@@ -1,4 +1,4 @@
-"""HTTP edge: native request API, health and metrics."""
+"""HTTP edge: native request API, feedback, health and metrics."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
+import structlog
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -21,11 +22,55 @@ from smolit.contracts import AgentCard, RequestReceived, Topic
 from smolit.infra.heartbeat import service_statuses
 from smolit.infra.kafka import EventProducer, Outgoing
 
+from .feedback import FeedbackBody, claim, feedback_event, load_request_ref, release
 from .pending import PendingRequests
+
+log = structlog.get_logger("smolit.gateway")
 
 REQUIRED_SERVICES = ("router", "agents", "gateway")
 HEARTBEAT_MAX_AGE_S = 10.0
 MAX_BODY_BYTES = 256 * 1024
+PUBLISH_TIMEOUT_S = 10.0
+
+
+class GatewayMetrics(NamedTuple):
+    requests: Counter
+    request_seconds: Histogram
+    answers: Counter
+    feedback: Counter
+    feedback_duplicates: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
+        return cls(
+            requests=Counter(
+                "smolit_gateway_requests_total", "HTTP requests to POST /v1/requests", ["status"], registry=registry
+            ),
+            request_seconds=Histogram(
+                "smolit_gateway_request_seconds",
+                "POST /v1/requests latency until the answer, per answering agent",
+                ["agent"],
+                registry=registry,
+                buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            ),
+            answers=Counter(
+                "smolit_gateway_answers_total",
+                "Answers returned to HTTP callers, per agent and outcome (answered, failed)",
+                ["agent", "outcome"],
+                registry=registry,
+            ),
+            feedback=Counter(
+                "smolit_feedback_total",
+                "Feedback accepted, per agent and sentiment (positive, neutral, negative)",
+                ["agent", "sentiment"],
+                registry=registry,
+            ),
+            feedback_duplicates=Counter(
+                "smolit_feedback_duplicates_total",
+                "Repeated feedback from the same user on the same request (not published)",
+                registry=registry,
+            ),
+        )
 
 
 class AskBody(BaseModel):
@@ -61,15 +106,8 @@ class GatewayDeps:
 
 def create_app(deps: GatewayDeps) -> FastAPI:
     app = FastAPI(title="Smolit gateway", version="0.1.0")
-    http_requests = Counter(
-        "smolit_gateway_requests_total", "Requests through the gateway", ["status"], registry=deps.registry
-    )
-    latency = Histogram(
-        "smolit_gateway_request_seconds",
-        "POST /v1/requests latency",
-        registry=deps.registry,
-        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-    )
+    gm = GatewayMetrics.create(deps.registry)
+    http_requests = gm.requests
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Any]) -> Response:
@@ -127,9 +165,50 @@ def create_app(deps: GatewayDeps) -> FastAPI:
             http_requests.labels("503").inc()
             raise HTTPException(503, str(exc)) from exc
         elapsed_ms = (time.perf_counter() - started) * 1000
-        latency.observe(elapsed_ms / 1000)
+        view = _view(request_id, conversation, outcome, elapsed_ms)
+        agent = view["agent"] or ""
+        gm.request_seconds.labels(agent).observe(elapsed_ms / 1000)
+        gm.answers.labels(agent, view["status"]).inc()
         http_requests.labels("200").inc()
-        return JSONResponse(_view(request_id, conversation, outcome, elapsed_ms))
+        log.info(
+            "request handled",
+            request_id=str(request_id),
+            agent=agent,
+            outcome=view["status"],
+            duration_ms=round(elapsed_ms, 2),
+        )
+        return JSONResponse(view)
+
+    @app.post("/v1/feedback")
+    async def feedback(body: FeedbackBody) -> JSONResponse:
+        ref = await run_in_threadpool(load_request_ref, deps.pool, body.request_id)
+        if ref is None:
+            raise HTTPException(404, f"unknown request id {body.request_id}")
+        event = feedback_event(body, ref)
+        earlier = await run_in_threadpool(claim, deps.pool, event)
+        result = {"request_id": str(body.request_id), "agent": ref.agent}
+        if earlier is not None:  # the earlier feedback stands; this one is not published
+            gm.feedback_duplicates.inc()
+            log.info("feedback handled", request_id=str(body.request_id), user=body.user, outcome="duplicate")
+            return JSONResponse(result | {"feedback_id": str(earlier), "duplicate": True})
+        try:
+            await _publish(deps.producer, Outgoing(Topic.FEEDBACK, str(body.request_id), event))
+        except (RuntimeError, TimeoutError) as exc:
+            await run_in_threadpool(release, deps.pool, event)  # not recorded: the user may send it again
+            raise HTTPException(503, f"feedback not recorded: {exc}") from exc
+        gm.feedback.labels(ref.agent or "", event.sentiment).inc()
+        log.info(
+            "feedback handled",
+            request_id=str(body.request_id),
+            agent=ref.agent,
+            user=body.user,
+            rating=body.rating,
+            outcome="published",
+        )
+        return JSONResponse(
+            result | {"feedback_id": str(event.event_id), "sentiment": event.sentiment, "duplicate": False},
+            status_code=201,
+        )
 
     @app.get("/v1/requests/{request_id}")
     async def get_request(request_id: uuid.UUID) -> JSONResponse:
@@ -152,6 +231,26 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         return Response(generate_latest(deps.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _publish(producer: EventProducer, out: Outgoing) -> None:
+    """Produce one event and wait for the broker's acknowledgement (served by the process's poll thread)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(err: Any, _msg: Any) -> None:
+        def resolve() -> None:
+            if done.done():
+                return
+            if err is None:
+                done.set_result(None)
+            else:
+                done.set_exception(RuntimeError(f"broker rejected the event: {err}"))
+
+        loop.call_soon_threadsafe(resolve)
+
+    producer.send(out, on_delivery=settle)
+    await asyncio.wait_for(done, PUBLISH_TIMEOUT_S)
 
 
 def _view(request_id: uuid.UUID, conversation: str, outcome: dict[str, Any], elapsed_ms: float) -> dict[str, Any]:

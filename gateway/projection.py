@@ -29,6 +29,7 @@ def decision_view(event: RoutingDecided) -> dict[str, Any]:
 def answer_view(event: AnswerProduced | TaskFailed) -> dict[str, Any]:
     if isinstance(event, TaskFailed):
         return {
+            "event_id": str(event.event_id),
             "status": "failed",
             "agent": event.agent,
             "error": event.reason,
@@ -36,6 +37,7 @@ def answer_view(event: AnswerProduced | TaskFailed) -> dict[str, Any]:
             "sources": [],
         }
     return {
+        "event_id": str(event.event_id),
         "status": "answered",
         "agent": event.agent,
         "answer": event.answer,

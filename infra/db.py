@@ -85,6 +85,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX parked_subqueries_parent_idx ON parked_subqueries (parent_event_id);
     """,
+    # 3: feedback counts once per (request, user); anonymous feedback is user '' (once per request).
+    """
+    CREATE TABLE feedback (
+        request_id uuid NOT NULL,
+        user_key   text NOT NULL,
+        event_id   uuid NOT NULL UNIQUE,
+        rating     int NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (request_id, user_key)
+    );
+    """,
 )
 
 

@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from smolit.contracts import Event
+
 
 def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     """Configure structlog and the stdlib root logger once per process."""
@@ -36,3 +38,16 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)
+
+
+def event_fields(event: Event) -> dict[str, str]:
+    """The fields every log line about an event carries: request id (correlation), event id and type, agent."""
+    fields = {
+        "request_id": str(event.correlation_id),
+        "event_id": str(event.event_id),
+        "event_type": str(getattr(event, "type", type(event).__name__)),  # `type` lives on each subclass
+    }
+    agent = getattr(event, "agent", None)
+    if agent is not None:
+        fields["agent"] = str(agent)
+    return fields

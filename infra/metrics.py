@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
 class ConsumerMetrics(NamedTuple):
@@ -14,6 +14,7 @@ class ConsumerMetrics(NamedTuple):
     duplicates: Counter
     retries: Counter
     batch_seconds: Histogram
+    lag: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ConsumerMetrics:
@@ -39,6 +40,12 @@ class ConsumerMetrics(NamedTuple):
                 ["group"],
                 registry=registry,
                 buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            ),
+            lag=Gauge(
+                "smolit_consumer_lag_messages",
+                "Records behind the high watermark per assigned partition (refreshed every few seconds)",
+                ["group", "topic", "partition"],
+                registry=registry,
             ),
         )
 

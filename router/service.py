@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 
 from smolit.contracts import (
     AgentCard,
@@ -37,6 +37,7 @@ class RouterMetrics(NamedTuple):
     decisions: Counter
     low_confidence: Counter
     routing_seconds: Histogram
+    model: Info
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RouterMetrics:
@@ -53,6 +54,7 @@ class RouterMetrics(NamedTuple):
                 registry=registry,
                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
             ),
+            model=Info("smolit_router_model", "Scorer deciding the routes (version label)", registry=registry),
         )
 
 
@@ -75,6 +77,7 @@ class Router:
         self._fallback = fallback
         self._threshold = threshold
         self._metrics = metrics
+        metrics.model.info({"version": self._scorer.version})
 
     def handle(self, events: Sequence[Event]) -> list[Outgoing]:
         requests = []

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 
 from smolit.contracts import AgentCard, Topic, TopicNames
+from smolit.infra.agent_gauges import AgentGaugeProjection, AgentGauges
 from smolit.infra.cards import load_cards
 from smolit.infra.db import open_pool
 from smolit.infra.heartbeat import Heartbeat
@@ -260,6 +261,12 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
     # Each gateway instance must see every answer, so its group is its own; committed offsets let it resume.
     group = f"smolit-gateway-{w.settings.gateway_instance}"
     loop = w.loop(group, [Topic.DECISIONS, Topic.ANSWERS], AnswerProjection(w.pool, pending).handle, dedupe=False)
+    # Stream metrics and agent flags as gauges on this /metrics: a fresh group per process re-reads both topics
+    # from the start, so the gauges hold the last value per agent again after a restart (no compaction needed).
+    gauges = AgentGaugeProjection(AgentGauges.create(w.registry))
+    gauge_loop = w.loop(
+        f"smolit-gauges-{w.instance}", [Topic.AGENT_METRICS, Topic.AGENT_LIFECYCLE], gauges.handle, dedupe=False
+    )
     app = create_app(
         GatewayDeps(
             producer=w.producer,
@@ -273,6 +280,7 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
         )
     )
     thread = loop.start_thread()
+    gauge_thread = gauge_loop.start_thread()
     loop.assigned.wait(30)
     poller = threading.Thread(target=_poll_forever, args=(w.producer, stop), name="producer-poll", daemon=True)
     poller.start()
@@ -289,7 +297,9 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
         stop.set()
         heartbeat.stop()
         loop.stop()
+        gauge_loop.stop()
         thread.join(15)
+        gauge_thread.join(15)
 
 
 def _check_broker_quickly(profile: KafkaProfile) -> None:

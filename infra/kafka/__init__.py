@@ -1,10 +1,11 @@
-"""Kafka adapters: client profiles, the event producer, the one consumer loop, dedupe and topic admin."""
+"""Kafka adapters: client profiles, the event producer, the one consumer loop, dedupe, topic admin, a reader."""
 
 from .admin import BrokerUnreachable, check_broker, ensure_topics
 from .consumer import ConsumerLoop, Handler, LoopConfig, RetryableError
 from .dedupe import Deduper, MemoryDeduper, PostgresDeduper
 from .producer import EventProducer, Outgoing, ProduceError
 from .profile import KafkaProfile
+from .reader import TopicMissing, read_topic_events
 
 __all__ = [
     "BrokerUnreachable",
@@ -19,6 +20,8 @@ __all__ = [
     "PostgresDeduper",
     "ProduceError",
     "RetryableError",
+    "TopicMissing",
     "check_broker",
     "ensure_topics",
+    "read_topic_events",
 ]

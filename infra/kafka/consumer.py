@@ -8,11 +8,17 @@ Policy, in one place:
   message is dead-lettered; the rest are still processed;
 - outputs are flushed to the broker before the input offsets are committed (at-least-once), and processed event ids
   are recorded so a redelivered event is handled once.
+
+Observability: one canonical `event handled` log line per consumed message (outcome `ok`, `duplicate` or
+`dead_lettered`, with the request id, event type and agent), and a consumer-lag gauge per assigned partition
+refreshed every `lag_interval_s` from locally cached high watermarks (no broker round trip on the hot path).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,12 +26,13 @@ from dataclasses import dataclass, field
 from uuid import UUID, uuid4
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from smolit.contracts import DeadLetter, DecodeError, Event, Topic, decode
 from smolit.contracts.serde import HEADER_EVENT_ID
 
+from ..logging import event_fields
 from ..metrics import ConsumerMetrics
 from .dedupe import Deduper
 from .producer import EventProducer, Outgoing, ProduceError
@@ -51,6 +58,8 @@ class LoopConfig:
     dedupe: bool = True
     commit_interval_s: float = 0.2
     """Processed offsets are committed at most this often while busy, and at once when the loop goes idle."""
+    lag_interval_s: float = 5.0
+    """How often the consumer-lag gauge is refreshed."""
 
 
 @dataclass
@@ -81,6 +90,7 @@ class ConsumerLoop:
         self._stop = threading.Event()
         self._uncommitted: dict[tuple[str, int], int] = {}
         self._last_commit = time.monotonic()
+        self._last_lag = float("-inf")
         self.assigned = threading.Event()
         """Set once the group has given this member its partitions (Tansu joins take seconds)."""
 
@@ -97,6 +107,8 @@ class ConsumerLoop:
             while not self._stop.is_set():
                 messages = consumer.consume(self.config.batch_size, self.config.poll_timeout_s)
                 records = [m for m in messages if not self._is_event_error(m)]
+                if time.monotonic() - self._last_lag >= self.config.lag_interval_s:
+                    self._update_lag(consumer)
                 if records:
                     self._process(records)
                 # Coalesced commits: every commit is a broker write (an S3 object on the embedded broker).
@@ -108,7 +120,11 @@ class ConsumerLoop:
             log.info("consumer stopped", group=self.config.group)
 
     def start_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name=f"consumer-{self.config.group}", daemon=True)
+        # The thread inherits the caller's bound log context (e.g. `service`), which threads do not by default.
+        context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=context.run, args=(self.run,), name=f"consumer-{self.config.group}", daemon=True
+        )
         thread.start()
         return thread
 
@@ -117,6 +133,31 @@ class ConsumerLoop:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit(consumer)  # hand over processed work before another member takes the partitions
+        for tp in partitions:  # another member reports their lag now
+            with contextlib.suppress(KeyError):
+                self._metrics.lag.remove(self.config.group, tp.topic, str(tp.partition))
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        """Lag = high watermark − position per assigned partition, from the client's cached watermarks."""
+        self._last_lag = time.monotonic()
+        try:
+            positions = consumer.position(consumer.assignment())
+            # Nothing consumed yet on a partition: its committed offset is where this member will start.
+            unknown = [tp for tp in positions if tp.offset < 0]
+            starts: dict[tuple[str, int], int] = {}
+            if unknown:
+                starts = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(unknown, timeout=2)}
+            for tp in positions:
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    continue  # no fetch response for this partition yet
+                position = tp.offset if tp.offset >= 0 else starts.get((tp.topic, tp.partition), OFFSET_INVALID)
+                if position < 0:
+                    position = max(low, 0)  # no commit either: the group reads from the earliest offset
+                lag = max(high - position, 0)
+                self._metrics.lag.labels(self.config.group, tp.topic, str(tp.partition)).set(lag)
+        except KafkaException as exc:  # a metrics refresh never stops the loop
+            log.debug("lag refresh failed", group=self.config.group, error=str(exc))
 
     def _commit(self, consumer: Consumer) -> None:
         self._last_commit = time.monotonic()
@@ -145,7 +186,30 @@ class ConsumerLoop:
             self._deduper.mark(self.config.group, [e.event_id for _, e in batch.events])
         for tp in _next_offsets(messages):
             self._uncommitted[(tp.topic, tp.partition)] = tp.offset
-        self._metrics.batch_seconds.labels(self.config.group).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._metrics.batch_seconds.labels(self.config.group).observe(elapsed)
+        self._log_handled(batch, len(messages), elapsed)
+
+    def _log_handled(self, batch: _Batch, size: int, elapsed_s: float) -> None:
+        """The canonical line per message; events of one batch share its duration (handlers work per batch)."""
+        common = {"group": self.config.group, "batch": size, "duration_ms": round(elapsed_s * 1000, 2)}
+        dead = {(m.topic(), m.partition(), m.offset()): reason for m, reason in batch.dead}
+        for msg, event in batch.events:
+            reason = dead.pop((msg.topic(), msg.partition(), msg.offset()), None)
+            if reason is None:
+                log.info("event handled", **event_fields(event), outcome="ok", **common)
+            else:
+                log.warning("event handled", **event_fields(event), outcome="dead_lettered", reason=reason, **common)
+        for (topic, partition, offset), reason in dead.items():  # undecodable: no event to describe
+            log.warning(
+                "event handled",
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                outcome="dead_lettered",
+                reason=reason,
+                **common,
+            )
 
     def process(self, messages: list[Message]) -> _Batch:
         """Decode, dedupe and handle a batch; returns outputs and dead letters (nothing is produced yet)."""
@@ -171,15 +235,18 @@ class ConsumerLoop:
         for msg, event in items:
             if event.event_id in seen:
                 self._metrics.duplicates.labels(self.config.group).inc()
-                log.info("duplicate skipped", group=self.config.group, event_id=str(event.event_id))
+                log.info("event handled", **event_fields(event), outcome="duplicate", group=self.config.group)
                 continue
             seen.add(event.event_id)  # also drops a duplicate inside the same batch
             unique.append((msg, event))
         return unique
 
     def _handle(self, items: list[tuple[Message, Event]], batch: _Batch) -> None:
+        # A lone event's request id, type and agent reach every line the handler logs.
+        context = event_fields(items[0][1]) if len(items) == 1 else {}
         try:
-            batch.outputs.extend(self._call_with_retry([e for _, e in items]))
+            with structlog.contextvars.bound_contextvars(group=self.config.group, **context):
+                batch.outputs.extend(self._call_with_retry([e for _, e in items]))
         except RetryError as exc:
             reason = f"gave up after {self.config.max_attempts} attempts: {exc.last_attempt.exception()}"
             batch.dead.extend((msg, reason) for msg, _ in items)
@@ -209,13 +276,6 @@ class ConsumerLoop:
         for msg, reason in batch.dead:
             self._producer.send(_dead_letter(msg, reason, self.config.group))
             self._metrics.dead_letters.labels(self.config.group, msg.topic()).inc()
-            log.warning(
-                "dead-lettered",
-                group=self.config.group,
-                topic=msg.topic(),
-                offset=msg.offset(),
-                reason=reason,
-            )
         for attempt in Retrying(
             retry=retry_if_exception_type(ProduceError),
             wait=wait_exponential(multiplier=self.config.backoff_s, max=5),

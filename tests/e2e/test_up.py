@@ -165,6 +165,38 @@ def test_metrics_are_exported(system: Running) -> None:
     assert "smolit_gateway_requests_total" in text
 
 
+def _cli(system: Running, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ) | {"SMOLIT_DATA_DIR": str(system.data_dir)}
+    return subprocess.run(
+        [sys.executable, "-m", "smolit", *args], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+
+
+def test_feedback_metrics_and_logs(system: Running) -> None:
+    """Feedback from the CLI lands on the feedback topic and in the metrics; every service logs canonical lines."""
+    answer = json.loads(_cli(system, "ask", "--json", QUESTION).stdout)
+    assert "negative feedback" in _cli(system, "feedback", answer["request_id"], "--bad", "--comment", "vague").stdout
+    state = json.loads((system.data_dir / "run" / "state.json").read_text())
+    profile = KafkaProfile(state["kafka_bootstrap"], embedded=True)
+    events = [decode(v) for _, v in read_topic(profile, TopicNames()(Topic.FEEDBACK), expect=10**6, timeout_s=5)]
+    mine = [e for e in events if str(e.correlation_id) == answer["request_id"]]
+    assert [(e.rating, e.comment) for e in mine] == [(-1, "vague")]  # type: ignore[attr-defined]
+
+    gateway = httpx.get(f"{system.url}/metrics", timeout=10).text
+    assert 'smolit_feedback_total{agent="finance",sentiment="negative"}' in gateway
+    assert "smolit_consumer_lag_messages{" in gateway
+    health = httpx.get(f"{system.url}/healthz", timeout=10).json()
+    assert health["status"] == "ok"
+    assert json.loads(_cli(system, "stats", "--json").stdout) == []  # no stream processors publish windows here
+
+    logs = system.data_dir / "logs"
+    for service in ("router", "agents", "gateway"):
+        lines = [json.loads(line) for line in (logs / f"{service}.log").read_text().splitlines() if line[:1] == "{"]
+        handled = [line for line in lines if line.get("event") == "event handled"]
+        assert handled and all(line["service"] == service for line in handled), service
+        assert any(line.get("request_id") == answer["request_id"] for line in handled), service
+
+
 def test_stop_and_restart_keeps_events_and_knowledge(system: Running) -> None:
     """Ctrl-C stops everything cleanly; a second `smolit up` on the same data finds earlier answers and knowledge."""
     first = httpx.post(f"{system.url}/v1/requests", json={"text": QUESTION}, timeout=60).json()

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
+import structlog
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
@@ -56,6 +57,7 @@ class Harness:
         self._running: list[tuple[ConsumerLoop, threading.Thread]] = []
 
     def start(self, handler: Callable[[Sequence[Event]], Sequence[Outgoing]], **config: object) -> ConsumerLoop:
+        """Start a loop in this harness's group and wait until it owns its partitions."""
         loop = ConsumerLoop(
             self.profile.consumer(self.group),
             LoopConfig(group=self.group, topics=[self.topics(Topic.REQUESTS)], backoff_s=0.01, **config),  # type: ignore[arg-type]
@@ -210,3 +212,62 @@ def test_exhausted_retries_dead_letter_the_message(harness: Harness) -> None:
     dead = read_events(harness.profile, harness.topics, Topic.DLQ, 1)
     assert "gave up after 2 attempts" in dead[0].error and "still down" in dead[0].error  # type: ignore[attr-defined]
     assert _wait_for(lambda: harness.committed() == 1)
+
+
+def test_consumer_lag_gauge_counts_records_behind(harness: Harness) -> None:
+    """With ten records waiting and the handler busy on the first, the lag gauge reports the nine behind it."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(events: Sequence[Event]) -> list[Outgoing]:
+        entered.set()
+        release.wait(30)
+        return [_echo(e) for e in events]
+
+    for i in range(10):
+        harness.send(_request(f"r{i}"))  # one key: one partition
+    harness.start(slow, batch_size=1, lag_interval_s=0.0)
+    assert entered.wait(20)
+
+    def lag() -> float:
+        return sum(
+            s.value
+            for m in harness.registry.collect()
+            if m.name == "smolit_consumer_lag_messages"
+            for s in m.samples
+            if s.labels["group"] == harness.group
+        )
+
+    assert _wait_for(lambda: lag() == 9, timeout_s=5), lag()
+    release.set()
+    assert _wait_for(lambda: harness.committed() == 10)
+    assert _wait_for(lambda: lag() == 0), lag()
+
+
+def test_one_canonical_log_line_per_message(harness: Harness) -> None:
+    """Each consumed message gets one `event handled` line with its outcome, request id and event type."""
+    ok, boom = _request("fine"), _request("boom")
+
+    def picky(events: Sequence[Event]) -> list[Outgoing]:
+        if any(e.text == "boom" for e in events):  # type: ignore[attr-defined]
+            raise ValueError("cannot handle boom")
+        return [_echo(e) for e in events]
+
+    with structlog.testing.capture_logs() as logs:
+        harness.start(picky)
+        harness.send(ok)
+        harness.send(boom)
+        harness.send(ok)  # redelivery of the same event
+        harness.send_raw(b"{not json")
+        assert _wait_for(lambda: harness.committed() == 4)
+    handled = [entry for entry in logs if entry["event"] == "event handled" and entry.get("group") == harness.group]
+    outcomes = sorted((entry.get("request_id", "-"), entry["outcome"]) for entry in handled)
+    assert outcomes == sorted(
+        [
+            (str(ok.correlation_id), "ok"),
+            (str(boom.correlation_id), "dead_lettered"),
+            (str(ok.correlation_id), "duplicate"),
+            ("-", "dead_lettered"),
+        ]
+    )
+    assert all(entry.get("event_type") == "RequestReceived" for entry in handled if entry.get("request_id"))
+    assert all("duration_ms" in entry for entry in handled if entry["outcome"] != "duplicate")

@@ -14,6 +14,7 @@ from smolit.contracts import (
     AgentCard,
     AnswerProduced,
     DecodeError,
+    FeedbackGiven,
     RequestReceived,
     RoutingDecided,
     Source,
@@ -154,3 +155,27 @@ def test_agent_card_names_are_validated() -> None:
     with pytest.raises(ValidationError):
         AgentCard(name="Bad Name", description="x")
     assert AgentCard(name="finance", description="money").knowledge_collection == "finance"
+
+
+@pytest.mark.parametrize(
+    ("rating", "scale", "sentiment"),
+    [
+        (1, None, "positive"),
+        (-1, None, "negative"),
+        (1, "stars", "negative"),
+        (3, None, "neutral"),
+        (4, None, "positive"),
+        (2, "stars", "negative"),
+        (1, "thumbs", "positive"),
+    ],
+)
+def test_feedback_sentiment_reads_the_scale(rating: int, scale: str | None, sentiment: str) -> None:
+    """A rating of 1 is a thumbs-up on the thumbs scale and a one-star review on the stars scale."""
+    assert FeedbackGiven(correlation_id=uuid4(), rating=rating, scale=scale).sentiment == sentiment
+
+
+@pytest.mark.parametrize(("rating", "scale"), [(3, "thumbs"), (-1, "stars"), (0, "stars")])
+def test_feedback_rating_must_fit_its_scale(rating: int, scale: str) -> None:
+    """A rating outside its declared scale is rejected."""
+    with pytest.raises(ValidationError):
+        FeedbackGiven(correlation_id=uuid4(), rating=rating, scale=scale)
