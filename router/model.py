@@ -53,3 +53,25 @@ class RouterNet(nn.Module):
         refined = queries + self.refine(queries)
         affinity = refined @ (agent_vectors + deltas).T
         return self.log_temperature.exp() * affinity + self.prior_weight * priors + biases + self.offset
+
+
+def export(net: RouterNet, **extra: object) -> dict[str, object]:
+    """Everything needed to rebuild the network (plain tensors and values; the caller decides where it goes)."""
+    return {
+        "format": 1,
+        "dim": net.dim,
+        "hidden": net.hidden,
+        "agents": list(net.deltas.keys()),
+        "state": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        **extra,
+    }
+
+
+def restore(payload: dict[str, object]) -> RouterNet:
+    if payload.get("format") != 1:
+        raise ValueError(f"unknown router model format {payload.get('format')!r}")
+    net = RouterNet(int(payload["dim"]), hidden=int(payload["hidden"]))  # type: ignore[call-overload]
+    net.ensure_agents(payload["agents"])  # type: ignore[arg-type]
+    net.load_state_dict(payload["state"])  # type: ignore[arg-type]
+    net.eval()
+    return net

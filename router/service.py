@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
@@ -22,8 +23,12 @@ from smolit.contracts import (
 from smolit.infra.kafka import Outgoing
 
 from .clauses import split_clauses
-from .policy import decide
+from .features import AgentFeatures
+from .policy import Decision, decide
 from .scoring import SimilarityScorer, TextEmbedder
+
+if TYPE_CHECKING:
+    from .network import NetworkScorer
 
 log = structlog.get_logger("smolit.router")
 PRODUCER = "router"
@@ -69,15 +74,40 @@ class Router:
         fallback: str,
         threshold: float,
         metrics: RouterMetrics,
+        exploration: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         if fallback not in cards:
             raise ValueError(f"fallback agent {fallback!r} has no card (setting SMOLIT_FALLBACK_AGENT)")
         self._embedder = embedder
         self._scorer = SimilarityScorer(cards, embedder)
+        self._network: NetworkScorer | None = None
         self._fallback = fallback
         self._threshold = threshold
+        self._exploration = exploration
+        self._rng = random.Random(seed)
         self._metrics = metrics
         metrics.model.info({"version": self._scorer.version})
+
+    @property
+    def features(self) -> AgentFeatures:
+        """The agents and prototypes this router scores (network scorers are built over the same ones)."""
+        return self._scorer.features
+
+    @property
+    def network(self) -> NetworkScorer | None:
+        return self._network
+
+    @property
+    def model_version(self) -> str:
+        return self._network.version if self._network is not None else self._scorer.version
+
+    def use_network(self, network: NetworkScorer | None) -> None:
+        """Hot swap: the next batch routes with `network` (None: back to similarity). One reference assignment,
+        so a batch in flight finishes with the model it started with."""
+        self._network = network
+        self._metrics.model.info({"version": self.model_version})
+        log.info("routing model in use", version=self.model_version)
 
     def handle(self, events: Sequence[Event]) -> list[Outgoing]:
         requests = []
@@ -103,11 +133,22 @@ class Router:
                 )
             )
             row += len(clauses)
+        network = self._network  # one model for the whole batch, even if a swap lands meanwhile
+        if network is not None:
+            all_scores = [
+                {a: round(float(p), 6) for a, p in zip(network.agents, row, strict=True)}
+                for row in network.score(embeddings)
+            ]
+        threshold = network.threshold if network is not None else self._threshold
+        version = network.version if network is not None else self._scorer.version
         elapsed = time.perf_counter() - started
         self._metrics.routing_seconds.observe(elapsed)
         outputs: list[Outgoing] = []
         for request, vector, scores, clauses in zip(requests, embeddings, all_scores, all_clauses, strict=True):
-            decision = decide(scores, fallback=self._fallback, threshold=self._threshold, requested=request.agent)
+            decision = decide(scores, fallback=self._fallback, threshold=threshold, requested=request.agent)
+            exploration, propensity = False, 1.0
+            if network is not None and request.agent is None and self._exploration > 0:
+                decision, exploration, propensity = self._explore(decision, scores)
             packed = pack_vector(vector.tolist())
             decided = request.caused(
                 RoutingDecided,
@@ -115,8 +156,10 @@ class Router:
                 agent=decision.agent,
                 scores=scores,
                 score=decision.score,
-                model_version=self._scorer.version,
+                model_version=version,
                 low_confidence=decision.low_confidence,
+                exploration=exploration,
+                propensity=propensity,
                 latency_ms=elapsed * 1000,
                 embedding=packed,
             )
@@ -145,3 +188,37 @@ class Router:
                 low_confidence=decision.low_confidence,
             )
         return outputs
+
+    def _explore(self, greedy: Decision, scores: Mapping[str, float]) -> tuple[Decision, bool, float]:
+        """Epsilon-greedy: with probability epsilon a uniformly random agent; returns the choice's propensity."""
+        agents = sorted(scores)
+        share = self._exploration / len(agents)
+        if self._rng.random() >= self._exploration:
+            return greedy, False, 1 - self._exploration + share
+        pick = self._rng.choice(agents)
+        propensity = share + (1 - self._exploration) * (pick == greedy.agent)
+        if pick == greedy.agent:
+            return greedy, True, propensity
+        return Decision(pick, scores[pick], low_confidence=False), True, propensity
+
+
+class ModelWatcher:
+    """Router-models topic handler: on a promotion or rollback, load the registry's champion and swap it in."""
+
+    def __init__(self, router: Router, load_champion: Callable[[], NetworkScorer | None]) -> None:
+        self._router = router
+        self._load = load_champion
+
+    def refresh(self) -> None:
+        network = self._load()
+        current = self._router.network
+        if network is None and current is None:
+            return
+        if network is not None and current is not None and network.version == current.version:
+            return
+        self._router.use_network(network)
+
+    def handle(self, events: Sequence[Event]) -> list[Outgoing]:
+        if events:
+            self.refresh()  # the registry's alias is the truth; the events only say when to look
+        return []

@@ -1,0 +1,129 @@
+"""MLflow adapter: training runs, the model registry and its aliases (`champion`, `challenger`, `previous`).
+
+Models are stored as one torch payload file (`model.pt`, tensors and plain values only, loaded with
+`weights_only=True`) in the run's artifacts and registered as a model version pointing at them. MLflow 3's
+`register_model` wants a logged-model flavour; a version created from the artifact folder skips the 2-9 s of
+`mlflow.pytorch.log_model` and never unpickles code.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS = "previous"
+PAYLOAD = "model.pt"
+
+
+class RegistryError(RuntimeError):
+    """The model registry could not do what was asked (unknown version or alias, store unreachable)."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+    run_id: str | None
+    aliases: tuple[str, ...]
+    metrics: dict[str, float]
+    created_ms: int
+
+
+class ModelRegistry:
+    def __init__(self, tracking_uri: str, artifact_root: Path | None = None, experiment: str = "smolit-router"):
+        import mlflow
+        from mlflow import MlflowClient
+
+        self._mlflow = mlflow
+        self.tracking_uri = tracking_uri
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        existing = self.client.get_experiment_by_name(experiment)
+        if existing is not None:
+            self.experiment_id = existing.experiment_id
+        else:
+            location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+
+    def log_version(
+        self,
+        name: str,
+        payload: dict[str, Any],
+        *,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str] | None = None,
+        run_name: str | None = None,
+    ) -> ModelVersion:
+        """One training run (params, metrics, the model file) registered as a new version of `name`."""
+        import torch
+
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
+        run_id = run.info.run_id
+        try:
+            for key, value in params.items():
+                self.client.log_param(run_id, key, value)
+            for key, value in metrics.items():
+                self.client.log_metric(run_id, key, float(value))
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(payload, Path(tmp) / PAYLOAD)
+                self.client.log_artifacts(run_id, tmp, artifact_path="model")
+            self.client.set_terminated(run_id)
+        except Exception:
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+        if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
+            self.client.create_registered_model(name)
+        version = self.client.create_model_version(
+            name, source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags or {}
+        )
+        return self._describe(version)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def version_for(self, name: str, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def load(self, name: str, version: str) -> dict[str, Any]:
+        import torch
+        from mlflow.exceptions import MlflowException
+
+        try:
+            source = self.client.get_model_version(name, version).source
+            folder = self._mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=self.tracking_uri)
+        except MlflowException as exc:
+            raise RegistryError(f"model {name} version {version} is not in the registry: {exc.message}") from exc
+        return torch.load(Path(folder) / PAYLOAD, weights_only=True)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        found = self.client.search_model_versions(filter_string=f"name = '{name}'")
+        return sorted((self._describe(v) for v in found), key=lambda v: int(v.version))
+
+    def _describe(self, version: Any) -> ModelVersion:
+        full = self.client.get_model_version(version.name, version.version)
+        metrics = self.client.get_run(full.run_id).data.metrics if full.run_id else {}
+        return ModelVersion(
+            name=full.name,
+            version=str(full.version),
+            run_id=full.run_id,
+            aliases=tuple(sorted(full.aliases)),
+            metrics=dict(metrics),
+            created_ms=int(full.creation_timestamp),
+        )
+
+
+def open_registry(tracking_uri: str, data_dir: Path) -> ModelRegistry:
+    """The registry named by the settings; a local sqlite store keeps its artifacts beside it in data_dir."""
+    root = (data_dir / "mlflow" / "artifacts") if tracking_uri.startswith("sqlite:///") else None
+    return ModelRegistry(tracking_uri, root)

@@ -1,0 +1,237 @@
+"""The learner: training examples in, candidate models evaluated, registered and promoted behind a gate."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from smolit.contracts import Event, RouterModelPromoted, Topic, TrainingExample
+from smolit.infra.kafka import Outgoing
+from smolit.infra.registry import CHALLENGER, CHAMPION, PREVIOUS, ModelRegistry
+from smolit.router.features import AgentFeatures
+from smolit.router.model import export, restore
+
+from .dataset import in_holdout, outcome_of
+from .evaluation import Evaluation, fit_threshold
+from .trainer import Outcome, Trainer, new_trainer
+
+log = structlog.get_logger("smolit.learner")
+PRODUCER = "learner"
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    registry_name: str = "smolit-router"
+    train_every: int = 200
+    train_every_s: float = 60.0
+    steps_per_example: int = 1
+    holdout_share: float = 0.2
+    holdout_size: int = 2000
+    min_holdout: int = 50
+    promotion_margin: float = 0.01
+    target_precision: float = 0.8
+    seed: int = 42
+
+
+class LearnerMetrics(NamedTuple):
+    examples: Counter
+    candidates: Counter
+    promotions: Counter
+    holdout_accuracy: Gauge
+    champion_version: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> LearnerMetrics:
+        return cls(
+            examples=Counter("smolit_learner_examples_total", "Training examples received", ["use"], registry=registry),
+            candidates=Counter("smolit_learner_candidates_total", "Candidate models evaluated", registry=registry),
+            promotions=Counter("smolit_learner_promotions_total", "Candidates promoted to champion", registry=registry),
+            holdout_accuracy=Gauge(
+                "smolit_learner_holdout_accuracy_ratio",
+                "Holdout routing accuracy of the latest candidate and of the champion",
+                ["model"],
+                registry=registry,
+            ),
+            champion_version=Gauge(
+                "smolit_learner_champion_version", "Registry version of the champion router model", registry=registry
+            ),
+        )
+
+
+class Learner:
+    """Learns incrementally from every example; every N examples or T seconds a candidate meets the gate."""
+
+    def __init__(
+        self,
+        features: AgentFeatures,
+        registry: ModelRegistry,
+        metrics: LearnerMetrics,
+        config: LearnerConfig = LearnerConfig(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.metrics = metrics
+        self._clock = clock
+        self._features = features
+        self.holdout: deque[Outcome] = deque(maxlen=config.holdout_size)
+        self._center_sum: np.ndarray | None = None
+        self._center_n = 0
+        self._pending = 0
+        self._last_candidate = clock()
+        self._lock = threading.Lock()  # the consumer thread and the timer share the trainer
+        dim = features.prototypes.shape[1]
+        self.trainer = new_trainer(features, dim, seed=config.seed)
+        self.champion: Trainer | None = None
+        self.champion_version = registry.version_for(config.registry_name, CHAMPION)
+        if self.champion_version is not None:
+            self._warm_start(self.champion_version)
+
+    def _warm_start(self, version: str) -> None:
+        payload = self.registry.load(self.config.registry_name, version)
+        center = payload.get("center")
+        if center is not None:
+            self._features = self._features.centered_on(np.asarray(center))
+        self.trainer = Trainer(restore(payload), self._features, seed=self.config.seed)
+        self.champion = self._frozen_copy(self.trainer)
+        self.metrics.champion_version.set(float(version))
+        log.info("warm start from champion", version=version)
+
+    def _frozen_copy(self, trainer: Trainer) -> Trainer:
+        return Trainer(copy.deepcopy(trainer.net), trainer.features, seed=self.config.seed)
+
+    def handle(self, events: Sequence[Event]) -> list[Outgoing]:
+        with self._lock:
+            return self._handle(events)
+
+    def tick(self) -> list[Outgoing]:
+        """Called periodically: a candidate when examples arrived but too few to trigger one by count."""
+        with self._lock:
+            return self.candidate() if self._due() else []
+
+    def _handle(self, events: Sequence[Event]) -> list[Outgoing]:
+        for event in events:
+            if not isinstance(event, TrainingExample):
+                continue  # other event types on the topic are not ours to learn from
+            outcome = outcome_of(event)
+            self._observe_center(outcome.embedding)
+            if in_holdout(event.event_id, self.config.holdout_share, self.config.seed):
+                self.holdout.append(outcome)
+                self.metrics.examples.labels("holdout").inc()
+                continue
+            if self.trainer.add([outcome]):
+                self.trainer.train(self.config.steps_per_example)
+                self._pending += 1
+                self.metrics.examples.labels("train").inc()
+            else:
+                self.metrics.examples.labels("skipped").inc()
+        if self._due():
+            return self.candidate()
+        return []
+
+    def _due(self) -> bool:
+        if self._pending == 0:
+            return False
+        waited = self._clock() - self._last_candidate
+        return self._pending >= self.config.train_every or waited >= self.config.train_every_s
+
+    def _observe_center(self, embedding: np.ndarray) -> None:
+        self._center_sum = embedding.copy() if self._center_sum is None else self._center_sum + embedding
+        self._center_n += 1
+
+    def candidate(self) -> list[Outgoing]:
+        """Register the current network as `challenger`; promote it to `champion` if it passes the gate."""
+        self._pending = 0
+        self._last_candidate = self._clock()
+        started = time.perf_counter()
+        holdout = list(self.holdout)
+        mine = self.trainer.evaluate(holdout)
+        theirs = (self.champion or self._baseline()).evaluate(holdout)
+        threshold = self._threshold(holdout)
+        promote, reason = self._gate(mine, theirs, len(holdout))
+        center = self._center_sum / self._center_n if self._center_sum is not None else None
+        payload = export(
+            self.trainer.net,
+            center=None if center is None else center.tolist(),
+            threshold=threshold,
+        )
+        metrics = mine.as_metrics() | {
+            "champion_accuracy": theirs.accuracy if theirs.accuracy is not None else float("nan"),
+            "examples_seen": float(self.trainer.seen),
+            "holdout_size": float(len(holdout)),
+            "threshold": threshold,
+            "train_time_s": time.perf_counter() - started,
+        }
+        params = {
+            "lr": self.trainer.optimizer.param_groups[0]["lr"],
+            "batch_size": self.trainer.batch_size,
+            "hidden": self.trainer.net.hidden,
+            "steps_per_example": self.config.steps_per_example,
+            "seed": self.config.seed,
+            "agents": ",".join(self.trainer.features.agents),
+        }
+        version = self.registry.log_version(
+            self.config.registry_name, payload, params=params, metrics=metrics, tags={"gate": reason}
+        ).version
+        self.registry.set_alias(self.config.registry_name, CHALLENGER, version)
+        self.metrics.candidates.inc()
+        if mine.accuracy is not None:
+            self.metrics.holdout_accuracy.labels("candidate").set(mine.accuracy)
+        if theirs.accuracy is not None:
+            self.metrics.holdout_accuracy.labels("champion").set(theirs.accuracy)
+        log.info("candidate evaluated", version=version, promoted=promote, reason=reason, **metrics)
+        if not promote:
+            return []
+        return [self._promote(version)]
+
+    def _promote(self, version: str) -> Outgoing:
+        previous = self.champion_version
+        if previous is not None:
+            self.registry.set_alias(self.config.registry_name, PREVIOUS, previous)
+        self.registry.set_alias(self.config.registry_name, CHAMPION, version)
+        self.champion = self._frozen_copy(self.trainer)
+        self.champion_version = version
+        self.metrics.promotions.inc()
+        self.metrics.champion_version.set(float(version))
+        event = RouterModelPromoted(
+            correlation_id=uuid.uuid4(),  # a promotion starts its own chain (rollbacks point back at it)
+            producer=PRODUCER,
+            registry_name=self.config.registry_name,
+            version=version,
+            previous_version=previous,
+        )
+        return Outgoing(Topic.ROUTER_MODELS, "router", event)
+
+    def _gate(self, mine: Evaluation, theirs: Evaluation, holdout: int) -> tuple[bool, str]:
+        if holdout < self.config.min_holdout:
+            return False, f"holdout {holdout} < {self.config.min_holdout}"
+        if mine.accuracy is None:
+            return False, "no labelled holdout outcomes"
+        floor = (theirs.accuracy or 0.0) + self.config.promotion_margin
+        if mine.accuracy < floor:
+            return False, f"accuracy {mine.accuracy:.4f} < champion {theirs.accuracy} + margin"
+        return True, f"accuracy {mine.accuracy:.4f} >= champion {theirs.accuracy} + margin"
+
+    def _baseline(self) -> Trainer:
+        """What routes without a champion: the untrained network, which ranks exactly like the similarity scorer."""
+        return new_trainer(self.trainer.features, self.trainer.net.dim, seed=self.config.seed)
+
+    def _threshold(self, holdout: Sequence[Outcome]) -> float:
+        labelled = [o for o in holdout if o.label is not None]
+        if not labelled:
+            return 0.5
+        probs = self.trainer.probabilities(np.stack([o.embedding for o in labelled]))
+        agents = self.trainer.features.agents
+        top = probs.max(axis=1)
+        correct = [agents[int(row.argmax())] == o.label for row, o in zip(probs, labelled, strict=True)]
+        return fit_threshold(top.tolist(), correct, self.config.target_precision)
