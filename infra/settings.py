@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     """Prometheus port of the router process; 0 picks a free one."""
     agents_metrics_port: int = 0
     """Prometheus port of the agent runtime process; 0 picks a free one."""
+    learner_metrics_port: int = 0
+    """Prometheus port of the learner process; 0 picks a free one."""
 
     # --- Logging -----------------------------------------------------------------------------------
     log_level: str = "INFO"

@@ -85,8 +85,6 @@ class Learner:
         self._clock = clock
         self._features = features
         self.holdout: deque[Outcome] = deque(maxlen=config.holdout_size)
-        self._center_sum: np.ndarray | None = None
-        self._center_n = 0
         self._pending = 0
         self._last_candidate = clock()
         self._lock = threading.Lock()  # the consumer thread and the timer share the trainer
@@ -107,6 +105,20 @@ class Learner:
         self.metrics.champion_version.set(float(version))
         log.info("warm start from champion", version=version)
 
+    def _follow_registry(self) -> None:
+        """Compare against the champion the registry names now (`smolit models promote|rollback` may move it)."""
+        registered = self.registry.version_for(self.config.registry_name, CHAMPION)
+        if registered == self.champion_version:
+            return
+        self.champion_version = registered
+        if registered is None:
+            self.champion = None
+            return
+        net = restore(self.registry.load(self.config.registry_name, registered))
+        self.champion = Trainer(net, self.trainer.features, seed=self.config.seed)
+        self.metrics.champion_version.set(float(registered))
+        log.info("champion changed in the registry", version=registered)
+
     def _frozen_copy(self, trainer: Trainer) -> Trainer:
         return Trainer(copy.deepcopy(trainer.net), trainer.features, seed=self.config.seed)
 
@@ -124,7 +136,6 @@ class Learner:
             if not isinstance(event, TrainingExample):
                 continue  # other event types on the topic are not ours to learn from
             outcome = outcome_of(event)
-            self._observe_center(outcome.embedding)
             if in_holdout(event.event_id, self.config.holdout_share, self.config.seed):
                 self.holdout.append(outcome)
                 self.metrics.examples.labels("holdout").inc()
@@ -145,26 +156,19 @@ class Learner:
         waited = self._clock() - self._last_candidate
         return self._pending >= self.config.train_every or waited >= self.config.train_every_s
 
-    def _observe_center(self, embedding: np.ndarray) -> None:
-        self._center_sum = embedding.copy() if self._center_sum is None else self._center_sum + embedding
-        self._center_n += 1
-
     def candidate(self) -> list[Outgoing]:
         """Register the current network as `challenger`; promote it to `champion` if it passes the gate."""
         self._pending = 0
         self._last_candidate = self._clock()
+        self._follow_registry()
         started = time.perf_counter()
         holdout = list(self.holdout)
         mine = self.trainer.evaluate(holdout)
         theirs = (self.champion or self._baseline()).evaluate(holdout)
         threshold = self._threshold(holdout)
         promote, reason = self._gate(mine, theirs, len(holdout))
-        center = self._center_sum / self._center_n if self._center_sum is not None else None
-        payload = export(
-            self.trainer.net,
-            center=None if center is None else center.tolist(),
-            threshold=threshold,
-        )
+        center = self.trainer.features.center  # the router must measure priors exactly as training did
+        payload = export(self.trainer.net, center=None if center is None else center.tolist(), threshold=threshold)
         metrics = mine.as_metrics() | {
             "champion_accuracy": theirs.accuracy if theirs.accuracy is not None else float("nan"),
             "examples_seen": float(self.trainer.seen),

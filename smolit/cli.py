@@ -376,16 +376,9 @@ def _gateway_url(settings: Settings) -> str:
 
 
 def _bootstrap(settings: Settings) -> str:
-    from .stack import read_state
+    from .stack import running_bootstrap
 
-    if settings.kafka_bootstrap:
-        return settings.kafka_bootstrap
-    state = read_state(settings.data_dir)
-    if state is None:
-        raise SetupError(
-            f"no running Smolit in {settings.data_dir.resolve()}: start `smolit up` or set SMOLIT_KAFKA_BOOTSTRAP"
-        )
-    return str(state["kafka_bootstrap"])
+    return running_bootstrap(settings)
 
 
 def _cards(settings: Settings) -> dict[str, Any]:
@@ -411,3 +404,12 @@ def _pool(settings: Settings) -> ConnectionPool:
         return open_pool(url, 2)
     except DatabaseUnreachable as exc:
         raise SetupError(f"database at {url.split('@')[-1]} is not reachable (SMOLIT_DATABASE_URL): {exc}") from exc
+
+
+def _register_subcommands() -> None:
+    from .models import models_app
+
+    app.add_typer(models_app, name="models")
+
+
+_register_subcommands()

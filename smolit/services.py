@@ -37,9 +37,12 @@ from .errors import SetupError
 
 if TYPE_CHECKING:
     from smolit.agents import DeadlineSweeper
+    from smolit.learner import Learner
+    from smolit.router import Router
+    from smolit.router.network import NetworkScorer
 
-Service = Literal["router", "agents", "gateway"]
-SERVICES: tuple[Service, ...] = ("router", "agents", "gateway")
+Service = Literal["router", "agents", "gateway", "learner"]
+SERVICES: tuple[Service, ...] = ("router", "agents", "gateway", "learner")
 log = structlog.get_logger("smolit.services")
 
 
@@ -137,6 +140,7 @@ def run_service(service: Service, settings: Settings) -> None:
             "router": _run_router,
             "agents": _run_agents,
             "gateway": _run_gateway,
+            "learner": _run_learner,
         }[service]
         structlog.contextvars.bind_contextvars(service=service)
         runner(w, stop)
@@ -176,7 +180,7 @@ def _run_consumers(
 
 def _run_router(w: Wiring, stop: threading.Event) -> None:
     from smolit.infra.embedder import build_embedder
-    from smolit.router import Router, RouterMetrics
+    from smolit.router import ModelWatcher, Router, RouterMetrics
 
     router = Router(
         load_cards(w.settings.agents_dir),
@@ -184,9 +188,79 @@ def _run_router(w: Wiring, stop: threading.Event) -> None:
         fallback=w.settings.fallback_agent,
         threshold=w.settings.route_threshold,
         metrics=RouterMetrics.create(w.registry),
+        exploration=w.settings.exploration,
     )
+    watcher = ModelWatcher(router, _champion_loader(w.settings, router))
+    watcher.refresh()  # route with the registry's champion from the first request, if there is one
     loop = w.loop("smolit-router", [Topic.REQUESTS], router.handle)
-    _run_consumers(w, "router", [loop], stop, w.settings.router_metrics_port)
+    # Every router instance must hear every promotion, so each reads the models topic under its own group.
+    models = w.loop(f"smolit-router-models-{w.instance}", [Topic.ROUTER_MODELS], watcher.handle, dedupe=False)
+    _run_consumers(w, "router", [loop, models], stop, w.settings.router_metrics_port)
+
+
+def _champion_loader(settings: Settings, router: Router) -> Callable[[], NetworkScorer | None]:
+    from smolit.infra.registry import CHAMPION, open_registry
+    from smolit.router.network import NetworkScorer
+
+    registry = open_registry(settings.tracking_uri, settings.data_dir)
+    name = settings.router_registry_name
+
+    def load() -> NetworkScorer | None:
+        version = registry.version_for(name, CHAMPION)
+        if version is None:
+            return None
+        if router.network is not None and router.network.version == version:
+            return router.network
+        return NetworkScorer(registry.load(name, version), router.features, version)
+
+    return load
+
+
+def _run_learner(w: Wiring, stop: threading.Event) -> None:
+    import torch
+
+    from smolit.infra.embedder import build_embedder
+    from smolit.infra.registry import open_registry
+    from smolit.learner import Learner, LearnerConfig, LearnerMetrics
+    from smolit.router.features import AgentFeatures
+
+    s = w.settings
+    torch.set_num_threads(s.threads)
+    learner = Learner(
+        AgentFeatures.from_cards(load_cards(s.agents_dir), build_embedder(s)),
+        open_registry(s.tracking_uri, s.data_dir),
+        LearnerMetrics.create(w.registry),
+        LearnerConfig(
+            registry_name=s.router_registry_name,
+            train_every=s.learner_train_every,
+            train_every_s=s.learner_train_every_s,
+            steps_per_example=s.learner_steps_per_example,
+            holdout_share=s.learner_holdout_share,
+            holdout_size=s.learner_holdout_size,
+            min_holdout=s.learner_min_holdout,
+            promotion_margin=s.learner_promotion_margin,
+            target_precision=s.learner_target_precision,
+            seed=s.learner_seed,
+        ),
+    )
+    loop = w.loop("smolit-learner", [Topic.TRAINING_EXAMPLES], learner.handle)
+    timer = threading.Thread(target=_tick_learner, args=(learner, w.producer, stop), name="learner-timer", daemon=True)
+    timer.start()
+    _run_consumers(w, "learner", [loop], stop, s.learner_metrics_port)
+
+
+def _tick_learner(learner: Learner, producer: EventProducer, stop: threading.Event) -> None:
+    """Time-based candidates (few examples arrived): published here since no consumed batch carries them."""
+    while not stop.wait(1.0):
+        try:
+            outgoing = learner.tick()
+        except Exception:
+            log.exception("learner timer failed; the next batch retries")
+            continue
+        for out in outgoing:
+            producer.send(out)
+        if outgoing:
+            producer.flush()
 
 
 def _run_agents(w: Wiring, stop: threading.Event) -> None:

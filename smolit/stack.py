@@ -52,6 +52,18 @@ def read_state(data_dir: Path) -> dict[str, Any] | None:
     return state
 
 
+def running_bootstrap(settings: Settings) -> str:
+    """The broker to talk to: the configured one, else the one of the `smolit up` running on this data dir."""
+    if settings.kafka_bootstrap:
+        return settings.kafka_bootstrap
+    state = read_state(settings.data_dir)
+    if state is None:
+        raise SetupError(
+            f"no running Smolit in {settings.data_dir.resolve()}: start `smolit up` or set SMOLIT_KAFKA_BOOTSTRAP"
+        )
+    return str(state["kafka_bootstrap"])
+
+
 @dataclass
 class Stack:
     settings: Settings

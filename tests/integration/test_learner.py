@@ -3,6 +3,7 @@ and the router swaps the champion in. Vectors come from a synthetic world whose 
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from smolit.learner import Learner, LearnerConfig, LearnerMetrics
 from smolit.learner.trainer import new_trainer
 from smolit.router import ModelWatcher, Router, RouterMetrics
 from smolit.router.network import NetworkScorer
+
+from ..conftest import read_events
 
 DIM = 16
 AGENTS = ("alpha", "beta", "general")
@@ -155,3 +158,48 @@ def test_a_second_promotion_records_the_previous_champion_and_warm_starts(world:
     assert again.champion_version == second.version
     holdout = list(learner.holdout)
     assert again.trainer.evaluate(holdout).accuracy == learner.champion.evaluate(holdout).accuracy
+
+
+def test_models_cli_lists_promotes_and_rolls_back(
+    world: World, tmp_path: Path, profile, topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from smolit.cli import app
+    from smolit.contracts import RolledBack, Topic
+    from smolit.errors import SetupError
+
+    router = _router(world)
+    learner = _learner(world, router, tmp_path, promotion_margin=-1.0)
+    learner.handle(world.bandit_examples(500))
+    learner.handle(world.bandit_examples(500))  # versions 1 and 2; 2 is champion, 1 previous
+    for var, value in {
+        "SMOLIT_DATA_DIR": str(tmp_path),
+        "SMOLIT_KAFKA_BOOTSTRAP": profile.bootstrap,
+        "SMOLIT_TOPIC_PREFIX": topics.prefix,
+    }.items():
+        monkeypatch.setenv(var, value)
+    runner = CliRunner()
+
+    listed = runner.invoke(app, ["models", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {r["version"]: r for r in json.loads(listed.stdout)}
+    assert set(rows["2"]["aliases"]) == {"champion", "challenger"}
+    assert rows["1"]["aliases"] == ["previous"] and rows["1"]["accuracy"] is not None
+
+    rolled = runner.invoke(app, ["models", "rollback", "--reason", "test"])
+    assert rolled.exit_code == 0, rolled.output
+    assert learner.registry.version_for("smolit-router", CHAMPION) == "1"
+    promoted = runner.invoke(app, ["models", "promote", "2"])
+    assert promoted.exit_code == 0, promoted.output
+    assert learner.registry.version_for("smolit-router", CHAMPION) == "2"
+    missing = runner.invoke(app, ["models", "promote", "99"])  # `smolit` maps SetupError to exit 2 in main()
+    assert isinstance(missing.exception, SetupError) and "no version 99" in str(missing.exception)
+
+    events = read_events(profile, topics, Topic.ROUTER_MODELS, 2)
+    assert isinstance(events[0], RolledBack) and (events[0].version, events[0].from_version) == ("1", "2")
+    assert isinstance(events[1], RouterModelPromoted) and events[1].previous_version == "1"
+
+    # The learner follows the registry: its next candidate is compared against version 2 again.
+    learner._follow_registry()
+    assert learner.champion_version == "2"
