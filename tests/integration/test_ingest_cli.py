@@ -155,3 +155,15 @@ def test_unknown_agent_is_a_setup_error(env: dict[str, str], tmp_path: Path) -> 
     result = _cli(env, "ingest", str(tmp_path / "a.txt"), "--agent", "nobody")
     assert result.exit_code != 0
     assert env["AGENT"] in str(result.exception)
+
+
+def test_demo_load_ingests_every_demo_agent_and_is_idempotent(database_url: str, tmp_path: Path) -> None:
+    """`smolit demo load --limit 2` stores real documents for finance, legal and health; a rerun changes nothing."""
+    env = {"SMOLIT_DATABASE_URL": database_url, "SMOLIT_DATA_DIR": str(tmp_path)}
+    first = CliRunner().invoke(app, ["demo", "load", "--limit", "2"], env=env)
+    assert first.exit_code == 0, first.output
+    for label in ("finance: Fiqa", "legal: Privacy-Policy", "health: PubMedQA/pqal"):
+        assert f"{label}: added: 2" in first.stdout
+    again = CliRunner().invoke(app, ["demo", "load", "--limit", "2"], env=env)
+    assert again.exit_code == 0 and "health: PubMedQA/pqal: unchanged: 2" in again.stdout
+    assert "added" not in again.stdout
