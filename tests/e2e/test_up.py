@@ -36,7 +36,7 @@ class Running:
     output: list[str]
 
 
-def _start(data_dir: Path, port: int, timeout_s: float = 300) -> Running:
+def _start(data_dir: Path, port: int, timeout_s: float = 600) -> Running:  # first start encodes ~4k demo chunks
     env = dict(os.environ) | {"SMOLIT_DATA_DIR": str(data_dir), "SMOLIT_PORT": str(port)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "smolit", "up"],
