@@ -1,7 +1,8 @@
 """Agents: the runtime that answers tasks, retrieval through the knowledge store, and knowledge ingestion."""
 
 from .chunking import chunk_text, split_sentences
-from .ingest import Ingestor, RawDocument, content_hash, read_text_files
+from .documents import JsonlFields, parse_html, parse_pdf, read_documents
+from .ingest import FileError, Ingestor, IngestReport, RawDocument, content_hash, read_text_files
 from .parking import DeadlineSweeper, Draft, ParkingLot
 from .runtime import AgentMetrics, AgentRuntime
 from .subqueries import SubqueryPolicy, merge_answers, plan_consults
@@ -11,14 +12,20 @@ __all__ = [
     "AgentRuntime",
     "DeadlineSweeper",
     "Draft",
+    "FileError",
+    "IngestReport",
     "Ingestor",
+    "JsonlFields",
     "ParkingLot",
     "RawDocument",
     "SubqueryPolicy",
     "chunk_text",
     "content_hash",
     "merge_answers",
+    "parse_html",
+    "parse_pdf",
     "plan_consults",
+    "read_documents",
     "read_text_files",
     "split_sentences",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +30,37 @@ class RawDocument:
     metadata: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class FileError:
+    """A file (or one JSONL line) that could not be turned into a document."""
+
+    source: str
+    reason: str
+    skipped: bool = False
+    """True for files left out on purpose (unsupported type inside a folder); not a failure."""
+
+
+@dataclass
+class IngestReport:
+    """What happened to every input: added / replaced / unchanged, or failed / skipped with a reason."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(self.outcomes.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for outcome in self.outcomes.values() if outcome == "failed")
+
+    @property
+    def stored(self) -> int:
+        """Documents now present in the store (new, replaced or already there)."""
+        return sum(1 for o in self.outcomes.values() if o in ("added", "replaced", "unchanged"))
+
+
 def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -43,51 +74,76 @@ class Ingestor:
         self._max_chars = max_chars
 
     def ingest(self, collection: str, doc: RawDocument, domain: str | None = None) -> UpsertResult:
-        return self.ingest_all(collection, [doc], domain).most_common(1)[0][0]  # type: ignore[return-value]
+        report = self.ingest_report(collection, [doc], domain)
+        if doc.source in report.errors:
+            raise ValueError(f"{doc.source}: {report.errors[doc.source]}")
+        return report.outcomes[doc.source]  # type: ignore[return-value]
 
     def ingest_all(
         self,
         collection: str,
-        docs: Iterable[RawDocument],
+        docs: Iterable[RawDocument | FileError],
         domain: str | None = None,
         batch_docs: int = 64,
         on_progress: Callable[[int], None] | None = None,
     ) -> Counter[str]:
-        """Ingest documents, embedding the chunks of up to `batch_docs` documents in one call."""
-        counts: Counter[str] = Counter()
+        """Outcome counts of `ingest_report` (added / replaced / unchanged / failed / skipped)."""
+        return self.ingest_report(collection, docs, domain, batch_docs, on_progress).counts
+
+    def ingest_report(
+        self,
+        collection: str,
+        docs: Iterable[RawDocument | FileError],
+        domain: str | None = None,
+        batch_docs: int = 64,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> IngestReport:
+        """Ingest documents, embedding the chunks of up to `batch_docs` documents in one call.
+
+        Reader errors passed in and documents without text are recorded in the report; the rest continues.
+        """
+        report = IngestReport()
         batch: list[tuple[RawDocument, str, list[str]]] = []
+
+        def done(n: int = 1) -> None:
+            if on_progress:
+                on_progress(n)
 
         def flush() -> None:
             texts = [chunk for _, _, chunks in batch for chunk in chunks]
             vectors = self._embedder.embed(texts)
             offset = 0
             for doc, digest, chunks in batch:
-                counts[
-                    self._store.upsert(
-                        _document(collection, doc, digest, chunks, vectors[offset : offset + len(chunks)], domain)
-                    )
-                ] += 1
+                report.outcomes[doc.source] = self._store.upsert(
+                    _document(collection, doc, digest, chunks, vectors[offset : offset + len(chunks)], domain)
+                )
                 offset += len(chunks)
-            if on_progress:
-                on_progress(len(batch))
+            done(len(batch))
             batch.clear()
 
         for doc in docs:
+            if isinstance(doc, FileError):
+                report.outcomes[doc.source] = "skipped" if doc.skipped else "failed"
+                report.errors[doc.source] = doc.reason
+                done()
+                continue
             digest = content_hash(doc.text)
             if self._store.stored_hash(collection, doc.source) == digest:
-                counts["unchanged"] += 1  # checked before embedding: a re-ingest costs a query, not an encode
-                if on_progress:
-                    on_progress(1)
+                report.outcomes[doc.source] = "unchanged"  # checked before embedding: a re-ingest costs a query
+                done()
                 continue
             chunks = chunk_text(doc.text, self._max_chars)
             if not chunks:
-                raise ValueError(f"{doc.source}: no text to ingest")
+                report.outcomes[doc.source] = "failed"
+                report.errors[doc.source] = "empty document (no text)"
+                done()
+                continue
             batch.append((doc, digest, chunks))
             if len(batch) >= batch_docs:
                 flush()
         if batch:
             flush()
-        return counts
+        return report
 
 
 def _document(

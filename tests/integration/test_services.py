@@ -53,7 +53,9 @@ def test_router_emits_a_decision_and_a_task_per_request(router: Router) -> None:
     decisions = [o.event for o in outputs if o.topic is Topic.DECISIONS]
     tasks = [o for o in outputs if o.topic is Topic.TASKS]
     assert [d.agent for d in decisions] == ["legal", "finance"]  # type: ignore[attr-defined]
-    assert all(isinstance(d, RoutingDecided) and set(d.scores) == {"finance", "legal", "general"} for d in decisions)
+    assert all(
+        isinstance(d, RoutingDecided) and set(d.scores) == {"finance", "legal", "health", "general"} for d in decisions
+    )
     assert [t.key for t in tasks] == ["legal", "finance"]
     assert tasks[0].event.causation_id == decisions[0].event_id
     assert tasks[0].event.embedding == decisions[0].embedding  # type: ignore[attr-defined]
