@@ -23,7 +23,7 @@ from smolit.infra.kafka import EventProducer, Outgoing
 
 from .pending import PendingRequests
 
-REQUIRED_SERVICES = ("router", "agents", "gateway")
+REQUIRED_SERVICES = ("router", "agents", "streams", "gateway")
 HEARTBEAT_MAX_AGE_S = 10.0
 MAX_BODY_BYTES = 256 * 1024
 

@@ -99,6 +99,7 @@ class Router:
                 low_confidence=decision.low_confidence,
                 latency_ms=elapsed * 1000,
                 embedding=packed,
+                text=request.text,
             )
             task = decided.caused(
                 TaskAssigned,

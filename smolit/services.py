@@ -1,4 +1,4 @@
-"""Process wiring for one service: router, agents or gateway (`smolit run SERVICE`)."""
+"""Process wiring for one service: router, agents, streams or gateway (`smolit run SERVICE`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -34,8 +34,11 @@ from smolit.infra.settings import Settings
 
 from .errors import SetupError
 
-Service = Literal["router", "agents", "gateway"]
-SERVICES: tuple[Service, ...] = ("router", "agents", "gateway")
+if TYPE_CHECKING:
+    from smolit.streams import StreamsConfig
+
+Service = Literal["router", "agents", "streams", "gateway"]
+SERVICES: tuple[Service, ...] = ("router", "agents", "streams", "gateway")
 log = structlog.get_logger("smolit.services")
 
 
@@ -132,6 +135,7 @@ def run_service(service: Service, settings: Settings) -> None:
         runner: Callable[[Wiring, threading.Event], None] = {
             "router": _run_router,
             "agents": _run_agents,
+            "streams": _run_streams,
             "gateway": _run_gateway,
         }[service]
         structlog.contextvars.bind_contextvars(service=service)
@@ -197,6 +201,51 @@ def _run_agents(w: Wiring, stop: threading.Event) -> None:
     )
     loop = w.loop("smolit-agents", [Topic.TASKS], runtime.handle)
     _run_consumers(w, "agents", [loop], stop, w.settings.agents_metrics_port)
+
+
+def streams_config(settings: Settings, profile: KafkaProfile, known_agents: frozenset[str]) -> StreamsConfig:
+    """The stream worker's configuration from settings (also used by the benchmark and the tests)."""
+    from smolit.streams import StreamsConfig, WindowSpec
+
+    return StreamsConfig(
+        app_id=f"{settings.topic_prefix}-streams",
+        faust_settings=profile.faust(),
+        topics=TopicNames(settings.topic_prefix),
+        partitions=settings.topic_partitions,
+        spec=WindowSpec(
+            tumbling_s=settings.streams_tumbling_s,
+            hopping_s=settings.streams_hopping_s,
+            hop_s=settings.streams_hop_s,
+            lateness_s=settings.streams_lateness_s,
+        ),
+        feedback_ttl_s=settings.streams_feedback_ttl_s,
+        idle_advance_s=settings.streams_idle_advance_s,
+        batch_size=settings.streams_batch_size,
+        known_agents=known_agents,
+    )
+
+
+def _run_streams(w: Wiring, stop: threading.Event) -> None:
+    import faust
+
+    from smolit.streams import StreamMetrics, StreamsApp
+
+    known = frozenset(load_cards(w.settings.agents_dir)) | {w.settings.fallback_agent}
+    bound = serve_metrics(w.registry, w.settings.host, w.settings.streams_metrics_port)
+    heartbeat = Heartbeat(w.pool, "streams", w.instance)
+    heartbeat.info = {"metrics_port": bound}
+
+    def ready() -> None:
+        heartbeat.start()
+        log.info("service ready", metrics_port=bound)
+
+    streams = StreamsApp(streams_config(w.settings, w.profile, known), StreamMetrics.create(w.registry), ready)
+    # faust runs its own event loop in this thread and handles SIGINT/SIGTERM itself (clean stop: flush, commit).
+    worker = faust.Worker(streams.app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        heartbeat.stop()
 
 
 def _run_gateway(w: Wiring, stop: threading.Event) -> None:

@@ -1,0 +1,346 @@
+"""The faust app: a thin shell around `facts`, `join` and `aggregate`.
+
+Two stages, both faust agents in every worker process of one consumer group (the app id):
+
+1. `route` reads decisions, answers, feedback and subqueries (all keyed by request id except subqueries, and
+   co-partitioned, so one worker sees every event of a request). It decodes (poison → DLQ), joins the request in
+   the `joins` table (changelog-backed), emits `TrainingExample`s, and re-keys per-agent *facts* by agent onto an
+   internal topic `<prefix>.streams-facts.v1`.
+2. `aggregate` reads the facts (now partitioned by agent), applies them to per-(agent, pane) state in the `panes`
+   table (changelog-backed) and emits `AgentMetricsWindow`s when the event-time watermark closes a window.
+
+Table writes name their changelog partition explicitly (`_put`), because a batch (`take_events`) mixes partitions
+and a timer has no current event; the partition is the one of the input that owns the key, as faust would choose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import structlog
+from faust.types import EventT
+
+from smolit.contracts import (
+    AnswerProduced,
+    DecodeError,
+    Event,
+    FeedbackGiven,
+    RoutingDecided,
+    SubqueryRequested,
+    TaskFailed,
+    Topic,
+    TopicNames,
+    decode,
+    encode,
+)
+from smolit.infra.kafka import dead_letter
+
+from .aggregate import AgentWindows, Fact, Pane, WindowSpec
+from .facts import direct_facts, relabel
+from .join import JoinEntry
+from .metrics import StreamMetrics
+
+log = structlog.get_logger("smolit.streams")
+_RAW = {"key_serializer": "raw", "value_serializer": "raw"}
+
+
+@dataclass(frozen=True)
+class StreamsConfig:
+    app_id: str
+    """Consumer group and prefix of the changelog topics."""
+    faust_settings: dict[str, Any]
+    """From `KafkaProfile.faust()`."""
+    topics: TopicNames
+    partitions: int
+    """Partitions of the input topics; the tables and the facts topic use the same number."""
+    spec: WindowSpec = field(default_factory=WindowSpec)
+    feedback_ttl_s: float = 300.0
+    """How long (event time) after the decision feedback is awaited before the example is emitted without it."""
+    idle_advance_s: float = 5.0
+    """A partition with no new event for this long moves its watermark up to the wall clock (minus this)."""
+    batch_size: int = 500
+    batch_within_s: float = 0.05
+    tick_s: float = 0.5
+    known_agents: frozenset[str] = frozenset()
+    """Agent catalogue; facts for other agents count under `unknown`. Empty: every agent is known."""
+
+    @property
+    def facts_topic(self) -> str:
+        return f"{self.topics.prefix}.streams-facts.v1"
+
+
+@dataclass
+class _Watermark:
+    """Event-time watermark of one partition: the newest event time seen; once the partition has been idle for
+    `idle_s`, the wall clock minus `idle_s` when that is later (so a quiet system still closes its last windows and
+    timeouts, while a replay of old events, which keeps the partition busy, is judged by event time alone)."""
+
+    event_time: float | None = None
+    last_wall: float = field(default_factory=time.monotonic)
+
+    def observe(self, t: float) -> None:
+        self.event_time = t if self.event_time is None else max(self.event_time, t)
+        self.last_wall = time.monotonic()
+
+    def current(self, idle_s: float) -> float | None:
+        if time.monotonic() - self.last_wall < idle_s:
+            return self.event_time
+        wall = time.time() - idle_s
+        return wall if self.event_time is None else max(self.event_time, wall)
+
+
+class StreamsApp:
+    """Builds the faust app; `app` is what a `faust.Worker` runs."""
+
+    def __init__(
+        self,
+        config: StreamsConfig,
+        metrics: StreamMetrics,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._on_ready = on_ready
+        self._join_lock = asyncio.Lock()  # the timer and the agents interleave at every await
+        self._pane_lock = asyncio.Lock()
+        self.windows = AgentWindows(config.spec)
+        t = config.topics
+        self.app = faust.App(config.app_id, topic_partitions=config.partitions, **config.faust_settings)
+        app = self.app
+        self.inputs = app.topic(t(Topic.DECISIONS), t(Topic.ANSWERS), t(Topic.FEEDBACK), t(Topic.SUBQUERIES), **_RAW)
+        # internal=True: faust creates it with our partition count (Tansu would auto-create it with its default).
+        self.facts = app.topic(config.facts_topic, partitions=config.partitions, internal=True, **_RAW)
+        self._out = {topic: app.topic(t(topic), **_RAW) for topic in (Topic.AGENT_METRICS, Topic.TRAINING_EXAMPLES)}
+        self._out[Topic.DLQ] = app.topic(t(Topic.DLQ), **_RAW)
+        self.joins = app.Table("joins", partitions=config.partitions)
+        self.panes = app.Table("panes", partitions=config.partitions)
+        self._join_wm: dict[int, _Watermark] = {}
+        """Stage 1: watermark per input partition."""
+        self._pane_wm: dict[int, dict[int, float]] = {}
+        """Stage 2: facts partition → input partition → the watermark that input partition last announced."""
+        self._deadlines: dict[str, float] = {}
+        app.agent(self.inputs, name="smolit-streams-route")(self._route)
+        app.agent(self.facts, name="smolit-streams-aggregate")(self._aggregate)
+        app.timer(config.tick_s, name="smolit-streams-tick")(self._tick)
+
+    # ---- table access with an explicit changelog partition ----------------------------------------------------
+
+    def _put(self, table: Any, partition: int, key: str, value: dict[str, Any] | None) -> None:
+        if value is None:
+            table.data.pop(key, None)
+        else:
+            table.data[key] = value
+        table.send_changelog(partition, key, value)
+
+    async def _send(self, topic: Topic, key: str, event: Event) -> None:
+        value, headers = encode(event)
+        await self._out[topic].send(key=key.encode(), value=value, headers=headers)
+
+    # ---- stage 1: decode, join, re-key facts by agent -------------------------------------------------------
+
+    async def _route(self, stream: Any) -> AsyncIterator[None]:
+        async for events in stream.take_events(self.config.batch_size, within=self.config.batch_within_s):
+            async with self._join_lock:
+                for ev in events:
+                    msg = ev.message
+                    self.metrics.consumed.labels(msg.topic).inc()
+                    try:
+                        await self._route_one(msg)
+                    except DecodeError as exc:
+                        await self._dead(msg, f"undecodable: {exc}")
+                    except Exception as exc:  # one bad message never stops the worker
+                        log.warning("routing failed", topic=msg.topic, offset=msg.offset, error=repr(exc))
+                        await self._dead(msg, f"handler error: {exc!r}")
+            yield None
+
+    async def _route_one(self, msg: Any) -> None:
+        event = decode(msg.value)
+        position = (msg.topic, msg.partition, msg.offset)
+        t = event.occurred_at.timestamp()
+        self._join_wm.setdefault(msg.partition, _Watermark()).observe(t)
+        facts: list[Fact] = []
+        if isinstance(event, RoutingDecided | AnswerProduced | TaskFailed | FeedbackGiven):
+            request_id = str(event.correlation_id)
+            raw = self.joins.data.get(request_id)
+            entry = JoinEntry.from_dict(raw) if raw else JoinEntry(request_id, msg.partition, t)
+            replay = str(event.event_id) in entry.seen
+            if entry.is_duplicate(event, ":".join(map(str, position))):
+                self.metrics.duplicates.inc()
+                return
+            entry.apply(event)
+            facts = direct_facts(event, position)
+            if isinstance(event, RoutingDecided | FeedbackGiven):
+                facts += entry.feedback_facts()
+            if entry.ready() or (replay and entry.emitted):
+                await self._emit_example(entry.example())
+            self._put(self.joins, msg.partition, request_id, entry.to_dict())
+            self._deadlines[request_id] = entry.deadline(self.config.feedback_ttl_s)
+        elif isinstance(event, SubqueryRequested):
+            facts = direct_facts(event, position)
+        for fact in facts:
+            await self._send_fact(fact)
+
+    async def _send_fact(self, fact: Fact) -> None:
+        fact = relabel(fact, self.config.known_agents)
+        await self.facts.send(key=fact["a"].encode(), value=json.dumps(fact, separators=(",", ":")).encode())
+
+    async def _emit_example(self, example: Any) -> None:
+        self.metrics.examples.labels("failed" if example.failed else "rated" if example.rating else "unrated").inc()
+        await self._send(Topic.TRAINING_EXAMPLES, str(example.correlation_id), example)
+
+    async def _dead(self, msg: Any, reason: str) -> None:
+        self.metrics.dead_letters.labels(msg.topic).inc()
+        headers = msg.headers.items() if isinstance(msg.headers, dict) else (msg.headers or [])
+        out = dead_letter(
+            reason,
+            self.config.app_id,
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            key=msg.key,
+            value=msg.value,
+            headers=list(headers),
+        )
+        log.warning("dead-lettered", topic=msg.topic, offset=msg.offset, reason=reason)
+        await self._send(Topic.DLQ, out.key, out.event)
+
+    async def _expire_joins(self) -> None:
+        """Emit what the feedback TTL closed: examples without rating, timeouts; forget the request."""
+        if len(self._deadlines) != len(self.joins.data):  # after recovery: rebuild the index from the table
+            self._deadlines = {
+                k: JoinEntry.from_dict(v).deadline(self.config.feedback_ttl_s) for k, v in self.joins.data.items()
+            }
+            for v in self.joins.data.values():  # a recovered partition starts from its newest known event time
+                self._join_wm.setdefault(v["partition"], _Watermark()).observe(v["first_seen"])
+        now = {p: wm.current(self.config.idle_advance_s) for p, wm in self._join_wm.items()}
+        for request_id, deadline in list(self._deadlines.items()):
+            raw = self.joins.data.get(request_id)
+            if raw is None:
+                self._deadlines.pop(request_id, None)
+                continue
+            wm = now.get(raw["partition"])
+            if wm is None or wm < deadline:
+                continue
+            entry = JoinEntry.from_dict(raw)
+            example, timeout = entry.expire(self.config.feedback_ttl_s)
+            if timeout is not None:
+                await self._send_fact(timeout)
+            if example is not None:
+                await self._emit_example(example)
+            self._put(self.joins, entry.partition, request_id, None)
+            del self._deadlines[request_id]
+
+    # ---- stage 2: windows per agent --------------------------------------------------------------------------
+
+    async def _aggregate(self, stream: Any) -> AsyncIterator[None]:
+        async for events in stream.take_events(self.config.batch_size, within=self.config.batch_within_s):
+            async with self._pane_lock:
+                await self._apply(events)
+            yield None
+
+    async def _apply(self, events: Sequence[EventT]) -> None:
+        touched: dict[str, tuple[int, Pane]] = {}
+        announced: set[int] = set()
+        spec = self.config.spec
+        for ev in events:
+            fact: Fact = json.loads(ev.message.value)
+            p = ev.message.partition
+            if "wm" in fact:  # a watermark announcement of one input partition
+                self._pane_wm.setdefault(p, {})[fact["src"]] = fact["wm"]
+                announced.add(p)
+                continue
+            agent, t = fact["a"], fact["t"]
+            if self.windows.is_late(t, self._emitted(agent)):
+                self.metrics.late.inc()
+                continue
+            key = f"pane|{agent}|{spec.pane_of(t)}"
+            if key not in touched:
+                raw = self.panes.data.get(key)
+                touched[key] = (p, Pane.from_dict(raw["pane"]) if raw else Pane())
+            if touched[key][1].add(fact):
+                self.metrics.facts.labels(agent).inc()
+                self.metrics.freshness.observe(max(0.0, time.time() - t))
+            else:
+                self.metrics.replayed.inc()
+        for key, (p, pane) in touched.items():
+            self._put(self.panes, p, key, {"partition": p, "pane": pane.to_dict()})
+        for p in announced:
+            self._put(self.panes, p, f"wm|{p}", {"partition": p, "sources": self._pane_wm[p]})
+            await self._close(p, self._watermark(p))
+
+    def _watermark(self, facts_partition: int) -> float | None:
+        """Stage 2 watermark: the lowest of all input partitions' watermarks (none until every one has spoken)."""
+        sources = self._pane_wm.get(facts_partition, {})
+        if len(sources) < self.config.partitions:
+            return None
+        return min(sources.values())
+
+    def _emitted(self, agent: str) -> dict[str, float]:
+        raw = self.panes.data.get(f"emitted|{agent}")
+        return dict(raw["emitted"]) if raw else {}
+
+    async def _close(self, partition: int, watermark: float | None) -> None:
+        """Emit the windows the watermark closed for the agents of this partition; drop panes no longer needed."""
+        if watermark is None:
+            return
+        panes: dict[str, dict[int, Pane]] = {}
+        for key, raw in list(self.panes.data.items()):
+            if key.startswith("pane|") and raw["partition"] == partition:
+                _, agent, start = key.split("|")
+                panes.setdefault(agent, {})[int(start)] = Pane.from_dict(raw["pane"])
+        for agent, agent_panes in panes.items():
+            emitted = self._emitted(agent)
+            before = dict(emitted)
+            for window in self.windows.close(agent, agent_panes, emitted, watermark):
+                self._record_window(window)
+                await self._send(Topic.AGENT_METRICS, agent, window)
+            if emitted != before:
+                self._put(self.panes, partition, f"emitted|{agent}", {"partition": partition, "emitted": emitted})
+            for start in agent_panes:
+                if self.windows.removable(start, emitted):
+                    self._put(self.panes, partition, f"pane|{agent}|{start}", None)
+
+    def _record_window(self, w: Any) -> None:
+        m, labels = self.metrics, (w.agent, w.window_kind)
+        m.windows.labels(w.window_kind).inc()
+        m.window_requests.labels(*labels).set(w.requests)
+        m.window_failures.labels(*labels).set(w.failures)
+        if w.latency_p95_ms is not None:
+            m.window_latency_p95.labels(*labels).set(w.latency_p95_ms / 1000)
+        if w.mean_rating is not None:
+            m.window_mean_rating.labels(*labels).set(w.mean_rating)
+            m.window_negative_rate.labels(*labels).set(w.negative_rate or 0.0)
+
+    # ---- timer: idle watermarks, TTLs -------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        if not self.app.tables.recovery.completed.is_set():
+            return  # tables are still being rebuilt from their changelogs
+        if self._on_ready is not None:
+            self._on_ready()
+            self._on_ready = None
+        for key, raw in list(self.panes.data.items()):  # stage 2 watermarks recovered from the changelog
+            if key.startswith("wm|") and raw["partition"] not in self._pane_wm:
+                self._pane_wm[raw["partition"]] = {int(k): v for k, v in raw["sources"].items()}
+        decisions = self.config.topics(Topic.DECISIONS)
+        for tp in self.app.consumer.assignment():
+            if tp.topic == decisions:
+                self._join_wm.setdefault(tp.partition, _Watermark())
+        async with self._join_lock:
+            await self._expire_joins()
+            # Announce each input partition's watermark to every facts partition, after the timeouts it caused
+            # (same producer, same partition: the facts arrive first), so stage 2 closes a window only when every
+            # input partition has passed it.
+            for p, wm in self._join_wm.items():
+                current = wm.current(self.config.idle_advance_s)
+                if current is None:
+                    continue
+                marker = json.dumps({"wm": current, "src": p}).encode()
+                for facts_partition in range(self.config.partitions):
+                    await self.facts.send(key=None, value=marker, partition=facts_partition)
