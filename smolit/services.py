@@ -222,6 +222,7 @@ def streams_config(settings: Settings, profile: KafkaProfile, known_agents: froz
         idle_advance_s=settings.streams_idle_advance_s,
         batch_size=settings.streams_batch_size,
         known_agents=known_agents,
+        fetch_wait_ms=profile.faust_fetch_wait_ms,
     )
 
 

@@ -16,6 +16,7 @@ and a timer has no current event; the partition is the one of the input that own
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -40,6 +41,7 @@ from smolit.contracts import (
     encode,
 )
 from smolit.infra.kafka import dead_letter
+from smolit.infra.kafka.faust_patch import set_fetch_max_wait
 
 from .aggregate import AgentWindows, Fact, Pane, WindowSpec
 from .facts import direct_facts, relabel
@@ -69,6 +71,8 @@ class StreamsConfig:
     tick_s: float = 0.5
     known_agents: frozenset[str] = frozenset()
     """Agent catalogue; facts for other agents count under `unknown`. Empty: every agent is known."""
+    fetch_wait_ms: int | None = None
+    """From `KafkaProfile.faust_fetch_wait_ms`."""
 
     @property
     def facts_topic(self) -> str:
@@ -95,6 +99,19 @@ class _Watermark:
         return wall if self.event_time is None else max(self.event_time, wall)
 
 
+@dataclass
+class _RouteBatch:
+    """What one batch of the route stage writes: touched join entries and facts grouped by agent."""
+
+    entries: dict[str, JoinEntry] = field(default_factory=dict)
+    facts: dict[str, list[Fact]] = field(default_factory=dict)
+
+    def add(self, facts: list[Fact], known: frozenset[str]) -> None:
+        for fact in facts:
+            fact = relabel(fact, known)
+            self.facts.setdefault(fact["a"], []).append(fact)
+
+
 class StreamsApp:
     """Builds the faust app; `app` is what a `faust.Worker` runs."""
 
@@ -111,6 +128,8 @@ class StreamsApp:
         self._pane_lock = asyncio.Lock()
         self.windows = AgentWindows(config.spec)
         t = config.topics
+        if config.fetch_wait_ms is not None:
+            set_fetch_max_wait(config.fetch_wait_ms)
         self.app = faust.App(config.app_id, topic_partitions=config.partitions, **config.faust_settings)
         app = self.app
         self.inputs = app.topic(t(Topic.DECISIONS), t(Topic.ANSWERS), t(Topic.FEEDBACK), t(Topic.SUBQUERIES), **_RAW)
@@ -124,7 +143,9 @@ class StreamsApp:
         """Stage 1: watermark per input partition."""
         self._pane_wm: dict[int, dict[int, float]] = {}
         """Stage 2: facts partition → input partition → the watermark that input partition last announced."""
-        self._deadlines: dict[str, float] = {}
+        self._deadlines: dict[int, list[tuple[float, str]]] = {}
+        """Input partition → heap of (feedback deadline, request id)."""
+        self._indexed = False
         app.agent(self.inputs, name="smolit-streams-route")(self._route)
         app.agent(self.facts, name="smolit-streams-aggregate")(self._aggregate)
         app.timer(config.tick_s, name="smolit-streams-tick")(self._tick)
@@ -147,48 +168,53 @@ class StreamsApp:
     async def _route(self, stream: Any) -> AsyncIterator[None]:
         async for events in stream.take_events(self.config.batch_size, within=self.config.batch_within_s):
             async with self._join_lock:
+                batch = _RouteBatch()
                 for ev in events:
                     msg = ev.message
                     self.metrics.consumed.labels(msg.topic).inc()
                     try:
-                        await self._route_one(msg)
+                        await self._route_one(msg, batch)
                     except DecodeError as exc:
                         await self._dead(msg, f"undecodable: {exc}")
                     except Exception as exc:  # one bad message never stops the worker
                         log.warning("routing failed", topic=msg.topic, offset=msg.offset, error=repr(exc))
                         await self._dead(msg, f"handler error: {exc!r}")
+                await self._flush_route(batch)
             yield None
 
-    async def _route_one(self, msg: Any) -> None:
+    async def _route_one(self, msg: Any, batch: _RouteBatch) -> None:
         event = decode(msg.value)
         position = (msg.topic, msg.partition, msg.offset)
         t = event.occurred_at.timestamp()
         self._join_wm.setdefault(msg.partition, _Watermark()).observe(t)
-        facts: list[Fact] = []
         if isinstance(event, RoutingDecided | AnswerProduced | TaskFailed | FeedbackGiven):
             request_id = str(event.correlation_id)
-            raw = self.joins.data.get(request_id)
-            entry = JoinEntry.from_dict(raw) if raw else JoinEntry(request_id, msg.partition, t)
+            entry = batch.entries.get(request_id)
+            if entry is None:
+                raw = self.joins.data.get(request_id)
+                entry = JoinEntry.from_dict(raw) if raw else JoinEntry(request_id, msg.partition, t)
             replay = str(event.event_id) in entry.seen
             if entry.is_duplicate(event, ":".join(map(str, position))):
                 self.metrics.duplicates.inc()
                 return
             entry.apply(event)
-            facts = direct_facts(event, position)
+            batch.entries[request_id] = entry
+            batch.add(direct_facts(event, position), self.config.known_agents)
             if isinstance(event, RoutingDecided | FeedbackGiven):
-                facts += entry.feedback_facts()
+                batch.add(entry.feedback_facts(), self.config.known_agents)
             if entry.ready() or (replay and entry.emitted):
                 await self._emit_example(entry.example())
-            self._put(self.joins, msg.partition, request_id, entry.to_dict())
-            self._deadlines[request_id] = entry.deadline(self.config.feedback_ttl_s)
         elif isinstance(event, SubqueryRequested):
-            facts = direct_facts(event, position)
-        for fact in facts:
-            await self._send_fact(fact)
+            batch.add(direct_facts(event, position), self.config.known_agents)
 
-    async def _send_fact(self, fact: Fact) -> None:
-        fact = relabel(fact, self.config.known_agents)
-        await self.facts.send(key=fact["a"].encode(), value=json.dumps(fact, separators=(",", ":")).encode())
+    async def _flush_route(self, batch: _RouteBatch) -> None:
+        """One changelog write per request and one facts message per agent for the whole batch."""
+        ttl = self.config.feedback_ttl_s
+        for request_id, entry in batch.entries.items():
+            self._put(self.joins, entry.partition, request_id, entry.to_dict())
+            heapq.heappush(self._deadlines.setdefault(entry.partition, []), (entry.deadline(ttl), request_id))
+        for agent, facts in batch.facts.items():
+            await self.facts.send(key=agent.encode(), value=json.dumps(facts, separators=(",", ":")).encode())
 
     async def _emit_example(self, example: Any) -> None:
         self.metrics.examples.labels("failed" if example.failed else "rated" if example.rating else "unrated").inc()
@@ -212,29 +238,35 @@ class StreamsApp:
 
     async def _expire_joins(self) -> None:
         """Emit what the feedback TTL closed: examples without rating, timeouts; forget the request."""
-        if len(self._deadlines) != len(self.joins.data):  # after recovery: rebuild the index from the table
-            self._deadlines = {
-                k: JoinEntry.from_dict(v).deadline(self.config.feedback_ttl_s) for k, v in self.joins.data.items()
-            }
-            for v in self.joins.data.values():  # a recovered partition starts from its newest known event time
-                self._join_wm.setdefault(v["partition"], _Watermark()).observe(v["first_seen"])
-        now = {p: wm.current(self.config.idle_advance_s) for p, wm in self._join_wm.items()}
-        for request_id, deadline in list(self._deadlines.items()):
-            raw = self.joins.data.get(request_id)
-            if raw is None:
-                self._deadlines.pop(request_id, None)
-                continue
-            wm = now.get(raw["partition"])
-            if wm is None or wm < deadline:
-                continue
-            entry = JoinEntry.from_dict(raw)
-            example, timeout = entry.expire(self.config.feedback_ttl_s)
-            if timeout is not None:
-                await self._send_fact(timeout)
-            if example is not None:
-                await self._emit_example(example)
-            self._put(self.joins, entry.partition, request_id, None)
-            del self._deadlines[request_id]
+        if not self._indexed:  # after recovery: index the recovered entries by deadline
+            self._indexed = True
+            for request_id, raw in self.joins.data.items():
+                entry = JoinEntry.from_dict(raw)
+                heapq.heappush(
+                    self._deadlines.setdefault(entry.partition, []),
+                    (entry.deadline(self.config.feedback_ttl_s), request_id),
+                )
+                # A recovered partition starts from its newest known event time.
+                self._join_wm.setdefault(entry.partition, _Watermark()).observe(entry.first_seen)
+        batch = _RouteBatch()
+        for partition, heap in self._deadlines.items():
+            wm = self._join_wm[partition].current(self.config.idle_advance_s) if partition in self._join_wm else None
+            while heap and wm is not None and heap[0][0] <= wm:
+                deadline, request_id = heapq.heappop(heap)
+                raw = self.joins.data.get(request_id)
+                if raw is None:
+                    continue
+                entry = JoinEntry.from_dict(raw)
+                if entry.deadline(self.config.feedback_ttl_s) != deadline:
+                    continue  # a stale index entry: the decision arrived after and moved the deadline
+                example, timeout = entry.expire(self.config.feedback_ttl_s)
+                if timeout is not None:
+                    batch.add([timeout], self.config.known_agents)
+                if example is not None:
+                    await self._emit_example(example)
+                self._put(self.joins, entry.partition, request_id, None)
+        for agent, facts in batch.facts.items():
+            await self.facts.send(key=agent.encode(), value=json.dumps(facts, separators=(",", ":")).encode())
 
     # ---- stage 2: windows per agent --------------------------------------------------------------------------
 
@@ -247,32 +279,35 @@ class StreamsApp:
     async def _apply(self, events: Sequence[EventT]) -> None:
         touched: dict[str, tuple[int, Pane]] = {}
         announced: set[int] = set()
-        spec = self.config.spec
         for ev in events:
-            fact: Fact = json.loads(ev.message.value)
+            value = json.loads(ev.message.value)
             p = ev.message.partition
-            if "wm" in fact:  # a watermark announcement of one input partition
-                self._pane_wm.setdefault(p, {})[fact["src"]] = fact["wm"]
+            if isinstance(value, dict):  # a watermark announcement of one input partition
+                self._pane_wm.setdefault(p, {})[value["src"]] = value["wm"]
                 announced.add(p)
                 continue
-            agent, t = fact["a"], fact["t"]
-            if self.windows.is_late(t, self._emitted(agent)):
-                self.metrics.late.inc()
-                continue
-            key = f"pane|{agent}|{spec.pane_of(t)}"
-            if key not in touched:
-                raw = self.panes.data.get(key)
-                touched[key] = (p, Pane.from_dict(raw["pane"]) if raw else Pane())
-            if touched[key][1].add(fact):
-                self.metrics.facts.labels(agent).inc()
-                self.metrics.freshness.observe(max(0.0, time.time() - t))
-            else:
-                self.metrics.replayed.inc()
+            for fact in value:
+                self._apply_fact(fact, p, touched)
         for key, (p, pane) in touched.items():
             self._put(self.panes, p, key, {"partition": p, "pane": pane.to_dict()})
         for p in announced:
             self._put(self.panes, p, f"wm|{p}", {"partition": p, "sources": self._pane_wm[p]})
             await self._close(p, self._watermark(p))
+
+    def _apply_fact(self, fact: Fact, p: int, touched: dict[str, tuple[int, Pane]]) -> None:
+        agent, t = fact["a"], fact["t"]
+        if self.windows.is_late(t, self._emitted(agent)):
+            self.metrics.late.inc()
+            return
+        key = f"pane|{agent}|{self.config.spec.pane_of(t)}"
+        if key not in touched:
+            raw = self.panes.data.get(key)
+            touched[key] = (p, Pane.from_dict(raw["pane"]) if raw else Pane())
+        if touched[key][1].add(fact):
+            self.metrics.facts.labels(agent).inc()
+            self.metrics.freshness.observe(max(0.0, time.time() - t))
+        else:
+            self.metrics.replayed.inc()
 
     def _watermark(self, facts_partition: int) -> float | None:
         """Stage 2 watermark: the lowest of all input partitions' watermarks (none until every one has spoken)."""
@@ -325,9 +360,10 @@ class StreamsApp:
         if self._on_ready is not None:
             self._on_ready()
             self._on_ready = None
-        for key, raw in list(self.panes.data.items()):  # stage 2 watermarks recovered from the changelog
-            if key.startswith("wm|") and raw["partition"] not in self._pane_wm:
-                self._pane_wm[raw["partition"]] = {int(k): v for k, v in raw["sources"].items()}
+        if not self._pane_wm:  # stage 2 watermarks recovered from the changelog
+            for key, raw in list(self.panes.data.items()):
+                if key.startswith("wm|"):
+                    self._pane_wm[raw["partition"]] = {int(k): v for k, v in raw["sources"].items()}
         decisions = self.config.topics(Topic.DECISIONS)
         for tp in self.app.consumer.assignment():
             if tp.topic == decisions:

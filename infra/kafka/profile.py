@@ -45,6 +45,11 @@ class KafkaProfile:
     def admin(self) -> dict[str, Any]:
         return self.common()
 
+    @property
+    def faust_fetch_wait_ms(self) -> int | None:
+        """faust's consumer fetch wait to set with `faust_patch.set_fetch_max_wait` (None: faust's 1500 ms)."""
+        return 10 if self.embedded else None
+
     def faust(self) -> dict[str, Any]:
         """faust-streaming (aiokafka) app settings for this broker kind.
 

@@ -234,8 +234,12 @@ def test_windows_and_training_examples_survive_a_killed_worker(
         # Phase 1 with a watermark that never advances by itself, so nothing closes before the kill.
         worker.start(SMOLIT_STREAMS_IDLE_ADVANCE_S="100000")
         _wait_for(lambda: _metric(port, "smolit_streams_facts_total{") >= 5, 90, "phase 1 applied")
-        with pool.connection() as conn:  # the health signal /healthz reads
-            assert conn.execute("SELECT 1 FROM service_heartbeats WHERE service = 'streams'").fetchone()
+
+        def heartbeat() -> bool:  # the health signal /healthz reads
+            with pool.connection() as conn:
+                return conn.execute("SELECT 1 FROM service_heartbeats WHERE service = 'streams'").fetchone() is not None
+
+        _wait_for(heartbeat, 10, "the streams heartbeat")
         worker.kill()  # SIGKILL right after processing: offsets are most likely not committed yet
 
         send(phase2)
