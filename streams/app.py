@@ -246,11 +246,13 @@ class StreamsApp:
                     self._deadlines.setdefault(entry.partition, []),
                     (entry.deadline(self.config.feedback_ttl_s), request_id),
                 )
-                # A recovered partition starts from its newest known event time.
-                self._join_wm.setdefault(entry.partition, _Watermark()).observe(entry.first_seen)
+                if entry.partition in self._join_wm:  # a recovered partition starts from its newest event time
+                    self._join_wm[entry.partition].observe(entry.first_seen)
         batch = _RouteBatch()
         for partition, heap in self._deadlines.items():
-            wm = self._join_wm[partition].current(self.config.idle_advance_s) if partition in self._join_wm else None
+            if partition not in self._join_wm:
+                continue  # not ours (any more)
+            wm = self._join_wm[partition].current(self.config.idle_advance_s)
             while heap and wm is not None and heap[0][0] <= wm:
                 deadline, request_id = heapq.heappop(heap)
                 raw = self.joins.data.get(request_id)
@@ -364,10 +366,15 @@ class StreamsApp:
             for key, raw in list(self.panes.data.items()):
                 if key.startswith("wm|"):
                     self._pane_wm[raw["partition"]] = {int(k): v for k, v in raw["sources"].items()}
-        decisions = self.config.topics(Topic.DECISIONS)
-        for tp in self.app.consumer.assignment():
-            if tp.topic == decisions:
-                self._join_wm.setdefault(tp.partition, _Watermark())
+        # Only partitions this worker owns now: after a rebalance another member speaks for the others.
+        assignment = self.app.consumer.assignment()
+        inputs = {tp.partition for tp in assignment if tp.topic == self.config.topics(Topic.DECISIONS)}
+        facts = {tp.partition for tp in assignment if tp.topic == self.config.facts_topic}
+        for p in list(self._join_wm):
+            if p not in inputs:
+                del self._join_wm[p]
+        for p in inputs:
+            self._join_wm.setdefault(p, _Watermark())
         async with self._join_lock:
             await self._expire_joins()
             # Announce each input partition's watermark to every facts partition, after the timeouts it caused
@@ -380,3 +387,6 @@ class StreamsApp:
                 marker = json.dumps({"wm": current, "src": p}).encode()
                 for facts_partition in range(self.config.partitions):
                     await self.facts.send(key=None, value=marker, partition=facts_partition)
+        async with self._pane_lock:
+            for p in facts:
+                await self._close(p, self._watermark(p))

@@ -154,3 +154,15 @@ def test_facts_from_subqueries_and_unknown_agents() -> None:
     assert [(f["a"], f.get("sqs", 0), f.get("sqr", 0)) for f in facts] == [("a", 1, 0), ("b", 0, 1)]
     assert relabel(facts[0], frozenset({"b"}))["a"] == "unknown"
     assert relabel(facts[1], frozenset({"b"}))["a"] == "b"
+
+
+def test_embedded_faust_profile_carries_the_tansu_workarounds() -> None:
+    """On Tansu: one record per producer batch, short sessions and fetch waits, at-least-once; not on real Kafka."""
+    from smolit.infra.kafka import KafkaProfile
+
+    tansu, kafka = KafkaProfile("127.0.0.1:9092", embedded=True), KafkaProfile("a:1,b:2", embedded=False)
+    conf = tansu.faust()
+    assert (conf["producer_max_batch_size"], conf["producer_linger"], conf["broker_session_timeout"]) == (1, 0.0, 6.0)
+    assert conf["processing_guarantee"] == "at_least_once" and tansu.faust_fetch_wait_ms == 10
+    assert "producer_max_batch_size" not in kafka.faust() and kafka.faust_fetch_wait_ms is None
+    assert kafka.faust()["broker"] == "kafka://a:1;kafka://b:2"
