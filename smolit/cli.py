@@ -234,7 +234,9 @@ def bench_pipeline(
 @bench_app.command("streams")
 def bench_streams(
     events: Annotated[int, typer.Option(help="Input events in the backlog (decisions, answers, feedback).")] = 50_000,
-    rate: Annotated[float, typer.Option(help="Input rate (events/s) of the freshness phase.")] = 1000.0,
+    rate: Annotated[
+        float, typer.Option(help="Input rate (events/s) of the freshness phase; keep it below capacity.")
+    ] = 200.0,
     seconds: Annotated[float, typer.Option(help="Length of the freshness phase.")] = 10.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
