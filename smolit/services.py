@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -240,6 +241,9 @@ def _run_streams(w: Wiring, stop: threading.Event) -> None:
         heartbeat.start()
         log.info("service ready", metrics_port=bound)
 
+    if w.settings.log_level.upper() != "DEBUG":  # faust, mode and aiokafka narrate every start-up step at INFO
+        for name in ("faust", "mode", "aiokafka"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     streams = StreamsApp(streams_config(w.settings, w.profile, known), StreamMetrics.create(w.registry), ready)
     # faust runs its own event loop in this thread and handles SIGINT/SIGTERM itself (clean stop: flush, commit).
     worker = faust.Worker(streams.app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False)
