@@ -166,3 +166,18 @@ def test_embedded_faust_profile_carries_the_tansu_workarounds() -> None:
     assert conf["processing_guarantee"] == "at_least_once" and tansu.faust_fetch_wait_ms == 10
     assert "producer_max_batch_size" not in kafka.faust() and kafka.faust_fetch_wait_ms is None
     assert kafka.faust()["broker"] == "kafka://a:1;kafka://b:2"
+
+
+def test_payloads_without_the_new_fields_still_decode() -> None:
+    """Old `RoutingDecided` (no text) and `AgentMetricsWindow` (no window_kind) payloads decode with defaults."""
+    import json
+
+    from smolit.contracts import AgentMetricsWindow, decode, encode
+
+    decided = json.loads(encode(_decision(uuid.uuid4()))[0])
+    del decided["text"]
+    assert decode(json.dumps(decided).encode()).text == ""  # type: ignore[attr-defined]
+    window = json.loads(encode(Pane().to_event("a", "hopping", 0, 60))[0])
+    del window["window_kind"]
+    decoded = decode(json.dumps(window).encode())
+    assert isinstance(decoded, AgentMetricsWindow) and decoded.window_kind == "tumbling"
