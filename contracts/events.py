@@ -85,6 +85,8 @@ class RoutingDecided(Event):
     """Routing time for this request (embedding share included)."""
     embedding: str
     """Request embedding (contracts.vectors wire form), computed once by the router."""
+    text: str = ""
+    """The request text, so joins downstream (training examples) need not read the requests topic."""
 
 
 class Clause(BaseModel):
@@ -231,8 +233,11 @@ class FeedbackGiven(Event):
 class AgentMetricsWindow(Event):
     type: Literal["AgentMetricsWindow"] = "AgentMetricsWindow"
     agent: str
+    """Agent the window describes (`unknown` for agents not in the catalogue)."""
     window_start: datetime
     window_end: datetime
+    window_kind: Literal["tumbling", "hopping"] = "tumbling"
+    """Tumbling (disjoint) or hopping (overlapping) window; the size is `window_end - window_start`."""
     requests: int = 0
     answers: int = 0
     failures: int = 0

@@ -27,7 +27,7 @@ from .pending import PendingRequests
 
 log = structlog.get_logger("smolit.gateway")
 
-REQUIRED_SERVICES = ("router", "agents", "gateway", "learner")
+REQUIRED_SERVICES = ("router", "agents", "streams", "gateway", "learner")
 HEARTBEAT_MAX_AGE_S = 10.0
 MAX_BODY_BYTES = 256 * 1024
 PUBLISH_TIMEOUT_S = 10.0

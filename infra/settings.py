@@ -143,6 +143,26 @@ class Settings(BaseSettings):
     learner_metrics_port: int = 0
     """Prometheus port of the learner process; 0 picks a free one."""
 
+    # --- Stream processors (faust) -----------------------------------------------------------------
+    streams_metrics_port: int = 0
+    """Prometheus port of the stream worker; 0 picks a free one."""
+    streams_tumbling_s: int = 60
+    """Size of the tumbling per-agent metric windows (event time, seconds)."""
+    streams_hopping_s: int = 900
+    """Size of the hopping per-agent metric windows (seconds)."""
+    streams_hop_s: int = 60
+    """Step of the hopping windows (seconds; must divide the hopping size)."""
+    streams_lateness_s: float = 10.0
+    """Lateness bound: a window closes this long (event time) after its end; later events are dropped and counted."""
+    streams_feedback_ttl_s: float = 300.0
+    """How long after a routing decision feedback is awaited before the training example is emitted without it
+    (and a request with no answer by then counts as a timeout failure)."""
+    streams_idle_advance_s: float = 5.0
+    """A partition idle this long (wall clock) moves its event-time watermark up to the clock minus this, so the
+    last windows and feedback timeouts of a quiet system still close."""
+    streams_batch_size: int = 500
+    """Most events a stream agent handles at once."""
+
     # --- Logging -----------------------------------------------------------------------------------
     log_level: str = "INFO"
     """Log level for all services."""

@@ -162,6 +162,7 @@ class Router:
                 propensity=propensity,
                 latency_ms=elapsed * 1000,
                 embedding=packed,
+                text=request.text,
             )
             task = decided.caused(
                 TaskAssigned,

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 import zipfile
@@ -177,4 +178,197 @@ def run_pipeline_bench(
         "fixed_rate": fixed,
         "routing": routing,
         "memory": memory,
+    }
+
+
+# ---- stream processors -----------------------------------------------------------------------------------------
+
+
+def _streams_script(requests: int, agents: list[str], now: float | None, seed: int = 42) -> list[Any]:
+    """Decision + answer per request, feedback for 30 %: the events the stream worker consumes."""
+    from datetime import UTC, datetime, timedelta
+    from uuid import uuid4
+
+    from smolit.contracts import AnswerProduced, FeedbackGiven, RoutingDecided, Topic, pack_vector
+    from smolit.infra.kafka import Outgoing
+
+    rng = random.Random(seed)
+    embedding = pack_vector(rng.random() for _ in range(384))  # the real payload size (384 float32)
+    start = datetime.now(UTC) if now is None else datetime.fromtimestamp(now, UTC)
+    outs: list[Outgoing] = []
+    for i in range(requests):
+        rid = uuid4()
+        agent = agents[i % len(agents)]
+        t = start + timedelta(milliseconds=i)
+        scores = {a: round(rng.random(), 3) for a in agents}
+        decision = RoutingDecided(
+            correlation_id=rid,
+            occurred_at=t,
+            agent=agent,
+            scores=scores,
+            score=scores[agent],
+            model_version="bench",
+            latency_ms=3.0,
+            embedding=embedding,
+            text="How do index funds work?",
+        )
+        answer = AnswerProduced(
+            correlation_id=rid,
+            occurred_at=t,
+            agent=agent,
+            answer="…",
+            backend="extractive",
+            latency_ms=rng.lognormvariate(4, 0.5),
+            prompt_tokens=100,
+            completion_tokens=50,
+        )
+        outs += [Outgoing(Topic.DECISIONS, str(rid), decision), Outgoing(Topic.ANSWERS, str(rid), answer)]
+        if rng.random() < 0.3:
+            feedback = FeedbackGiven(correlation_id=rid, occurred_at=t, rating=rng.choice([-1, 1]), user="u")
+            outs.append(Outgoing(Topic.FEEDBACK, str(rid), feedback))
+    return outs
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """Prometheus text → {series: value} (0 entries while the server is not up)."""
+    try:
+        text = httpx.get(url, timeout=2).text
+    except httpx.HTTPError:
+        return {}
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            values[series] = float(value)
+    return values
+
+
+def _sum(metrics: dict[str, float], name: str) -> float:
+    return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
+
+
+def _histogram_quantile(before: dict[str, float], after: dict[str, float], name: str, q: float) -> float | None:
+    """Upper bound of the bucket holding quantile q of the observations between two scrapes."""
+    buckets = sorted(
+        (float(k.split('le="')[1].split('"')[0]), after[k] - before.get(k, 0.0))
+        for k in after
+        if k.startswith(name + "_bucket{")
+    )
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return None
+    for le, count in buckets:
+        if count >= q * total:
+            return le
+    return None  # pragma: no cover
+
+
+def run_streams_bench(events: int, rate: float, rate_seconds: float, progress: bool = True) -> dict[str, Any]:
+    """Throughput of one stream worker over a backlog, then freshness at a fixed input rate."""
+    from smolit.contracts import TopicNames
+    from smolit.infra.db import migrate
+    from smolit.infra.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, spawn, terminate
+    from smolit.infra.kafka import EventProducer, KafkaProfile, ensure_topics
+
+    def say(msg: str) -> None:
+        if progress:
+            print(msg, flush=True)
+
+    agents = ["finance", "legal", "general"]
+    requests = max(1, round(events / 2.3))
+    with tempfile.TemporaryDirectory(prefix="smolit-bench-streams-") as tmp:
+        data = Path(tmp)
+        settings = Settings(data_dir=data, kafka_storage="memory")
+        with EmbeddedBroker(data, "memory") as broker, EmbeddedPostgres(data) as pg:
+            bootstrap, database_url = broker.start(), pg.start()
+            migrate(database_url)
+            profile = KafkaProfile(bootstrap, embedded=True)
+            topics = TopicNames(settings.topic_prefix)
+            ensure_topics(profile.admin(), topics, settings.topic_partitions, timeout_s=20)
+            producer = EventProducer(profile.producer(), topics)
+            backlog = _streams_script(requests, agents, now=None)
+            say(f"producing a backlog of {len(backlog)} events")
+            for out in backlog:
+                producer.send(out)
+            producer.flush()
+            port = free_port()
+            env = dict(os.environ) | {
+                "SMOLIT_KAFKA_BOOTSTRAP": bootstrap,
+                "SMOLIT_KAFKA_PROFILE": "tansu",
+                "SMOLIT_DATABASE_URL": database_url,
+                "SMOLIT_STREAMS_METRICS_PORT": str(port),
+                "SMOLIT_LOG_JSON": "true",
+            }
+            url = f"http://127.0.0.1:{port}/metrics"
+            say("starting the stream worker")
+            child = spawn("streams", [sys.executable, "-m", "smolit", "run", "streams"], data / "streams.log", env=env)
+            try:
+                throughput = _measure_backlog(url, len(backlog), child)
+                say(f"backlog done: {throughput['events_per_s']} events/s; now {rate:.0f} events/s for {rate_seconds}s")
+                freshness = _measure_freshness(url, producer, agents, rate, rate_seconds)
+                rss = _rss_mb([child.pid])
+            finally:
+                terminate(child, 20)
+                producer.close()
+    return {
+        "benchmark": "streams",
+        "events": len(backlog),
+        "partitions": settings.topic_partitions,
+        "worker_processes": 1,
+        "cpu_cores": os.cpu_count(),
+        "throughput": throughput,
+        "freshness": freshness,
+        "worker_rss_mb": rss,
+        "note": "shared 2-core machine; both stages (route + aggregate) run in the one worker process",
+    }
+
+
+def _measure_backlog(url: str, expected: int, child: Any) -> dict[str, Any]:
+    started: float | None = None
+    deadline = time.monotonic() + max(120, expected / 500)
+    while time.monotonic() < deadline:
+        if not child.running():
+            raise RuntimeError("stream worker exited; see streams.log")
+        metrics = _scrape(url)
+        consumed = _sum(metrics, "smolit_streams_events_total")
+        if started is None and consumed > 0:
+            started, first = time.perf_counter(), consumed
+        # Every input event yields one fact (feedback: once the join knows the agent), applied by stage 2.
+        if _sum(metrics, "smolit_streams_facts_total") >= expected:
+            elapsed = time.perf_counter() - (started or time.perf_counter())
+            done = expected - (first if started else 0)
+            return {"events_per_s": round(done / elapsed, 1) if elapsed else None, "seconds": round(elapsed, 2)}
+        time.sleep(0.2)
+    raise RuntimeError(f"stream worker did not apply {expected} facts in time")
+
+
+def _measure_freshness(url: str, producer: Any, agents: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    before = _scrape(url)
+    n = max(1, int(rate * seconds / 2.3))
+    interval = 2.3 / rate
+    t0 = time.perf_counter()
+    for i in range(n):
+        for out in _streams_script(1, agents, now=time.time(), seed=i):  # occurred_at = now
+            producer.send(out)
+        producer.poll(0)
+        delay = t0 + (i + 1) * interval - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    producer.flush()
+    expected = _sum(before, "smolit_streams_facts_total") + 0.99 * n * 2
+    deadline = time.monotonic() + 60
+    after = _scrape(url)
+    while _sum(after, "smolit_streams_facts_total") < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = _scrape(url)
+    time.sleep(1.0)
+    after = _scrape(url)
+    name = "smolit_streams_freshness_seconds"
+    return {
+        "input_rate_events_per_s": rate,
+        "seconds": seconds,
+        "definition": "event occurred_at → fact applied to its window in the worker's table (histogram bucket bound)",
+        "p50_s_at_most": _histogram_quantile(before, after, name, 0.50),
+        "p95_s_at_most": _histogram_quantile(before, after, name, 0.95),
+        "p99_s_at_most": _histogram_quantile(before, after, name, 0.99),
     }

@@ -479,6 +479,22 @@ def bench_routing(
     out.print_json(json.dumps(result)) if as_json else out.print(result)
 
 
+@bench_app.command("streams")
+def bench_streams(
+    events: Annotated[int, typer.Option(help="Input events in the backlog (decisions, answers, feedback).")] = 50_000,
+    rate: Annotated[
+        float, typer.Option(help="Input rate (events/s) of the freshness phase; keep it below capacity.")
+    ] = 200.0,
+    seconds: Annotated[float, typer.Option(help="Length of the freshness phase.")] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Stream worker throughput over a backlog (events/s) and metric freshness (event time → visible) at a rate."""
+    from .bench import run_streams_bench
+
+    result = run_streams_bench(events, rate, seconds, progress=not as_json)
+    out.print_json(json.dumps(result)) if as_json else out.print(result)
+
+
 def _progress() -> Progress:
     return Progress(
         SpinnerColumn(),

@@ -1,7 +1,8 @@
-"""Process wiring for one service: router, agents or gateway (`smolit run SERVICE`)."""
+"""Process wiring for one service: router, agents, streams or gateway (`smolit run SERVICE`)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -40,9 +41,10 @@ if TYPE_CHECKING:
     from smolit.learner import Learner
     from smolit.router import Router
     from smolit.router.network import NetworkScorer
+    from smolit.streams import StreamsConfig
 
-Service = Literal["router", "agents", "gateway", "learner"]
-SERVICES: tuple[Service, ...] = ("router", "agents", "gateway", "learner")
+Service = Literal["router", "agents", "streams", "gateway", "learner"]
+SERVICES: tuple[Service, ...] = ("router", "agents", "streams", "gateway", "learner")
 log = structlog.get_logger("smolit.services")
 
 
@@ -139,6 +141,7 @@ def run_service(service: Service, settings: Settings) -> None:
         runner: Callable[[Wiring, threading.Event], None] = {
             "router": _run_router,
             "agents": _run_agents,
+            "streams": _run_streams,
             "gateway": _run_gateway,
             "learner": _run_learner,
         }[service]
@@ -324,6 +327,55 @@ class _LazyEmbedder:
 
                 self._embedder = build_embedder(self._settings)
         return self._embedder.embed(texts)
+
+
+def streams_config(settings: Settings, profile: KafkaProfile, known_agents: frozenset[str]) -> StreamsConfig:
+    """The stream worker's configuration from settings (also used by the benchmark and the tests)."""
+    from smolit.streams import StreamsConfig, WindowSpec
+
+    return StreamsConfig(
+        app_id=f"{settings.topic_prefix}-streams",
+        faust_settings=profile.faust(),
+        topics=TopicNames(settings.topic_prefix),
+        partitions=settings.topic_partitions,
+        spec=WindowSpec(
+            tumbling_s=settings.streams_tumbling_s,
+            hopping_s=settings.streams_hopping_s,
+            hop_s=settings.streams_hop_s,
+            lateness_s=settings.streams_lateness_s,
+        ),
+        feedback_ttl_s=settings.streams_feedback_ttl_s,
+        idle_advance_s=settings.streams_idle_advance_s,
+        batch_size=settings.streams_batch_size,
+        known_agents=known_agents,
+        fetch_wait_ms=profile.faust_fetch_wait_ms,
+    )
+
+
+def _run_streams(w: Wiring, stop: threading.Event) -> None:
+    import faust
+
+    from smolit.streams import StreamMetrics, StreamsApp
+
+    known = frozenset(load_cards(w.settings.agents_dir)) | {w.settings.fallback_agent}
+    bound = serve_metrics(w.registry, w.settings.host, w.settings.streams_metrics_port)
+    heartbeat = Heartbeat(w.pool, "streams", w.instance)
+    heartbeat.info = {"metrics_port": bound}
+
+    def ready() -> None:
+        heartbeat.start()
+        log.info("service ready", metrics_port=bound)
+
+    if w.settings.log_level.upper() != "DEBUG":  # faust, mode and aiokafka narrate every start-up step at INFO
+        for name in ("faust", "mode", "aiokafka"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    streams = StreamsApp(streams_config(w.settings, w.profile, known), StreamMetrics.create(w.registry), ready)
+    # faust runs its own event loop in this thread and handles SIGINT/SIGTERM itself (clean stop: flush, commit).
+    worker = faust.Worker(streams.app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        heartbeat.stop()
 
 
 def _run_gateway(w: Wiring, stop: threading.Event) -> None:

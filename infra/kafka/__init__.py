@@ -1,7 +1,7 @@
 """Kafka adapters: client profiles, the event producer, the one consumer loop, dedupe, topic admin, a reader."""
 
 from .admin import BrokerUnreachable, check_broker, ensure_topics
-from .consumer import ConsumerLoop, Handler, LoopConfig, RetryableError
+from .consumer import ConsumerLoop, Handler, LoopConfig, RetryableError, dead_letter
 from .dedupe import Deduper, MemoryDeduper, PostgresDeduper
 from .producer import EventProducer, Outgoing, ProduceError
 from .profile import KafkaProfile
@@ -22,6 +22,7 @@ __all__ = [
     "RetryableError",
     "TopicMissing",
     "check_broker",
+    "dead_letter",
     "ensure_topics",
     "read_topic_events",
 ]

@@ -295,23 +295,45 @@ def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
 
 
 def _dead_letter(msg: Message, reason: str, group: str) -> Outgoing:
-    raw_key = msg.key()
-    headers = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)) for k, v in msg.headers() or []}
-    value = msg.value()
+    return dead_letter(
+        reason,
+        group,
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        key=msg.key(),
+        value=msg.value(),
+        headers=msg.headers() or [],
+    )
+
+
+def dead_letter(
+    reason: str,
+    group: str,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes | str | None]],
+) -> Outgoing:
+    """The `DeadLetter` for one message (any client), keyed by the original key."""
+    text_headers = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)) for k, v in headers}
     event = DeadLetter(
-        correlation_id=_correlation(headers),
+        correlation_id=_correlation(text_headers),
         producer=group,
         error=reason[:2000],
-        source_topic=msg.topic(),
-        source_partition=msg.partition(),
-        source_offset=msg.offset(),
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
         consumer_group=group,
         raw_value=base64.b64encode(value).decode() if value is not None else None,
-        raw_key=base64.b64encode(raw_key).decode() if raw_key is not None else None,
-        headers=headers,
+        raw_key=base64.b64encode(key).decode() if key is not None else None,
+        headers=text_headers,
     )
-    key = raw_key.decode("utf-8", "replace") if raw_key else str(event.event_id)
-    return Outgoing(Topic.DLQ, key, event)
+    out_key = key.decode("utf-8", "replace") if key else str(event.event_id)
+    return Outgoing(Topic.DLQ, out_key, event)
 
 
 def _correlation(headers: dict[str, str]) -> UUID:

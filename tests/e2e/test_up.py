@@ -144,7 +144,7 @@ def test_health_reports_every_part(system: Running) -> None:
     body = httpx.get(f"{system.url}/healthz", timeout=10).json()
     assert body["status"] == "ok"
     assert body["checks"]["broker"]["ok"] and body["checks"]["database"]["ok"]
-    assert all(body["checks"]["services"][s]["ok"] for s in ("router", "agents", "gateway"))
+    assert all(body["checks"]["services"][s]["ok"] for s in ("router", "agents", "streams", "gateway"))
 
 
 def test_bad_input_gets_clear_4xx(system: Running) -> None:

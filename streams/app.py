@@ -1,0 +1,392 @@
+"""The faust app: a thin shell around `facts`, `join` and `aggregate`.
+
+Two stages, both faust agents in every worker process of one consumer group (the app id):
+
+1. `route` reads decisions, answers, feedback and subqueries (all keyed by request id except subqueries, and
+   co-partitioned, so one worker sees every event of a request). It decodes (poison → DLQ), joins the request in
+   the `joins` table (changelog-backed), emits `TrainingExample`s, and re-keys per-agent *facts* by agent onto an
+   internal topic `<prefix>.streams-facts.v1`.
+2. `aggregate` reads the facts (now partitioned by agent), applies them to per-(agent, pane) state in the `panes`
+   table (changelog-backed) and emits `AgentMetricsWindow`s when the event-time watermark closes a window.
+
+Table writes name their changelog partition explicitly (`_put`), because a batch (`take_events`) mixes partitions
+and a timer has no current event; the partition is the one of the input that owns the key, as faust would choose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import structlog
+from faust.types import EventT
+
+from smolit.contracts import (
+    AnswerProduced,
+    DecodeError,
+    Event,
+    FeedbackGiven,
+    RoutingDecided,
+    SubqueryRequested,
+    TaskFailed,
+    Topic,
+    TopicNames,
+    decode,
+    encode,
+)
+from smolit.infra.kafka import dead_letter
+from smolit.infra.kafka.faust_patch import set_fetch_max_wait
+
+from .aggregate import AgentWindows, Fact, Pane, WindowSpec
+from .facts import direct_facts, relabel
+from .join import JoinEntry
+from .metrics import StreamMetrics
+
+log = structlog.get_logger("smolit.streams")
+_RAW = {"key_serializer": "raw", "value_serializer": "raw"}
+
+
+@dataclass(frozen=True)
+class StreamsConfig:
+    app_id: str
+    """Consumer group and prefix of the changelog topics."""
+    faust_settings: dict[str, Any]
+    """From `KafkaProfile.faust()`."""
+    topics: TopicNames
+    partitions: int
+    """Partitions of the input topics; the tables and the facts topic use the same number."""
+    spec: WindowSpec = field(default_factory=WindowSpec)
+    feedback_ttl_s: float = 300.0
+    """How long (event time) after the decision feedback is awaited before the example is emitted without it."""
+    idle_advance_s: float = 5.0
+    """A partition with no new event for this long moves its watermark up to the wall clock (minus this)."""
+    batch_size: int = 500
+    batch_within_s: float = 0.05
+    tick_s: float = 0.5
+    known_agents: frozenset[str] = frozenset()
+    """Agent catalogue; facts for other agents count under `unknown`. Empty: every agent is known."""
+    fetch_wait_ms: int | None = None
+    """From `KafkaProfile.faust_fetch_wait_ms`."""
+
+    @property
+    def facts_topic(self) -> str:
+        return f"{self.topics.prefix}.streams-facts.v1"
+
+
+@dataclass
+class _Watermark:
+    """Event-time watermark of one partition: the newest event time seen; once the partition has been idle for
+    `idle_s`, the wall clock minus `idle_s` when that is later (so a quiet system still closes its last windows and
+    timeouts, while a replay of old events, which keeps the partition busy, is judged by event time alone)."""
+
+    event_time: float | None = None
+    last_wall: float = field(default_factory=time.monotonic)
+
+    def observe(self, t: float) -> None:
+        self.event_time = t if self.event_time is None else max(self.event_time, t)
+        self.last_wall = time.monotonic()
+
+    def current(self, idle_s: float) -> float | None:
+        if time.monotonic() - self.last_wall < idle_s:
+            return self.event_time
+        wall = time.time() - idle_s
+        return wall if self.event_time is None else max(self.event_time, wall)
+
+
+@dataclass
+class _RouteBatch:
+    """What one batch of the route stage writes: touched join entries and facts grouped by agent."""
+
+    entries: dict[str, JoinEntry] = field(default_factory=dict)
+    facts: dict[str, list[Fact]] = field(default_factory=dict)
+
+    def add(self, facts: list[Fact], known: frozenset[str]) -> None:
+        for fact in facts:
+            fact = relabel(fact, known)
+            self.facts.setdefault(fact["a"], []).append(fact)
+
+
+class StreamsApp:
+    """Builds the faust app; `app` is what a `faust.Worker` runs."""
+
+    def __init__(
+        self,
+        config: StreamsConfig,
+        metrics: StreamMetrics,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._on_ready = on_ready
+        self._join_lock = asyncio.Lock()  # the timer and the agents interleave at every await
+        self._pane_lock = asyncio.Lock()
+        self.windows = AgentWindows(config.spec)
+        t = config.topics
+        if config.fetch_wait_ms is not None:
+            set_fetch_max_wait(config.fetch_wait_ms)
+        self.app = faust.App(config.app_id, topic_partitions=config.partitions, **config.faust_settings)
+        app = self.app
+        self.inputs = app.topic(t(Topic.DECISIONS), t(Topic.ANSWERS), t(Topic.FEEDBACK), t(Topic.SUBQUERIES), **_RAW)
+        # internal=True: faust creates it with our partition count (Tansu would auto-create it with its default).
+        self.facts = app.topic(config.facts_topic, partitions=config.partitions, internal=True, **_RAW)
+        self._out = {topic: app.topic(t(topic), **_RAW) for topic in (Topic.AGENT_METRICS, Topic.TRAINING_EXAMPLES)}
+        self._out[Topic.DLQ] = app.topic(t(Topic.DLQ), **_RAW)
+        self.joins = app.Table("joins", partitions=config.partitions)
+        self.panes = app.Table("panes", partitions=config.partitions)
+        self._join_wm: dict[int, _Watermark] = {}
+        """Stage 1: watermark per input partition."""
+        self._pane_wm: dict[int, dict[int, float]] = {}
+        """Stage 2: facts partition → input partition → the watermark that input partition last announced."""
+        self._deadlines: dict[int, list[tuple[float, str]]] = {}
+        """Input partition → heap of (feedback deadline, request id)."""
+        self._indexed = False
+        app.agent(self.inputs, name="smolit-streams-route")(self._route)
+        app.agent(self.facts, name="smolit-streams-aggregate")(self._aggregate)
+        app.timer(config.tick_s, name="smolit-streams-tick")(self._tick)
+
+    # ---- table access with an explicit changelog partition ----------------------------------------------------
+
+    def _put(self, table: Any, partition: int, key: str, value: dict[str, Any] | None) -> None:
+        if value is None:
+            table.data.pop(key, None)
+        else:
+            table.data[key] = value
+        table.send_changelog(partition, key, value)
+
+    async def _send(self, topic: Topic, key: str, event: Event) -> None:
+        value, headers = encode(event)
+        await self._out[topic].send(key=key.encode(), value=value, headers=headers)
+
+    # ---- stage 1: decode, join, re-key facts by agent -------------------------------------------------------
+
+    async def _route(self, stream: Any) -> AsyncIterator[None]:
+        async for events in stream.take_events(self.config.batch_size, within=self.config.batch_within_s):
+            async with self._join_lock:
+                batch = _RouteBatch()
+                for ev in events:
+                    msg = ev.message
+                    self.metrics.consumed.labels(msg.topic).inc()
+                    try:
+                        await self._route_one(msg, batch)
+                    except DecodeError as exc:
+                        await self._dead(msg, f"undecodable: {exc}")
+                    except Exception as exc:  # one bad message never stops the worker
+                        log.warning("routing failed", topic=msg.topic, offset=msg.offset, error=repr(exc))
+                        await self._dead(msg, f"handler error: {exc!r}")
+                await self._flush_route(batch)
+            yield None
+
+    async def _route_one(self, msg: Any, batch: _RouteBatch) -> None:
+        event = decode(msg.value)
+        position = (msg.topic, msg.partition, msg.offset)
+        t = event.occurred_at.timestamp()
+        self._join_wm.setdefault(msg.partition, _Watermark()).observe(t)
+        if isinstance(event, RoutingDecided | AnswerProduced | TaskFailed | FeedbackGiven):
+            request_id = str(event.correlation_id)
+            entry = batch.entries.get(request_id)
+            if entry is None:
+                raw = self.joins.data.get(request_id)
+                entry = JoinEntry.from_dict(raw) if raw else JoinEntry(request_id, msg.partition, t)
+            replay = str(event.event_id) in entry.seen
+            if entry.is_duplicate(event, ":".join(map(str, position))):
+                self.metrics.duplicates.inc()
+                return
+            entry.apply(event)
+            batch.entries[request_id] = entry
+            batch.add(direct_facts(event, position), self.config.known_agents)
+            if isinstance(event, RoutingDecided | FeedbackGiven):
+                batch.add(entry.feedback_facts(), self.config.known_agents)
+            if entry.ready() or (replay and entry.emitted):
+                await self._emit_example(entry.example())
+        elif isinstance(event, SubqueryRequested):
+            batch.add(direct_facts(event, position), self.config.known_agents)
+
+    async def _flush_route(self, batch: _RouteBatch) -> None:
+        """One changelog write per request and one facts message per agent for the whole batch."""
+        ttl = self.config.feedback_ttl_s
+        for request_id, entry in batch.entries.items():
+            self._put(self.joins, entry.partition, request_id, entry.to_dict())
+            heapq.heappush(self._deadlines.setdefault(entry.partition, []), (entry.deadline(ttl), request_id))
+        for agent, facts in batch.facts.items():
+            await self.facts.send(key=agent.encode(), value=json.dumps(facts, separators=(",", ":")).encode())
+
+    async def _emit_example(self, example: Any) -> None:
+        self.metrics.examples.labels("failed" if example.failed else "rated" if example.rating else "unrated").inc()
+        await self._send(Topic.TRAINING_EXAMPLES, str(example.correlation_id), example)
+
+    async def _dead(self, msg: Any, reason: str) -> None:
+        self.metrics.dead_letters.labels(msg.topic).inc()
+        headers = msg.headers.items() if isinstance(msg.headers, dict) else (msg.headers or [])
+        out = dead_letter(
+            reason,
+            self.config.app_id,
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            key=msg.key,
+            value=msg.value,
+            headers=list(headers),
+        )
+        log.warning("dead-lettered", topic=msg.topic, offset=msg.offset, reason=reason)
+        await self._send(Topic.DLQ, out.key, out.event)
+
+    async def _expire_joins(self) -> None:
+        """Emit what the feedback TTL closed: examples without rating, timeouts; forget the request."""
+        if not self._indexed:  # after recovery: index the recovered entries by deadline
+            self._indexed = True
+            for request_id, raw in self.joins.data.items():
+                entry = JoinEntry.from_dict(raw)
+                heapq.heappush(
+                    self._deadlines.setdefault(entry.partition, []),
+                    (entry.deadline(self.config.feedback_ttl_s), request_id),
+                )
+                if entry.partition in self._join_wm:  # a recovered partition starts from its newest event time
+                    self._join_wm[entry.partition].observe(entry.first_seen)
+        batch = _RouteBatch()
+        for partition, heap in self._deadlines.items():
+            if partition not in self._join_wm:
+                continue  # not ours (any more)
+            wm = self._join_wm[partition].current(self.config.idle_advance_s)
+            while heap and wm is not None and heap[0][0] <= wm:
+                deadline, request_id = heapq.heappop(heap)
+                raw = self.joins.data.get(request_id)
+                if raw is None:
+                    continue
+                entry = JoinEntry.from_dict(raw)
+                if entry.deadline(self.config.feedback_ttl_s) != deadline:
+                    continue  # a stale index entry: the decision arrived after and moved the deadline
+                example, timeout = entry.expire(self.config.feedback_ttl_s)
+                if timeout is not None:
+                    batch.add([timeout], self.config.known_agents)
+                if example is not None:
+                    await self._emit_example(example)
+                self._put(self.joins, entry.partition, request_id, None)
+        for agent, facts in batch.facts.items():
+            await self.facts.send(key=agent.encode(), value=json.dumps(facts, separators=(",", ":")).encode())
+
+    # ---- stage 2: windows per agent --------------------------------------------------------------------------
+
+    async def _aggregate(self, stream: Any) -> AsyncIterator[None]:
+        async for events in stream.take_events(self.config.batch_size, within=self.config.batch_within_s):
+            async with self._pane_lock:
+                await self._apply(events)
+            yield None
+
+    async def _apply(self, events: Sequence[EventT]) -> None:
+        touched: dict[str, tuple[int, Pane]] = {}
+        announced: set[int] = set()
+        for ev in events:
+            value = json.loads(ev.message.value)
+            p = ev.message.partition
+            if isinstance(value, dict):  # a watermark announcement of one input partition
+                self._pane_wm.setdefault(p, {})[value["src"]] = value["wm"]
+                announced.add(p)
+                continue
+            for fact in value:
+                self._apply_fact(fact, p, touched)
+        for key, (p, pane) in touched.items():
+            self._put(self.panes, p, key, {"partition": p, "pane": pane.to_dict()})
+        for p in announced:
+            self._put(self.panes, p, f"wm|{p}", {"partition": p, "sources": self._pane_wm[p]})
+            await self._close(p, self._watermark(p))
+
+    def _apply_fact(self, fact: Fact, p: int, touched: dict[str, tuple[int, Pane]]) -> None:
+        agent, t = fact["a"], fact["t"]
+        if self.windows.is_late(t, self._emitted(agent)):
+            self.metrics.late.inc()
+            return
+        key = f"pane|{agent}|{self.config.spec.pane_of(t)}"
+        if key not in touched:
+            raw = self.panes.data.get(key)
+            touched[key] = (p, Pane.from_dict(raw["pane"]) if raw else Pane())
+        if touched[key][1].add(fact):
+            self.metrics.facts.labels(agent).inc()
+            self.metrics.freshness.observe(max(0.0, time.time() - t))
+        else:
+            self.metrics.replayed.inc()
+
+    def _watermark(self, facts_partition: int) -> float | None:
+        """Stage 2 watermark: the lowest of all input partitions' watermarks (none until every one has spoken)."""
+        sources = self._pane_wm.get(facts_partition, {})
+        if len(sources) < self.config.partitions:
+            return None
+        return min(sources.values())
+
+    def _emitted(self, agent: str) -> dict[str, float]:
+        raw = self.panes.data.get(f"emitted|{agent}")
+        return dict(raw["emitted"]) if raw else {}
+
+    async def _close(self, partition: int, watermark: float | None) -> None:
+        """Emit the windows the watermark closed for the agents of this partition; drop panes no longer needed."""
+        if watermark is None:
+            return
+        panes: dict[str, dict[int, Pane]] = {}
+        for key, raw in list(self.panes.data.items()):
+            if key.startswith("pane|") and raw["partition"] == partition:
+                _, agent, start = key.split("|")
+                panes.setdefault(agent, {})[int(start)] = Pane.from_dict(raw["pane"])
+        for agent, agent_panes in panes.items():
+            emitted = self._emitted(agent)
+            before = dict(emitted)
+            for window in self.windows.close(agent, agent_panes, emitted, watermark):
+                self._record_window(window)
+                await self._send(Topic.AGENT_METRICS, agent, window)
+            if emitted != before:
+                self._put(self.panes, partition, f"emitted|{agent}", {"partition": partition, "emitted": emitted})
+            for start in agent_panes:
+                if self.windows.removable(start, emitted):
+                    self._put(self.panes, partition, f"pane|{agent}|{start}", None)
+
+    def _record_window(self, w: Any) -> None:
+        m, labels = self.metrics, (w.agent, w.window_kind)
+        m.windows.labels(w.window_kind).inc()
+        m.window_requests.labels(*labels).set(w.requests)
+        m.window_failures.labels(*labels).set(w.failures)
+        if w.latency_p95_ms is not None:
+            m.window_latency_p95.labels(*labels).set(w.latency_p95_ms / 1000)
+        if w.mean_rating is not None:
+            m.window_mean_rating.labels(*labels).set(w.mean_rating)
+            m.window_negative_rate.labels(*labels).set(w.negative_rate or 0.0)
+
+    # ---- timer: idle watermarks, TTLs -------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        if not self.app.tables.recovery.completed.is_set():
+            return  # tables are still being rebuilt from their changelogs
+        if self._on_ready is not None:
+            self._on_ready()
+            self._on_ready = None
+        if not self._pane_wm:  # stage 2 watermarks recovered from the changelog
+            for key, raw in list(self.panes.data.items()):
+                if key.startswith("wm|"):
+                    self._pane_wm[raw["partition"]] = {int(k): v for k, v in raw["sources"].items()}
+        # Only partitions this worker owns now: after a rebalance another member speaks for the others.
+        assignment = self.app.consumer.assignment()
+        inputs = {tp.partition for tp in assignment if tp.topic == self.config.topics(Topic.DECISIONS)}
+        facts = {tp.partition for tp in assignment if tp.topic == self.config.facts_topic}
+        for p in list(self._join_wm):
+            if p not in inputs:
+                del self._join_wm[p]
+        for p in inputs:
+            self._join_wm.setdefault(p, _Watermark())
+        async with self._join_lock:
+            await self._expire_joins()
+            # Announce each input partition's watermark to every facts partition, after the timeouts it caused
+            # (same producer, same partition: the facts arrive first), so stage 2 closes a window only when every
+            # input partition has passed it.
+            for p, wm in self._join_wm.items():
+                current = wm.current(self.config.idle_advance_s)
+                if current is None:
+                    continue
+                marker = json.dumps({"wm": current, "src": p}).encode()
+                for facts_partition in range(self.config.partitions):
+                    await self.facts.send(key=None, value=marker, partition=facts_partition)
+        async with self._pane_lock:
+            for p in facts:
+                await self._close(p, self._watermark(p))
