@@ -270,6 +270,8 @@ class TrainingExample(Event):
     """Outcome for the chosen agent: feedback sentiment, False for a failure or timeout, None when neutral/unknown."""
     preferred_agent: str | None = None
     """Corrective feedback: the agent that should have answered."""
+    model_version: str | None = None
+    """Router model that made the decision (live quality per champion, for automatic rollback)."""
 
 
 class RouterModelPromoted(Event):

@@ -181,6 +181,8 @@ def create_app(deps: GatewayDeps) -> FastAPI:
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackBody) -> JSONResponse:
+        if body.preferred_agent is not None and body.preferred_agent not in deps.cards:
+            raise HTTPException(422, f"unknown agent {body.preferred_agent!r}; known: {', '.join(sorted(deps.cards))}")
         ref = await run_in_threadpool(load_request_ref, deps.pool, body.request_id)
         if ref is None:
             raise HTTPException(404, f"unknown request id {body.request_id}")

@@ -26,6 +26,9 @@ class FeedbackBody(BaseModel):
     )
     comment: str | None = Field(default=None, max_length=4000)
     user: str | None = Field(default=None, max_length=200, description="Feedback counts once per user and request.")
+    preferred_agent: str | None = Field(
+        default=None, max_length=64, description="Corrective feedback: the agent that should have answered."
+    )
 
     @model_validator(mode="after")
     def _valid_rating(self) -> FeedbackBody:
@@ -70,6 +73,7 @@ def feedback_event(body: FeedbackBody, ref: RequestRef) -> FeedbackGiven:
         scale=body.scale,
         comment=body.comment,
         user=body.user,
+        preferred_agent=body.preferred_agent,
     )
 
 

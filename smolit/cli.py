@@ -159,6 +159,9 @@ def feedback(
     ] = None,
     rating: Annotated[int | None, typer.Option(min=1, max=5, help="Stars, 1–5 (instead of --good/--bad).")] = None,
     comment: Annotated[str | None, typer.Option(help="Free text kept with the feedback.")] = None,
+    preferred_agent: Annotated[
+        str | None, typer.Option("--agent", help="Corrective feedback: the agent that should have answered.")
+    ] = None,
     user: Annotated[str | None, typer.Option(help="Who rates; feedback counts once per user and request.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     url: Annotated[str | None, typer.Option(help="Gateway URL (default: the running `smolit up`).")] = None,
@@ -169,7 +172,12 @@ def feedback(
         raise typer.BadParameter("give exactly one of --good, --bad or --rating N")
     settings = load_settings(data_dir=data_dir)
     base = url or _gateway_url(settings)
-    body: dict[str, Any] = {"request_id": request_id, "comment": comment, "user": user}
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "comment": comment,
+        "user": user,
+        "preferred_agent": preferred_agent,
+    }
     body |= {"rating": 1 if good else -1, "scale": "thumbs"} if rating is None else {"rating": rating, "scale": "stars"}
     try:
         response = httpx.post(f"{base}/v1/feedback", json=body, timeout=30)

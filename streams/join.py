@@ -41,7 +41,8 @@ class JoinEntry:
     outcome: dict[str, Any] | None = None
     """`{"answered": latency_ms}` or `{"failed": reason}`."""
     ratings: dict[str, list[Any]] = field(default_factory=dict)
-    """User key → [rating, event time], in arrival order; the first rating of each user wins."""
+    """User key → [rating, event time, positive (True/False/None), preferred agent], in arrival order; the first
+    rating of each user wins. (Entries stored before the last two fields existed hold two items.)"""
     seen: dict[str, str] = field(default_factory=dict)
     """Event id → `topic:partition:offset` where it was first read: a replay re-emits, a duplicate is ignored."""
     emitted: bool = False
@@ -63,6 +64,7 @@ class JoinEntry:
                     "text": event.text,
                     "embedding": event.embedding,
                     "propensity": event.propensity,
+                    "model_version": event.model_version,
                     "t": event.occurred_at.timestamp(),
                 }
         elif isinstance(event, AnswerProduced):
@@ -73,7 +75,10 @@ class JoinEntry:
                 self.outcome = {"failed": event.reason}
         elif isinstance(event, FeedbackGiven):
             user = f"user:{event.user}" if event.user else f"event:{event.event_id}"
-            self.ratings.setdefault(user, [event.rating, event.occurred_at.timestamp()])
+            positive = {"positive": True, "negative": False}.get(event.sentiment)
+            self.ratings.setdefault(
+                user, [event.rating, event.occurred_at.timestamp(), positive, event.preferred_agent]
+            )
 
     # ---- outputs ------------------------------------------------------------------------------------------
 
@@ -82,8 +87,8 @@ class JoinEntry:
         if self.decision is None:
             return []
         return [
-            {"a": self.decision["agent"], "t": t, "id": f"fb:{self.request_id}:{user}", "fb": rating}
-            for user, (rating, t) in self.ratings.items()
+            {"a": self.decision["agent"], "t": entry[1], "id": f"fb:{self.request_id}:{user}", "fb": entry[0]}
+            for user, entry in self.ratings.items()
         ]
 
     def ready(self) -> bool:
@@ -111,7 +116,11 @@ class JoinEntry:
         """The training example (marks the entry emitted)."""
         assert self.decision is not None and self.outcome is not None
         self.emitted = True
-        first_rating = next(iter(self.ratings.values()), [None])[0]  # first to arrive: stable on re-emission
+        first = next(iter(self.ratings.values()), [None, None])  # first to arrive: stable on re-emission
+        rating = first[0]
+        positive = first[2] if len(first) > 2 else (rating > 0 if rating in (-1, 1) else None)
+        if "failed" in self.outcome:
+            positive = False
         return TrainingExample(
             event_id=training_example_id(self.request_id),
             occurred_at=datetime.fromtimestamp(self.decision["t"], UTC),  # deterministic: a re-emission is identical
@@ -122,10 +131,13 @@ class JoinEntry:
             embedding=self.decision["embedding"],
             agent=self.decision["agent"],
             scores=self.decision["scores"],
-            rating=first_rating,
+            rating=rating,
             failed="failed" in self.outcome,
             latency_ms=self.outcome.get("answered"),
             propensity=self.decision["propensity"],
+            positive=positive,
+            preferred_agent=first[3] if len(first) > 3 else None,
+            model_version=self.decision.get("model_version"),
         )
 
     # ---- serialisation -------------------------------------------------------------------------------------

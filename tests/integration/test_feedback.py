@@ -94,7 +94,9 @@ def test_feedback_is_published_once_per_user(gateway: Gateway, profile: KafkaPro
     again = httpx.post(f"{gateway.url}/v1/feedback", json=body | {"rating": 1}, timeout=10)
     assert again.status_code == 200 and again.json()["duplicate"] is True
     assert again.json()["feedback_id"] == first.json()["feedback_id"]
-    other = httpx.post(f"{gateway.url}/v1/feedback", json=body | {"user": "bob", "rating": 5}, timeout=10)
+    other = httpx.post(
+        f"{gateway.url}/v1/feedback", json=body | {"user": "bob", "rating": 5, "preferred_agent": "legal"}, timeout=10
+    )
     assert other.status_code == 201
 
     records = read_topic(profile, topics(Topic.FEEDBACK), expect=3, timeout_s=5)
@@ -104,6 +106,8 @@ def test_feedback_is_published_once_per_user(gateway: Gateway, profile: KafkaPro
     ann = next(e for e in events if isinstance(e, FeedbackGiven) and e.user == "ann")
     assert (ann.rating, ann.comment, ann.sentiment) == (-1, "wrong fund", "negative")
     assert ann.correlation_id == uuid.UUID(request_id) and ann.causation_id == answer.event_id
+    bob = next(e for e in events if isinstance(e, FeedbackGiven) and e.user == "bob")
+    assert bob.preferred_agent == "legal"
 
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'smolit_feedback_total{agent="finance",sentiment="negative"} 1.0' in metrics
@@ -116,7 +120,14 @@ def test_feedback_errors(gateway: Gateway) -> None:
     request_id, _ = _answered_request(gateway)
     unknown = httpx.post(f"{gateway.url}/v1/feedback", json={"request_id": str(uuid.uuid4()), "rating": 1})
     assert unknown.status_code == 404 and "unknown request id" in unknown.json()["detail"]
-    for bad in ({"rating": 0}, {"rating": 6}, {"rating": -2}, {"rating": 3, "scale": "thumbs"}, {"rating": "x"}):
+    for bad in (
+        {"rating": 0},
+        {"rating": 6},
+        {"rating": -2},
+        {"rating": 3, "scale": "thumbs"},
+        {"rating": "x"},
+        {"rating": -1, "preferred_agent": "astrology"},
+    ):
         response = httpx.post(f"{gateway.url}/v1/feedback", json={"request_id": request_id} | bad)
         assert response.status_code == 422, bad
         assert "detail" in response.json()
