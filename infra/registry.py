@@ -50,6 +50,45 @@ class ModelRegistry:
             location = artifact_root.resolve().as_uri() if artifact_root is not None else None
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
 
+    def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> str:
+        """A parent run (e.g. a hyper-parameter search) that child runs point to; finish it with `end_run`."""
+        return self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {}).info.run_id
+
+    def end_run(self, run_id: str, failed: bool = False) -> None:
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+    def log_run(
+        self,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        *,
+        tags: dict[str, str] | None = None,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> str:
+        """One finished run with params, metrics and (optionally) the model file; returns its run id."""
+        import torch
+
+        tags = dict(tags or {})
+        if parent_run_id is not None:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run_id = self.start_run(run_name or "run", tags)
+        try:
+            for key, value in params.items():
+                self.client.log_param(run_id, key, value)
+            for key, value in metrics.items():
+                self.client.log_metric(run_id, key, float(value))
+            if payload is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    torch.save(payload, Path(tmp) / PAYLOAD)
+                    self.client.log_artifacts(run_id, tmp, artifact_path="model")
+        except Exception:
+            self.end_run(run_id, failed=True)
+            raise
+        self.end_run(run_id)
+        return run_id
+
     def log_version(
         self,
         name: str,
@@ -59,29 +98,16 @@ class ModelRegistry:
         metrics: dict[str, float],
         tags: dict[str, str] | None = None,
         run_name: str | None = None,
+        parent_run_id: str | None = None,
     ) -> ModelVersion:
         """One training run (params, metrics, the model file) registered as a new version of `name`."""
-        import torch
-
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
-        run_id = run.info.run_id
-        try:
-            for key, value in params.items():
-                self.client.log_param(run_id, key, value)
-            for key, value in metrics.items():
-                self.client.log_metric(run_id, key, float(value))
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save(payload, Path(tmp) / PAYLOAD)
-                self.client.log_artifacts(run_id, tmp, artifact_path="model")
-            self.client.set_terminated(run_id)
-        except Exception:
-            self.client.set_terminated(run_id, status="FAILED")
-            raise
+        run_id = self.log_run(
+            params, metrics, tags=tags, run_name=run_name, parent_run_id=parent_run_id, payload=payload
+        )
         if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
             self.client.create_registered_model(name)
-        version = self.client.create_model_version(
-            name, source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags or {}
-        )
+        artifact_uri = self.client.get_run(run_id).info.artifact_uri
+        version = self.client.create_model_version(name, source=f"{artifact_uri}/model", run_id=run_id, tags=tags or {})
         return self._describe(version)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:

@@ -22,7 +22,7 @@ from smolit.router.features import AgentFeatures
 from smolit.router.model import export, restore
 
 from .dataset import in_holdout, outcome_of
-from .evaluation import Evaluation, fit_threshold
+from .evaluation import Evaluation
 from .trainer import Outcome, Trainer, new_trainer
 
 log = structlog.get_logger("smolit.learner")
@@ -165,7 +165,7 @@ class Learner:
         holdout = list(self.holdout)
         mine = self.trainer.evaluate(holdout)
         theirs = (self.champion or self._baseline()).evaluate(holdout)
-        threshold = self._threshold(holdout)
+        threshold = self.trainer.fitted_threshold(holdout, self.config.target_precision)
         promote, reason = self._gate(mine, theirs, len(holdout))
         center = self.trainer.features.center  # the router must measure priors exactly as training did
         payload = export(self.trainer.net, center=None if center is None else center.tolist(), threshold=threshold)
@@ -229,13 +229,3 @@ class Learner:
     def _baseline(self) -> Trainer:
         """What routes without a champion: the untrained network, which ranks exactly like the similarity scorer."""
         return new_trainer(self.trainer.features, self.trainer.net.dim, seed=self.config.seed)
-
-    def _threshold(self, holdout: Sequence[Outcome]) -> float:
-        labelled = [o for o in holdout if o.label is not None]
-        if not labelled:
-            return 0.5
-        probs = self.trainer.probabilities(np.stack([o.embedding for o in labelled]))
-        agents = self.trainer.features.agents
-        top = probs.max(axis=1)
-        correct = [agents[int(row.argmax())] == o.label for row, o in zip(probs, labelled, strict=True)]
-        return fit_threshold(top.tolist(), correct, self.config.target_precision)

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from smolit.router.features import AgentFeatures
 from smolit.router.model import RouterNet
 
-from .evaluation import Evaluation, calibration, classification
+from .evaluation import Evaluation, calibration, classification, fit_threshold
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,15 @@ class Trainer:
 
     def predict(self, embeddings: np.ndarray) -> list[str]:
         return [self.features.agents[i] for i in self.probabilities(embeddings).argmax(axis=1)]
+
+    def fitted_threshold(self, holdout: Sequence[Outcome], target_precision: float) -> float:
+        """Confidence threshold fitted on the held-out outcomes that name the right agent (`fit_threshold`)."""
+        labelled = [o for o in holdout if o.label is not None and o.label in self._agent_index]
+        if not labelled:
+            return 0.5
+        probs = self.probabilities(np.stack([o.embedding for o in labelled]))
+        correct = [self.features.agents[int(row.argmax())] == o.label for row, o in zip(probs, labelled, strict=True)]
+        return fit_threshold(probs.max(axis=1).tolist(), correct, target_precision)
 
     def evaluate(self, holdout: Sequence[Outcome]) -> Evaluation:
         if not holdout:

@@ -553,6 +553,50 @@ def _pool(settings: Settings) -> ConnectionPool:
         raise SetupError(f"database at {url.split('@')[-1]} is not reachable (SMOLIT_DATABASE_URL): {exc}") from exc
 
 
+@app.command()
+def replay(
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Read the whole log.")] = False,
+    since: Annotated[str | None, typer.Option(help="Only events from this time: 30m, 2h, 1d or an ISO time.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what the log holds; train nothing.")] = False,
+    promote: Annotated[bool, typer.Option(help="Make the retrained model the champion right away.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Re-read decisions, answers and feedback, rebuild the training set and retrain the router from scratch."""
+    _retrain(from_beginning, since, dry_run, 0, promote, as_json, data_dir)
+
+
+@app.command()
+def train(
+    from_log: Annotated[bool, typer.Option("--from-log", help="Train from the whole event log (required).")] = False,
+    hpo: Annotated[int, typer.Option("--hpo", min=0, help="Optuna trials (each an MLflow child run); 0: none.")] = 0,
+    promote: Annotated[bool, typer.Option(help="Make the trained model the champion right away.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Offline training of the router from the event log, optionally with a hyper-parameter search."""
+    if not from_log:
+        raise typer.BadParameter("say where to train from: --from-log (the only source so far)")
+    _retrain(True, None, False, hpo, promote, as_json, data_dir)
+
+
+def _retrain(
+    from_beginning: bool, since: str | None, dry_run: bool, hpo: int, promote: bool, as_json: bool, data_dir: Any
+) -> None:
+    from .replay import retrain
+    from .stats import parse_since
+
+    if from_beginning == (since is not None):
+        raise typer.BadParameter("give exactly one of --from-beginning and --since")
+    try:
+        start = parse_since(since) if since else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    settings = load_settings(data_dir=data_dir)
+    report = retrain(settings, start, dry_run=dry_run, hpo_trials=hpo, promote=promote, on_step=console.log)
+    out.print_json(json.dumps(report)) if as_json else out.print(report)
+
+
 def _register_subcommands() -> None:
     from .models import models_app
 
