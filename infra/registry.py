@@ -150,6 +150,20 @@ class ModelRegistry:
 
 
 def open_registry(tracking_uri: str, data_dir: Path) -> ModelRegistry:
-    """The registry named by the settings; a local sqlite store keeps its artifacts beside it in data_dir."""
-    root = (data_dir / "mlflow" / "artifacts") if tracking_uri.startswith("sqlite:///") else None
-    return ModelRegistry(tracking_uri, root)
+    """The registry named by the settings; a local sqlite store keeps its artifacts beside it in data_dir.
+
+    Opening a new sqlite store runs MLflow's schema migrations; two services opening it at once race on them
+    (alembic "0 found" errors), so openers of a local store take turns on a file lock.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return ModelRegistry(tracking_uri, None)
+    import fcntl
+
+    folder = data_dir / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".open.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return ModelRegistry(tracking_uri, folder / "artifacts")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

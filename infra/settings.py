@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     learner_target_precision: float = Field(default=0.8, gt=0, lt=1)
     """The fitted confidence threshold is the lowest top probability at which holdout routing reaches this
     precision; below it the fallback agent answers."""
+    learner_rollback_min_outcomes: int = Field(default=50, ge=5)
+    """Judged live outcomes needed under both the new and the previous champion before a rollback is considered."""
+    learner_rollback_alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    """Significance level of the one-sided test that the new champion's positive rate is below the previous one's."""
     learner_seed: int = 42
     """Seed of the learner's network, sampling and holdout choice (replays are reproducible)."""
 

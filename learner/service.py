@@ -15,7 +15,7 @@ import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from smolit.contracts import Event, RouterModelPromoted, Topic, TrainingExample
+from smolit.contracts import Event, RolledBack, RouterModelPromoted, Topic, TrainingExample
 from smolit.infra.kafka import Outgoing
 from smolit.infra.registry import CHALLENGER, CHAMPION, PREVIOUS, ModelRegistry
 from smolit.router.features import AgentFeatures
@@ -23,6 +23,7 @@ from smolit.router.model import export, restore
 
 from .dataset import in_holdout, outcome_of
 from .evaluation import Evaluation
+from .rollback import LiveOutcomes, significantly_worse
 from .trainer import Outcome, Trainer, new_trainer
 
 log = structlog.get_logger("smolit.learner")
@@ -41,12 +42,15 @@ class LearnerConfig:
     promotion_margin: float = 0.01
     target_precision: float = 0.8
     seed: int = 42
+    rollback_min_outcomes: int = 50
+    rollback_alpha: float = 0.05
 
 
 class LearnerMetrics(NamedTuple):
     examples: Counter
     candidates: Counter
     promotions: Counter
+    rollbacks: Counter
     holdout_accuracy: Gauge
     champion_version: Gauge
 
@@ -56,6 +60,9 @@ class LearnerMetrics(NamedTuple):
             examples=Counter("smolit_learner_examples_total", "Training examples received", ["use"], registry=registry),
             candidates=Counter("smolit_learner_candidates_total", "Candidate models evaluated", registry=registry),
             promotions=Counter("smolit_learner_promotions_total", "Candidates promoted to champion", registry=registry),
+            rollbacks=Counter(
+                "smolit_learner_rollbacks_total", "Champions rolled back on live feedback", registry=registry
+            ),
             holdout_accuracy=Gauge(
                 "smolit_learner_holdout_accuracy_ratio",
                 "Holdout routing accuracy of the latest candidate and of the champion",
@@ -92,6 +99,8 @@ class Learner:
         self.trainer = new_trainer(features, dim, seed=config.seed)
         self.champion: Trainer | None = None
         self.champion_version = registry.version_for(config.registry_name, CHAMPION)
+        self.previous_version = registry.version_for(config.registry_name, PREVIOUS)
+        self.live = LiveOutcomes()
         if self.champion_version is not None:
             self._warm_start(self.champion_version)
 
@@ -108,6 +117,7 @@ class Learner:
     def _follow_registry(self) -> None:
         """Compare against the champion the registry names now (`smolit models promote|rollback` may move it)."""
         registered = self.registry.version_for(self.config.registry_name, CHAMPION)
+        self.previous_version = self.registry.version_for(self.config.registry_name, PREVIOUS)
         if registered == self.champion_version:
             return
         self.champion_version = registered
@@ -136,6 +146,8 @@ class Learner:
             if not isinstance(event, TrainingExample):
                 continue  # other event types on the topic are not ours to learn from
             outcome = outcome_of(event)
+            if event.model_version is not None and outcome.good is not None:
+                self.live.add(event.model_version, outcome.good)
             if in_holdout(event.event_id, self.config.holdout_share, self.config.seed):
                 self.holdout.append(outcome)
                 self.metrics.examples.labels("holdout").inc()
@@ -146,9 +158,43 @@ class Learner:
                 self.metrics.examples.labels("train").inc()
             else:
                 self.metrics.examples.labels("skipped").inc()
+        rolled = self._check_rollback()
         if self._due():
-            return self.candidate()
-        return []
+            return rolled + self.candidate()
+        return rolled
+
+    def _check_rollback(self) -> list[Outgoing]:
+        """Restore the previous champion when the live outcomes of the current one are significantly worse."""
+        current, previous = self.champion_version, self.previous_version
+        if current is None or previous is None:
+            return []
+        new, old = self.live.rate(current), self.live.rate(previous)
+        z = significantly_worse(new, old, self.config.rollback_alpha, self.config.rollback_min_outcomes)
+        if z is None:
+            return []
+        reason = (
+            f"live positive rate {new[0]}/{new[1]} of version {current} below {old[0]}/{old[1]} of version"
+            f" {previous} (z={z:.2f}, alpha={self.config.rollback_alpha})"
+        )
+        name = self.config.registry_name
+        self.registry.set_alias(name, CHAMPION, previous)
+        self.registry.set_alias(name, PREVIOUS, current)
+        self.champion_version, self.previous_version = previous, current
+        self.champion = Trainer(
+            restore(self.registry.load(name, previous)), self.trainer.features, seed=self.config.seed
+        )
+        self.metrics.rollbacks.inc()
+        self.metrics.champion_version.set(float(previous))
+        log.warning("champion rolled back", version=previous, from_version=current, reason=reason)
+        event = RolledBack(
+            correlation_id=uuid.uuid4(),
+            producer=PRODUCER,
+            registry_name=name,
+            version=previous,
+            from_version=current,
+            reason=reason,
+        )
+        return [Outgoing(Topic.ROUTER_MODELS, "router", event)]
 
     def _due(self) -> bool:
         if self._pending == 0:
@@ -202,6 +248,7 @@ class Learner:
         previous = self.champion_version
         if previous is not None:
             self.registry.set_alias(self.config.registry_name, PREVIOUS, previous)
+            self.previous_version = previous
         self.registry.set_alias(self.config.registry_name, CHAMPION, version)
         self.champion = self._frozen_copy(self.trainer)
         self.champion_version = version

@@ -244,6 +244,8 @@ def _run_learner(w: Wiring, stop: threading.Event) -> None:
             promotion_margin=s.learner_promotion_margin,
             target_precision=s.learner_target_precision,
             seed=s.learner_seed,
+            rollback_min_outcomes=s.learner_rollback_min_outcomes,
+            rollback_alpha=s.learner_rollback_alpha,
         ),
     )
     loop = w.loop("smolit-learner", [Topic.TRAINING_EXAMPLES], learner.handle)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from smolit.contracts import AgentCard, RequestReceived, RouterModelPromoted, TrainingExample, pack_vector
+from smolit.contracts import AgentCard, RequestReceived, RolledBack, RouterModelPromoted, TrainingExample, pack_vector
 from smolit.infra.registry import CHALLENGER, CHAMPION, PREVIOUS, open_registry
 from smolit.learner import Learner, LearnerConfig, LearnerMetrics
 from smolit.learner.trainer import new_trainer
@@ -203,3 +203,31 @@ def test_models_cli_lists_promotes_and_rolls_back(
     # The learner follows the registry: its next candidate is compared against version 2 again.
     learner._follow_registry()
     assert learner.champion_version == "2"
+
+
+def test_a_champion_with_worse_live_feedback_is_rolled_back(world: World, tmp_path: Path) -> None:
+    router = _router(world)
+    learner = _learner(world, router, tmp_path, promotion_margin=-1.0, rollback_min_outcomes=40)
+    learner.handle(world.bandit_examples(500))
+    learner.handle(world.bandit_examples(500))
+    assert (learner.previous_version, learner.champion_version) == ("1", "2")
+
+    def live(version: str, good: bool) -> TrainingExample:
+        example = world.example(0, "alpha", good)
+        return example.model_copy(update={"model_version": version})
+
+    # Version 1 answered well (35/50), version 2 badly (15/50): significant at alpha 0.05.
+    batch = [live("1", i < 35) for i in range(50)] + [live("2", i < 15) for i in range(50)]
+    out = learner.handle(batch)
+    rolled = [o.event for o in out if isinstance(o.event, RolledBack)]
+    assert len(rolled) == 1 and (rolled[0].version, rolled[0].from_version) == ("1", "2")
+    assert "15/50" in rolled[0].reason and "35/50" in rolled[0].reason
+    assert learner.registry.version_for("smolit-router", CHAMPION) == "1"
+    assert learner.registry.version_for("smolit-router", PREVIOUS) == "2"
+
+    # A small, insignificant gap changes nothing.
+    calm = _learner(world, router, tmp_path / "calm", promotion_margin=-1.0, rollback_min_outcomes=40)
+    calm.handle(world.bandit_examples(500))
+    calm.handle(world.bandit_examples(500))
+    batch = [live("1", i < 30) for i in range(50)] + [live("2", i < 27) for i in range(50)]
+    assert not [o for o in calm.handle(batch) if isinstance(o.event, RolledBack)]
