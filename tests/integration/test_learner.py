@@ -231,3 +231,59 @@ def test_a_champion_with_worse_live_feedback_is_rolled_back(world: World, tmp_pa
     calm.handle(world.bandit_examples(500))
     batch = [live("1", i < 30) for i in range(50)] + [live("2", i < 27) for i in range(50)]
     assert not [o for o in calm.handle(batch) if isinstance(o.event, RolledBack)]
+
+
+def test_hot_swap_under_load_loses_no_request(world: World, tmp_path: Path, profile, topics, producer, pool) -> None:
+    """Requests stream through a real router consumer loop while a champion is promoted over the broker: every
+    request is routed exactly once, the early ones by similarity, the later ones by the new model."""
+    import time
+
+    from smolit.contracts import Topic
+    from smolit.infra.kafka import ConsumerLoop, LoopConfig, Outgoing, PostgresDeduper
+    from smolit.infra.metrics import ConsumerMetrics
+
+    router = _router(world)
+    learner = _learner(world, router, tmp_path)
+    [promotion] = [o for o in learner.handle(world.bandit_examples(500)) if isinstance(o.event, RouterModelPromoted)]
+    version = promotion.event.version
+    registry = learner.registry
+    watcher = ModelWatcher(
+        router, lambda: NetworkScorer(registry.load("smolit-router", version), router.features, version)
+    )
+    metrics = ConsumerMetrics.create(CollectorRegistry())
+    tag = uuid.uuid4().hex[:6]
+
+    def loop(group: str, wanted: list[Topic], handler, dedupe: bool) -> ConsumerLoop:
+        config = LoopConfig(group=f"{group}-{tag}", topics=[topics(t) for t in wanted], batch_size=16, dedupe=dedupe)
+        return ConsumerLoop(profile.consumer(config.group), config, handler, producer, PostgresDeduper(pool), metrics)
+
+    loops = [
+        loop("router", [Topic.REQUESTS], router.handle, True),
+        loop("models", [Topic.ROUTER_MODELS], watcher.handle, False),
+    ]
+    threads = [lp.start_thread() for lp in loops]
+    for lp in loops:
+        assert lp.assigned.wait(30), "consumer group join timed out"
+    sent: list[uuid.UUID] = []
+    try:
+        for i in range(240):
+            request = RequestReceived(
+                correlation_id=uuid.uuid4(), conversation_id=f"c{i % 7}", text=world.request(i % 3)
+            )
+            producer.send(Outgoing(Topic.REQUESTS, request.conversation_id, request))
+            sent.append(request.correlation_id)
+            if i == 120:
+                producer.send(promotion)
+            producer.poll(0)
+            time.sleep(0.01)
+        producer.flush()
+        decisions = read_events(profile, topics, Topic.DECISIONS, len(sent), timeout_s=60)
+    finally:
+        for lp in loops:
+            lp.stop()
+        for thread in threads:
+            thread.join(15)
+    assert sorted(d.correlation_id for d in decisions) == sorted(sent)
+    versions = [d.model_version for d in sorted(decisions, key=lambda d: sent.index(d.correlation_id))]
+    assert versions[0] == "similarity-v1" and versions[-1] == version
+    assert versions == sorted(versions, key=lambda v: v == version)  # one switch, never back
