@@ -105,6 +105,8 @@ def run_routing_bench(
     checkpoints: int = 10,
     seed: int = SEED,
     on_progress: Callable[[str], None] = lambda _: None,
+    online: bool = True,
+    simulate: bool = False,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     domains = sorted({r.domain for r in train} | {r.domain for r in test})
@@ -135,14 +137,18 @@ def run_routing_bench(
         "few_shot_accuracy": accuracy(few.priors(test_x).argmax(axis=1)),
         "offline_logreg_accuracy": accuracy(_logreg(train_x, train_y, len(domains), seed).argmax_on(test_x)),
     }
-    for mode in ("bandit", "corrective"):
-        on_progress(f"learning from {mode} feedback")
+    for mode in ("bandit", "corrective") if simulate else ():
+        on_progress(f"simulating learning from {mode} feedback")
         curve, events_per_s, route_ms = _simulate_online(few, train_x, train_y, test_x, test_y, mode, checkpoints, seed)
         result[f"simulated_online_curve_{mode}"] = curve
         result[f"simulated_online_final_accuracy_{mode}"] = curve[-1][1]
         result[f"simulated_learn_events_per_s_{mode}"] = round(events_per_s, 1)
-        result["route_score_ms_p50"] = round(float(np.percentile(route_ms, 50)), 3)
-        result["route_score_ms_p99"] = round(float(np.percentile(route_ms, 99)), 3)
+        result["simulated_route_score_ms_p50"] = round(float(np.percentile(route_ms, 50)), 3)
+        result["simulated_route_score_ms_p99"] = round(float(np.percentile(route_ms, 99)), 3)
+    if online:
+        result |= _online(
+            embedder, domains, descriptions, train, train_y, test_x, test_y, shots, checkpoints, seed, on_progress
+        )
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -235,3 +241,97 @@ def _simulate_online(
 
 def _accuracy(trainer: Any, x: np.ndarray, y: np.ndarray) -> float:
     return round(float(np.mean(trainer.probabilities(x).argmax(axis=1) == y)), 4)
+
+
+def _online(
+    embedder: Embedder,
+    test_texts: Sequence[str],
+    domains: Sequence[str],
+    descriptions: dict[str, str],
+    train: Sequence[Row],
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    shots: int,
+    checkpoints: int,
+    seed: int,
+    on_progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Both feedback modes through the running system (`bench_online`), each on a fresh system."""
+    from smolit.infra.cards import load_cards
+
+    from .bench_online import run_online
+
+    rng = np.random.default_rng(seed)
+    examples = {}
+    for k, domain in enumerate(domains):
+        pool = np.flatnonzero(train_y == k)
+        chosen = rng.choice(pool, size=min(shots, len(pool)), replace=False) if shots else pool[:0]
+        examples[domain] = [train[i].text for i in chosen]
+    result: dict[str, Any] = {}
+    latencies = []
+    learn_rates = []
+    route_ms: list[float] = []
+
+    def route_one(scorer: Any) -> list[float]:
+        timings = []
+        for text in test_texts[:300]:
+            t0 = time.perf_counter()
+            scorer.score(embedder.embed([text]))
+            timings.append((time.perf_counter() - t0) * 1000)
+        return timings
+
+    for mode in ("bandit", "corrective"):
+        run = run_online(
+            mode,
+            domains,
+            descriptions,
+            examples,
+            train,
+            test_x,
+            test_y,
+            checkpoints,
+            lambda folder: AgentFeatures.from_cards(load_cards(folder), embedder),
+            route_one,
+            on_step=on_progress,
+        )
+        route_ms += run["route_ms"]
+        result[f"online_curve_{mode}"] = run["curve"]
+        result[f"online_final_accuracy_{mode}"] = run["final_accuracy"]
+        result[f"online_wall_s_{mode}"] = run["wall_s"]
+        latencies.append(run["pipeline_routing_batch_ms"])
+        learn_rates.append(run["learn_events_per_s"])
+    result["online_curve"] = result["online_curve_corrective"]
+    result["online_final_accuracy"] = result["online_final_accuracy_corrective"]
+    if route_ms:
+        result["route_latency_ms_p50"] = round(float(np.percentile(route_ms, 50)), 2)
+        result["route_latency_ms_p99"] = round(float(np.percentile(route_ms, 99)), 2)
+    result["pipeline_routing_batch_ms_p50"] = max(lat["p50"] for lat in latencies)
+    result["pipeline_routing_batch_ms_p99"] = max(lat["p99"] for lat in latencies)
+    result["learn_events_per_s"] = min(r for r in learn_rates if r is not None) if any(learn_rates) else None
+    return result
+
+
+def plot_curves(result: dict[str, Any], path: Path) -> None:
+    """Learning curves (accuracy over feedback events) with the offline baselines as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, value in result.items():
+        if "_curve_" in key and isinstance(value, list) and value:
+            xs, ys = zip(*value, strict=True)
+            ax.plot(xs, ys, marker="o", label=key.replace("_curve_", " "))
+    for key, style in (("zero_shot_accuracy", ":"), ("few_shot_accuracy", "--"), ("offline_logreg_accuracy", "-.")):
+        if key in result:
+            ax.axhline(result[key], linestyle=style, color="grey", label=key)
+    ax.set_xlabel("feedback events")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -466,6 +466,11 @@ def bench_routing(
         Path | None, typer.Option("--descriptions", exists=True, dir_okay=False, help="JSON: domain -> sentence.")
     ] = None,
     shots: Annotated[int, typer.Option(min=0, help="Example requests per domain in the few-shot cards.")] = 10,
+    online: Annotated[
+        bool, typer.Option(help="Learn from feedback through a running system (two fresh systems, minutes).")
+    ] = True,
+    simulate: Annotated[bool, typer.Option(help="Also run the learner's algorithm in process (no broker).")] = False,
+    plot: Annotated[Path | None, typer.Option("--plot", dir_okay=False, help="Draw the learning curves (PNG).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Routing quality: zero-shot, few-shot, offline logistic regression, and learning from feedback."""
@@ -482,8 +487,18 @@ def bench_routing(
     if desc is not None and not isinstance(desc, dict):
         raise typer.BadParameter("--descriptions must hold a JSON object: domain -> description")
     result = run_routing_bench(
-        build_embedder(settings), *rows, desc, shots=shots, on_progress=lambda step: console.log(step)
+        build_embedder(settings),
+        *rows,
+        desc,
+        shots=shots,
+        on_progress=lambda step: console.log(step),
+        online=online,
+        simulate=simulate,
     )
+    if plot is not None:
+        from .bench_routing import plot_curves
+
+        plot_curves(result, plot)
     out.print_json(json.dumps(result)) if as_json else out.print(result)
 
 

@@ -48,7 +48,11 @@ def test_routing_bench_reports_every_measure(tmp_path: Path) -> None:
     desc.write_text(json.dumps({"finance": "Money, banking, taxes and investing.", "health": "Medicine and disease."}))
 
     result = CliRunner().invoke(
-        app, ["bench", "routing", "--train", str(train), "--test", str(test), "--descriptions", str(desc), "--json"]
+        app,
+        [
+            *("bench", "routing", "--train", str(train), "--test", str(test), "--descriptions", str(desc)),
+            *("--no-online", "--simulate", "--plot", str(tmp_path / "curves.png"), "--json"),
+        ],
     )
 
     assert result.exit_code == 0, result.output
@@ -62,7 +66,9 @@ def test_routing_bench_reports_every_measure(tmp_path: Path) -> None:
         curve = report[f"simulated_online_curve_{mode}"]
         assert curve[0][0] == 0 and curve[-1][0] == 14
         assert report[f"simulated_online_final_accuracy_{mode}"] == curve[-1][1]
-    assert report["route_score_ms_p50"] > 0
+    assert report["simulated_route_score_ms_p50"] > 0
+    assert "online_curve" not in report
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_routing_bench_rejects_rows_without_a_domain(tmp_path: Path) -> None:
