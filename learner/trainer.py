@@ -57,11 +57,15 @@ class Trainer:
         buffer_size: int = 50_000,
         max_ips_weight: float = 10.0,
         seed: int = 0,
+        decay_steps: float = 100.0,
     ) -> None:
         torch.manual_seed(seed)  # dropout masks: replaying the same log gives the same model
         self.net = net
         self.batch_size = batch_size
         self.max_ips_weight = max_ips_weight
+        self.base_lr = lr
+        self.decay_steps = decay_steps
+        self.steps = 0
         self.buffer: deque[Outcome] = deque(maxlen=buffer_size)
         self.seen = 0
         self._rng = random.Random(seed)
@@ -102,6 +106,7 @@ class Trainer:
         self.net.train()
         losses = []
         for _ in range(steps):
+            self._schedule()
             batch = self._rng.choices(self.buffer, k=min(self.batch_size, len(self.buffer)))
             loss = self._loss(batch)
             self.optimizer.zero_grad()
@@ -109,6 +114,15 @@ class Trainer:
             self.optimizer.step()
             losses.append(float(loss.detach()))
         return float(np.mean(losses))
+
+    def _schedule(self) -> None:
+        """Inverse-square-root learning-rate decay (floor 20 %): big steps while little is known, then steadier."""
+        self.steps += 1
+        if self.decay_steps <= 0:
+            return
+        lr = self.base_lr * max(0.2, (1 + self.steps / self.decay_steps) ** -0.5)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _loss(self, batch: Sequence[Outcome]) -> torch.Tensor:
         embeddings = np.stack([o.embedding for o in batch]).astype(np.float32)

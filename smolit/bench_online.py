@@ -104,11 +104,14 @@ def run_online(
             features = features_for(root / "agents")
             curve = [[0, round(float(np.mean(features.priors(test_x).argmax(axis=1) == test_y)), 4)]]
             versions = registry.versions(settings.router_registry_name)
+            champion_accuracy = None
             for version in versions:
                 scorer = NetworkScorer(registry.load(settings.router_registry_name, version.version), features, "")
                 seen = version.metrics.get("examples_seen", 0) + version.metrics.get("holdout_size", 0)
-                accuracy = float(np.mean(scorer.score(test_x).argmax(axis=1) == test_y))
-                curve.append([int(seen), round(accuracy, 4)])
+                accuracy = round(float(np.mean(scorer.score(test_x).argmax(axis=1) == test_y)), 4)
+                curve.append([int(seen), accuracy])
+                if "champion" in version.aliases:
+                    champion_accuracy = accuracy
             learned = int(versions[-1].metrics.get("examples_seen", 0)) if versions else 0
             # Routing one request at a time with the final model: embedding plus network scoring, in process.
             route_ms = route_one(scorer) if versions else []
@@ -116,7 +119,9 @@ def run_online(
             stack.stop()
     return {
         "curve": curve,
-        "final_accuracy": curve[-1][1],
+        # What routes traffic at the end: the champion (the gate's pick on the holdout), else the last candidate.
+        "final_accuracy": champion_accuracy if champion_accuracy is not None else curve[-1][1],
+        "last_candidate_accuracy": curve[-1][1],
         "versions": len(curve) - 1,
         "answered": sent["answered"],
         "feedback_events": sent["feedback"],

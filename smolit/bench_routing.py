@@ -147,7 +147,18 @@ def run_routing_bench(
         result["simulated_route_score_ms_p99"] = round(float(np.percentile(route_ms, 99)), 3)
     if online:
         result |= _online(
-            embedder, domains, descriptions, train, train_y, test_x, test_y, shots, checkpoints, seed, on_progress
+            embedder,
+            [r.text for r in test],
+            domains,
+            descriptions,
+            train,
+            train_y,
+            test_x,
+            test_y,
+            shots,
+            checkpoints,
+            seed,
+            on_progress,
         )
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result

@@ -97,7 +97,7 @@ def test_a_new_agent_is_scored_at_once_and_then_learned(world: dict) -> None:
 def test_evaluation_reports_classification_and_calibration(world: dict) -> None:
     trainer = new_trainer(_features(world), DIM, hidden=32, seed=1)
     _bandit_round(trainer, world, 400)
-    holdout = [Outcome(e, "a", good=t == "a") for e, t in _test_set(world)]
+    holdout = [Outcome(e, "a", good=t == "a", preferred=t) for e, t in _test_set(world)]
     report = trainer.evaluate(holdout)
     assert report.examples == 300
     assert report.accuracy is not None and 0.0 <= report.accuracy <= 1.0
