@@ -197,7 +197,10 @@ def _print_answer(result: dict[str, Any]) -> None:
     out.print(result.get("answer") or f"[red]failed:[/] {result.get('error')}")
     for i, src in enumerate(result.get("sources", []), start=1):
         out.print(f"  [{i}] {src.get('title') or ''} — {src['source']} (similarity {src['score']:.3f})")
-    out.print(f"[dim]request {result['request_id']} · {result['latency_ms']:.0f} ms[/]")
+    out.print(
+        f"[dim]request {result['request_id']} · conversation {result['conversation_id']}"
+        f" · {result['latency_ms']:.0f} ms[/]"
+    )
 
 
 @app.command()
