@@ -7,6 +7,7 @@ the gateway published, completed by the projected RoutingDecided/AnswerProduced.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -92,11 +93,12 @@ def conversation_context(pool: ConnectionPool, conversation_id: str) -> tuple[tu
     return context_from(load_turns(pool, conversation_id, CONTEXT_TURNS * 3))
 
 
-async def submit(deps: GatewayDeps, event: RequestReceived) -> dict[str, Any]:
+async def submit(deps: GatewayDeps, event: RequestReceived, marks: dict[str, float] | None = None) -> dict[str, Any]:
     """Record the request, publish it and wait for its decision and answer.
 
     Raises TimeoutError after `request_timeout_s` (the request stays recorded and may still be answered) and
-    RuntimeError when the broker rejects the request.
+    RuntimeError when the broker rejects the request. `marks["published"]`: perf_counter when the event was handed
+    to the producer (the gateway's own time ends there until the answer arrives).
     """
     request_id = event.request_id
     await run_in_threadpool(_record, deps.pool, request_id, event.conversation_id, event.text)
@@ -107,6 +109,8 @@ async def submit(deps: GatewayDeps, event: RequestReceived) -> dict[str, Any]:
             deps.pending.fail(request_id, RuntimeError(f"broker rejected the request: {err}"))
 
     deps.producer.send(Outgoing(Topic.REQUESTS, event.conversation_id, event), on_delivery=delivered)
+    if marks is not None:
+        marks["published"] = time.perf_counter()
     try:
         return await asyncio.wait_for(future, deps.request_timeout_s)
     except TimeoutError:

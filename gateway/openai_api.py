@@ -174,7 +174,7 @@ def create_openai_router(deps: GatewayDeps) -> APIRouter:
     )
     overhead = Histogram(
         "smolit_gateway_chat_overhead_seconds",
-        "Gateway time of a chat completion outside the router and agent (HTTP in to answer out, minus pipeline)",
+        "Gateway time of a chat completion: HTTP in to request published, plus answer resolved to response ready",
         registry=deps.registry,
         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
     )
@@ -232,8 +232,9 @@ def create_openai_router(deps: GatewayDeps) -> APIRouter:
             previous_agent=previous,
         )
         headers = {"X-Smolit-Request-Id": str(request_id), "X-Smolit-Conversation": conversation}
+        marks: dict[str, float] = {}
         try:
-            outcome = await submit(deps, event)
+            outcome = await submit(deps, event, marks)
         except TimeoutError as exc:
             raise OpenAIError(
                 504,
@@ -244,7 +245,8 @@ def create_openai_router(deps: GatewayDeps) -> APIRouter:
             ) from exc
         except RuntimeError as exc:
             raise OpenAIError(503, str(exc), "server_error", "broker_unavailable", headers) from exc
-        elapsed_ms = (time.perf_counter() - started) * 1000
+        answered = time.perf_counter()
+        elapsed_ms = (answered - started) * 1000
         ext = extension(request_id, conversation, outcome, elapsed_ms)
         headers["X-Smolit-Agent"] = ext["agent"] or ""
         answer = outcome.get("answer") or {}
@@ -252,8 +254,6 @@ def create_openai_router(deps: GatewayDeps) -> APIRouter:
             raise OpenAIError(
                 502, f"agent {ext['agent']} failed: {answer.get('error')}", "server_error", "agent_failed", headers
             )
-        pipeline_ms = (ext["routing_ms"] or 0.0) + (ext["agent_ms"] or 0.0)
-        overhead.observe(max(elapsed_ms - pipeline_ms, 0.0) / 1000)
         requests.labels("200", stream).inc()
         log.info("chat handled", request_id=str(request_id), agent=ext["agent"], stream=body.stream)
         base = {
@@ -262,6 +262,9 @@ def create_openai_router(deps: GatewayDeps) -> APIRouter:
             "model": f"{MODEL}/{ext['agent']}",
             "system_fingerprint": None,
         }
+        # The gateway's own time: HTTP in -> request handed to the producer, and answer resolved -> response ready.
+        ext["gateway_ms"] = round((marks["published"] - started + time.perf_counter() - answered) * 1000, 3)
+        overhead.observe(ext["gateway_ms"] / 1000)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             events = _sse(base, answer.get("answer") or "", ext, usage(outcome) if include_usage else None)

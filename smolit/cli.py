@@ -431,6 +431,18 @@ def bench_pipeline(
     out.print_json(json.dumps(result)) if as_json else out.print(result)
 
 
+@bench_app.command("gateway")
+def bench_gateway(
+    requests: Annotated[int, typer.Option(min=1, help="Plain requests to send (half as many streamed).")] = 200,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Chat endpoint overhead inside the gateway (p50/p99) and streaming time to first token, extractive backend."""
+    from .bench_gateway import run_gateway_bench
+
+    result = run_gateway_bench(requests, load_settings())
+    out.print_json(json.dumps(result)) if as_json else out.print(result)
+
+
 bench_data_app = typer.Typer(no_args_is_help=True, help="Build benchmark data sets from pinned packages.")
 bench_app.add_typer(bench_data_app, name="data")
 
