@@ -193,3 +193,16 @@ def test_small_talk_gets_a_short_reply_from_the_general_agent(stack: ChatStack, 
         extra_headers={"X-Smolit-Conversation": conversation},
     )
     assert thanks.model_extra["smolit"]["agent"] == "health"
+
+
+def test_openapi_schema_lists_native_and_openai_endpoints(stack: ChatStack) -> None:
+    paths = httpx.get(f"{stack.url}/openapi.json").json()["paths"]
+    for path in (
+        "/v1/requests",
+        "/v1/feedback",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/conversations/{conversation_id}",
+    ):
+        assert path in paths
+    assert "requestBody" in paths["/v1/chat/completions"]["post"]
