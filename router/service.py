@@ -147,11 +147,17 @@ class Router:
         # batch: one encoder call per batch.
         split = [split_clauses(r.text) for r in requests]
         kinds = [small_talk_kind(r.text) if r.agent is None else None for r in requests]
-        joint = [
-            i for i, r in enumerate(requests) if r.context and r.agent is None and kinds[i] is None
-        ]  # follow-ups: scored with the previous turn
+        # Follow-ups are also scored with the previous topical turn (earlier small talk is no topic).
+        previous_turn = {
+            i: turn
+            for i, r in enumerate(requests)
+            if r.agent is None
+            and kinds[i] is None
+            and (turn := next((c for c in reversed(r.context) if small_talk_kind(c) is None), None))
+        }
+        joint = list(previous_turn)
         texts = [r.text for r in requests] + [c for clauses in split for c in clauses]
-        texts += [f"{requests[i].context[-1]}\n{requests[i].text}" for i in joint]
+        texts += [f"{previous_turn[i]}\n{requests[i].text}" for i in joint]
         vectors = self._embedder.embed(texts)
         scored = self._scorer.score_dicts(vectors)
         all_clauses: list[tuple[Clause, ...]] = []
@@ -224,7 +230,7 @@ class Router:
                 scores=scores,
                 clauses=() if kinds[n] else clauses,
                 small_talk=kinds[n],
-                context=request.context[-1:] if context_used else (),
+                context=(previous_turn[n],) if context_used else (),
             )
             outputs += [
                 Outgoing(Topic.DECISIONS, str(request.request_id), decided),

@@ -74,3 +74,16 @@ def test_small_talk_goes_to_the_fallback_unsearched(embedder) -> None:
         router, RequestReceived(correlation_id=uuid.uuid4(), conversation_id="c", text="thanks!", agent="legal")
     )
     assert named.agent == "legal" and named.small_talk is None  # a named agent is always asked
+
+
+def test_small_talk_in_the_context_is_skipped(embedder) -> None:
+    """The web chat and OpenAI clients send every earlier user message; a "thanks!" in between is no topic."""
+    router = Router(
+        load_cards(), embedder, fallback="general", threshold=0.25, metrics=RouterMetrics.create(CollectorRegistry())
+    )
+    first, follow = CONVERSATIONS[0][0], CONVERSATIONS[0][2]
+    request = RequestReceived(
+        correlation_id=uuid.uuid4(), conversation_id="c", text=follow, context=(first, "thanks!"), previous_agent=None
+    )
+    decision, task = _route(router, request)
+    assert decision.agent == "finance" and decision.context_used and task.context == (first,)
