@@ -37,6 +37,7 @@ from smolit.infra.kafka import Outgoing, RetryableError
 from smolit.infra.knowledge import Hit, KnowledgeStore
 from smolit.infra.llm import LLM, Completion, CompletionCache, LLMError, LLMUnavailable, Passage, cache_key
 
+from . import smalltalk
 from .parking import Draft, ParkingLot
 from .subqueries import Consult, SubqueryPolicy, SubResult, merge_answers, plan_consults, subanswer_passages
 
@@ -167,8 +168,12 @@ class AgentRuntime:
                 raise _Failed(f"loop guard: agent {work.agent!r} is already in the chain {' -> '.join(work.chain)}")
             if work.deadline is not None and work.deadline <= datetime.now(UTC):
                 raise _Failed("the deadline passed before the agent got to it")
+            if isinstance(work, TaskAssigned) and work.small_talk:
+                return [self._small_talk(work, started)]
             consults = self._plan(card, work)
             text, embedding = _own_part(work, [c.clause for c in consults])
+            if isinstance(work, TaskAssigned) and work.context:  # a follow-up: answer it with the turn it follows
+                text = "\n".join((*work.context, text))
             offered = self._offer(card, work, consults)
             draft, asked = self._draft(card, text, embedding, started, offered)
             if asked:
@@ -180,6 +185,18 @@ class AgentRuntime:
         if not consults:
             return [self._final(work, draft, [])]
         return self._ask(card, work, draft, consults)
+
+    def _small_talk(self, work: TaskAssigned, started: float) -> Outgoing:
+        """A short reply to a greeting or thanks: no knowledge search, no LLM call, no tokens."""
+        assert work.small_talk is not None
+        draft = Draft(
+            answer=smalltalk.reply(work.small_talk, self._cards),
+            sources=(),
+            backend=smalltalk.BACKEND,
+            started_at=started,
+            question=work.text,
+        )
+        return self._final(work, draft, [])
 
     def _plan(self, card: AgentCard, work: Work) -> list[Consult]:
         if isinstance(work, TaskAssigned):

@@ -59,6 +59,10 @@ class RequestReceived(Event):
     """Who asked, when known."""
     agent: str | None = None
     """Ask this agent directly instead of routing."""
+    context: tuple[str, ...] = ()
+    """Earlier user turns of the conversation, oldest first (the router embeds the last one with a follow-up)."""
+    previous_agent: str | None = None
+    """Agent that answered the previous turn (the router stays with it unless the topic clearly changes)."""
 
     @property
     def request_id(self) -> UUID:
@@ -87,6 +91,10 @@ class RoutingDecided(Event):
     """Request embedding (contracts.vectors wire form), computed once by the router."""
     text: str = ""
     """The request text, so joins downstream (training examples) need not read the requests topic."""
+    small_talk: str | None = None
+    """The request was small talk of this kind (greeting, thanks, ...) and went to the fallback agent unscored."""
+    context_used: bool = False
+    """The follow-up was scored together with the previous turn of its conversation."""
 
 
 class Clause(BaseModel):
@@ -116,6 +124,11 @@ class TaskAssigned(Event):
     """The router's score of every agent for the whole request (empty in events from before it was added)."""
     clauses: tuple[Clause, ...] = ()
     """Parts of a compound request with their own embeddings and scores; empty for a single question."""
+    small_talk: str | None = None
+    """Kind of small talk (greeting, thanks, wellbeing, farewell, ack): a short reply, no knowledge-base search."""
+    context: tuple[str, ...] = ()
+    """Earlier turn(s) the router scored this follow-up with (and embedded into `embedding`); the agent answers
+    the follow-up together with them."""
 
 
 class SubqueryRequested(Event):

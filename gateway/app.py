@@ -22,7 +22,9 @@ from smolit.contracts import AgentCard, RequestReceived, Topic
 from smolit.infra.heartbeat import service_statuses
 from smolit.infra.kafka import EventProducer, Outgoing
 
+from .conversations import conversation_context, create_conversations_router
 from .feedback import FeedbackBody, claim, feedback_event, load_request_ref, release
+from .openai_api import create_openai_router
 from .pending import PendingRequests
 
 log = structlog.get_logger("smolit.gateway")
@@ -131,6 +133,9 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         started = time.perf_counter()
         request_id = uuid.uuid4()
         conversation = body.conversation_id or str(request_id)
+        context, previous = (), None
+        if body.conversation_id is not None:  # a follow-up: route and answer it with the conversation's turns
+            context, previous = await run_in_threadpool(conversation_context, deps.pool, conversation)
         event = RequestReceived(
             correlation_id=request_id,
             producer="gateway",
@@ -138,6 +143,8 @@ def create_app(deps: GatewayDeps) -> FastAPI:
             text=body.text,
             user=body.user,
             agent=body.agent,
+            context=context,
+            previous_agent=previous,
         )
         await run_in_threadpool(_record_request, deps.pool, request_id, conversation, body.text)
         future = deps.pending.expect(request_id)
@@ -232,6 +239,8 @@ def create_app(deps: GatewayDeps) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(deps.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(create_openai_router(deps))
+    app.include_router(create_conversations_router(deps))
     return app
 
 

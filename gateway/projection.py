@@ -23,6 +23,8 @@ def decision_view(event: RoutingDecided) -> dict[str, Any]:
         "low_confidence": event.low_confidence,
         "model_version": event.model_version,
         "routing_ms": round(event.latency_ms, 3),
+        "small_talk": event.small_talk,
+        "context_used": event.context_used,
     }
 
 

@@ -96,6 +96,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (request_id, user_key)
     );
     """,
+    # 4: conversations are the requests projection read per conversation, newest turns first.
+    """
+    CREATE INDEX requests_conversation_idx ON requests (conversation_id, created_at);
+    """,
 )
 
 

@@ -26,12 +26,39 @@ from .clauses import split_clauses
 from .features import AgentFeatures
 from .policy import Decision, decide
 from .scoring import SimilarityScorer, TextEmbedder
+from .smalltalk import small_talk_kind
 
 if TYPE_CHECKING:
     from .network import NetworkScorer
 
 log = structlog.get_logger("smolit.router")
 PRODUCER = "router"
+
+
+TOPIC_CHANGE_MARGIN = 0.1
+"""A follow-up leaves its conversation's agent only when its own text scores another agent this far above the
+routing threshold (a clear new topic); see `follow_up`."""
+
+
+def follow_up(
+    alone: Decision,
+    joint: Decision,
+    previous: str | None,
+    joint_scores: Mapping[str, float],
+    *,
+    fallback: str,
+    topic_change: float,
+) -> Decision:
+    """Route a follow-up turn. `alone`: the decision on its own text; `joint`: on the previous turn + its text.
+
+    A clear new topic (its own text picks a specialised agent at `topic_change` or more) keeps `alone`. Otherwise
+    the joint text decides, and when even that is unsure the conversation stays with the previous agent.
+    """
+    if alone.agent != fallback and alone.score >= topic_change and alone.agent != previous:
+        return alone
+    if previous is not None and previous in joint_scores and joint.low_confidence:
+        return Decision(previous, joint_scores[previous], low_confidence=False)
+    return joint
 
 
 class UnexpectedEvent(TypeError):
@@ -116,12 +143,23 @@ class Router:
                 raise UnexpectedEvent(f"router expects RequestReceived, got {event.type}")  # type: ignore[attr-defined]
             requests.append(event)
         started = time.perf_counter()
-        # Clauses of compound requests are embedded in the same batch: one encoder call per batch.
+        # Clauses of compound requests and follow-ups joined with their previous turn are embedded in the same
+        # batch: one encoder call per batch.
         split = [split_clauses(r.text) for r in requests]
+        kinds = [small_talk_kind(r.text) if r.agent is None else None for r in requests]
+        # Follow-ups are also scored with the previous topical turn (earlier small talk is no topic).
+        previous_turn = {
+            i: turn
+            for i, r in enumerate(requests)
+            if r.agent is None
+            and kinds[i] is None
+            and (turn := next((c for c in reversed(r.context) if small_talk_kind(c) is None), None))
+        }
+        joint = list(previous_turn)
         texts = [r.text for r in requests] + [c for clauses in split for c in clauses]
+        texts += [f"{previous_turn[i]}\n{requests[i].text}" for i in joint]
         vectors = self._embedder.embed(texts)
         scored = self._scorer.score_dicts(vectors)
-        embeddings, all_scores = vectors[: len(requests)], scored[: len(requests)]
         all_clauses: list[tuple[Clause, ...]] = []
         row = len(requests)
         for clauses in split:
@@ -133,21 +171,38 @@ class Router:
                 )
             )
             row += len(clauses)
+        joint_rows = {i: row + n for n, i in enumerate(joint)}
         network = self._network  # one model for the whole batch, even if a swap lands meanwhile
-        if network is not None:
-            all_scores = [
-                {a: round(float(p), 6) for a, p in zip(network.agents, row, strict=True)}
-                for row in network.score(embeddings)
-            ]
+        if network is not None:  # clauses keep their similarity scores (the consult threshold is a similarity)
+            rows = [*range(len(requests)), *joint_rows.values()]
+            for r, probs in zip(rows, network.score(vectors[rows]), strict=True):
+                scored[r] = {a: round(float(p), 6) for a, p in zip(network.agents, probs, strict=True)}
         threshold = network.threshold if network is not None else self._threshold
         version = network.version if network is not None else self._scorer.version
         elapsed = time.perf_counter() - started
         self._metrics.routing_seconds.observe(elapsed)
         outputs: list[Outgoing] = []
-        for request, vector, scores, clauses in zip(requests, embeddings, all_scores, all_clauses, strict=True):
+        for n, (request, clauses) in enumerate(zip(requests, all_clauses, strict=True)):
+            vector, scores = vectors[n], scored[n]
             decision = decide(scores, fallback=self._fallback, threshold=threshold, requested=request.agent)
+            context_used = False
+            if n in joint_rows:
+                alone = decision
+                j = joint_rows[n]
+                decision = follow_up(
+                    alone,
+                    decide(scored[j], fallback=self._fallback, threshold=threshold),
+                    request.previous_agent,
+                    scored[j],
+                    fallback=self._fallback,
+                    topic_change=threshold + TOPIC_CHANGE_MARGIN,
+                )
+                if decision is not alone:
+                    vector, scores, context_used = vectors[j], scored[j], True
+            if kinds[n] is not None:  # small talk: the fallback agent replies briefly, whatever the scores
+                decision = Decision(self._fallback, scores.get(self._fallback, 0.0), low_confidence=False)
             exploration, propensity = False, 1.0
-            if network is not None and request.agent is None and self._exploration > 0:
+            if network is not None and request.agent is None and kinds[n] is None and self._exploration > 0:
                 decision, exploration, propensity = self._explore(decision, scores)
             packed = pack_vector(vector.tolist())
             decided = request.caused(
@@ -163,6 +218,8 @@ class Router:
                 latency_ms=elapsed * 1000,
                 embedding=packed,
                 text=request.text,
+                small_talk=kinds[n],
+                context_used=context_used,
             )
             task = decided.caused(
                 TaskAssigned,
@@ -172,7 +229,9 @@ class Router:
                 conversation_id=request.conversation_id,
                 embedding=packed,
                 scores=scores,
-                clauses=clauses,
+                clauses=() if kinds[n] else clauses,
+                small_talk=kinds[n],
+                context=(previous_turn[n],) if context_used else (),
             )
             outputs += [
                 Outgoing(Topic.DECISIONS, str(request.request_id), decided),
@@ -187,6 +246,8 @@ class Router:
                 agent=decision.agent,
                 score=round(decision.score, 4),
                 low_confidence=decision.low_confidence,
+                small_talk=kinds[n],
+                context_used=context_used,
             )
         return outputs
 

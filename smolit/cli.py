@@ -205,7 +205,10 @@ def _print_answer(result: dict[str, Any]) -> None:
     out.print(result.get("answer") or f"[red]failed:[/] {result.get('error')}")
     for i, src in enumerate(result.get("sources", []), start=1):
         out.print(f"  [{i}] {src.get('title') or ''} — {src['source']} (similarity {src['score']:.3f})")
-    out.print(f"[dim]request {result['request_id']} · {result['latency_ms']:.0f} ms[/]")
+    out.print(
+        f"[dim]request {result['request_id']} · conversation {result['conversation_id']}"
+        f" · {result['latency_ms']:.0f} ms[/]"
+    )
 
 
 @app.command()
@@ -433,6 +436,18 @@ def bench_pipeline(
     if storage not in ("memory", "s3"):
         raise typer.BadParameter("storage is memory or s3")
     result = run_pipeline_bench(requests, concurrency, rate, storage, progress=not as_json)
+    out.print_json(json.dumps(result)) if as_json else out.print(result)
+
+
+@bench_app.command("gateway")
+def bench_gateway(
+    requests: Annotated[int, typer.Option(min=1, help="Plain requests to send (half as many streamed).")] = 200,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Chat endpoint overhead inside the gateway (p50/p99) and streaming time to first token, extractive backend."""
+    from .bench_gateway import run_gateway_bench
+
+    result = run_gateway_bench(requests, load_settings())
     out.print_json(json.dumps(result)) if as_json else out.print(result)
 
 

@@ -103,6 +103,28 @@ def test_question_is_answered_by_the_finance_agent_with_sources(system: Running)
     assert again["answer"] == body["answer"] and again["agent"] == "finance"
 
 
+def test_openai_chat_web_page_and_conversation(system: Running) -> None:
+    """The installed gateway serves the web chat page and the OpenAI API (streamed), and keeps a conversation."""
+    import openai
+
+    page = httpx.get(f"{system.url}/", timeout=10)
+    assert page.status_code == 200 and "<title>Smolit chat</title>" in page.text
+    client = openai.OpenAI(base_url=f"{system.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    conversation = {"X-Smolit-Conversation": f"e2e-{time.time_ns()}"}
+    stream = client.chat.completions.create(
+        model="smolit", messages=[{"role": "user", "content": QUESTION}], stream=True, extra_headers=conversation
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert re.search(r"\[\d+\]", text) and chunks[0].model_extra["smolit"]["agent"] == "finance"
+    hello = client.chat.completions.create(
+        model="smolit", messages=[{"role": "user", "content": "thanks!"}], extra_headers=conversation
+    )
+    assert hello.model_extra["smolit"]["small_talk"] == "thanks"
+    turns = httpx.get(f"{system.url}/v1/conversations/{conversation['X-Smolit-Conversation']}", timeout=10).json()
+    assert [t["agent"] for t in turns["turns"]] == ["finance", "general"]
+
+
 def test_compound_question_is_answered_by_two_agents(system: Running) -> None:
     """A finance question with a contract clause: the finance agent consults the legal agent and merges its part."""
     text = (
