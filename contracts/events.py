@@ -59,6 +59,8 @@ class RequestReceived(Event):
     """Who asked, when known."""
     agent: str | None = None
     """Ask this agent directly instead of routing."""
+    allowed_agents: tuple[str, ...] | None = None
+    """Agents the caller's API key may reach; the router scores only these. `None`: every agent."""
 
     @property
     def request_id(self) -> UUID:
@@ -308,6 +310,39 @@ class AgentRetired(Event):
     reason: str
 
 
+# ---- security and audit ------------------------------------------------------------------------------------
+
+
+class RequestBlocked(Event):
+    type: Literal["RequestBlocked"] = "RequestBlocked"
+    reason: str
+    """Stable reason code, e.g. `injection_rule`, `injection_similarity`, `moderation`."""
+    detail: str = ""
+    """Which rule or pattern matched (never the secret of a key)."""
+    score: float | None = None
+    """Similarity to the nearest known pattern, for similarity blocks."""
+    text: str
+    """The blocked request text (kept for review; cut to 2,000 characters)."""
+    key_id: str | None = None
+    """API key that sent it, when one did."""
+    client: str | None = None
+    """Client address for anonymous requests."""
+
+
+class ToolCalled(Event):
+    type: Literal["ToolCalled"] = "ToolCalled"
+    agent: str
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    """Arguments as validated (or as received, when validation failed)."""
+    result: dict[str, Any] | None = None
+    outcome: Literal["ok", "invalid_args", "not_allowed", "timeout", "error"]
+    error: str | None = None
+    duration_ms: float
+    trigger: Literal["llm", "pattern"] = "llm"
+    """Who asked for the call: the model's tool call, or the offline backend's deterministic pattern."""
+
+
 class DeadLetter(Event):
     type: Literal["DeadLetter"] = "DeadLetter"
     error: str
@@ -339,6 +374,8 @@ AnyEvent = Annotated[
     | AgentUpdated
     | AgentFlagged
     | AgentRetired
+    | RequestBlocked
+    | ToolCalled
     | DeadLetter,
     Field(discriminator="type"),
 ]
@@ -362,6 +399,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         AgentUpdated,
         AgentFlagged,
         AgentRetired,
+        RequestBlocked,
+        ToolCalled,
         DeadLetter,
     )
 }

@@ -22,7 +22,17 @@ from smolit.contracts import AgentCard, RequestReceived, Topic
 from smolit.infra.heartbeat import service_statuses
 from smolit.infra.kafka import EventProducer, Outgoing
 
+from .auth import (
+    Authenticator,
+    ChatCaller,
+    FeedbackCaller,
+    admin_router,
+    check_agent,
+    install_error_handler,
+    routable_agents,
+)
 from .feedback import FeedbackBody, claim, feedback_event, load_request_ref, release
+from .guard import PromptGuard, screen_prompt
 from .pending import PendingRequests
 
 log = structlog.get_logger("smolit.gateway")
@@ -102,12 +112,20 @@ class GatewayDeps:
     """Raises when the broker does not answer."""
     request_timeout_s: float
     max_request_chars: int
+    auth: Authenticator | None = None
+    """API keys, scopes and rate limits; `None`: anonymous loopback use, no limits (tests, dev)."""
+    guard: PromptGuard | None = None
+    """Prompt filter applied before routing; `None`: no screening."""
 
 
 def create_app(deps: GatewayDeps) -> FastAPI:
     app = FastAPI(title="Smolit gateway", version="0.1.0")
     gm = GatewayMetrics.create(deps.registry)
     http_requests = gm.requests
+    app.state.auth = deps.auth or Authenticator(keys=None, required=False)
+    app.state.guard = deps.guard
+    install_error_handler(app)
+    app.include_router(admin_router)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Any]) -> Response:
@@ -117,7 +135,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         return await call_next(request)
 
     @app.post("/v1/requests")
-    async def ask(body: AskBody) -> JSONResponse:
+    async def ask(request: Request, body: AskBody, principal: ChatCaller) -> JSONResponse:
         if len(body.text) > deps.max_request_chars:
             http_requests.labels("413").inc()
             raise HTTPException(
@@ -128,6 +146,10 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         if body.agent is not None and body.agent not in deps.cards:
             http_requests.labels("422").inc()
             raise HTTPException(422, f"unknown agent {body.agent!r}; known: {sorted(deps.cards)}")
+        if body.agent is not None:
+            check_agent(principal, body.agent, deps.cards)
+        allowed = routable_agents(principal, deps.cards)
+        await screen_prompt(request, body.text, principal)
         started = time.perf_counter()
         request_id = uuid.uuid4()
         conversation = body.conversation_id or str(request_id)
@@ -138,6 +160,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
             text=body.text,
             user=body.user,
             agent=body.agent,
+            allowed_agents=allowed,
         )
         await run_in_threadpool(_record_request, deps.pool, request_id, conversation, body.text)
         future = deps.pending.expect(request_id)
@@ -180,7 +203,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         return JSONResponse(view)
 
     @app.post("/v1/feedback")
-    async def feedback(body: FeedbackBody) -> JSONResponse:
+    async def feedback(body: FeedbackBody, _p: FeedbackCaller) -> JSONResponse:
         ref = await run_in_threadpool(load_request_ref, deps.pool, body.request_id)
         if ref is None:
             raise HTTPException(404, f"unknown request id {body.request_id}")
@@ -211,7 +234,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         )
 
     @app.get("/v1/requests/{request_id}")
-    async def get_request(request_id: uuid.UUID) -> JSONResponse:
+    async def get_request(request_id: uuid.UUID, _p: ChatCaller) -> JSONResponse:
         row = await run_in_threadpool(_load_request, deps.pool, request_id)
         if row is None:
             raise HTTPException(404, f"unknown request id {request_id}")

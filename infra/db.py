@@ -96,6 +96,18 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (request_id, user_key)
     );
     """,
+    # 4: API keys; only the SHA-256 of each token is stored (tokens are 256-bit random, see infra/keys.py).
+    """
+    CREATE TABLE api_keys (
+        key_id      text PRIMARY KEY,
+        name        text NOT NULL,
+        token_hash  text NOT NULL UNIQUE,
+        scopes      text[] NOT NULL,
+        agents      text[],
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        revoked_at  timestamptz
+    );
+    """,
 )
 
 

@@ -145,6 +145,18 @@ class Router:
         self._metrics.routing_seconds.observe(elapsed)
         outputs: list[Outgoing] = []
         for request, vector, scores, clauses in zip(requests, embeddings, all_scores, all_clauses, strict=True):
+            if request.allowed_agents is not None:
+                # A restricted API key: only its agents are considered (the gateway never sends an empty list).
+                allowed = set(request.allowed_agents)
+                scores = {a: s for a, s in scores.items() if a in allowed}
+                # Clause scores drive agent-to-agent consults: a restricted key must not reach others that way.
+                clauses = tuple(
+                    c.model_copy(update={"scores": {a: s for a, s in c.scores.items() if a in allowed}})
+                    for c in clauses
+                )
+                if not scores:
+                    log.warning("no allowed agent is known; request dropped", request_id=str(request.request_id))
+                    continue
             decision = decide(scores, fallback=self._fallback, threshold=threshold, requested=request.agent)
             exploration, propensity = False, 1.0
             if network is not None and request.agent is None and self._exploration > 0:
