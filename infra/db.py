@@ -108,6 +108,16 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_at  timestamptz
     );
     """,
+    # 5: customers the `customer_lookup` agent tool reads (filled by the operator; empty by default).
+    """
+    CREATE TABLE customers (
+        customer_id text PRIMARY KEY,
+        name        text NOT NULL,
+        segment     text,
+        city        text,
+        since       date
+    );
+    """,
 )
 
 

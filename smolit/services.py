@@ -265,6 +265,7 @@ def _tick_learner(learner: Learner, producer: EventProducer, stop: threading.Eve
 
 def _run_agents(w: Wiring, stop: threading.Event) -> None:
     from smolit.agents import AgentMetrics, AgentRuntime, DeadlineSweeper, ParkingLot, SubqueryPolicy
+    from smolit.agents.tools import ToolRunner
     from smolit.infra.knowledge import KnowledgeStore
     from smolit.infra.llm import CompletionCache, build_llms
 
@@ -279,6 +280,9 @@ def _run_agents(w: Wiring, stop: threading.Event) -> None:
             f"LLM backend {', '.join(missing)} is asked for but not configured"
             " (set SMOLIT_OPENAI_BASE_URL and/or SMOLIT_OPENAI_API_KEY)"
         )
+    tools = ToolRunner(w.pool, timeout_s=s.tool_timeout_s)
+    if unknown := tools.unknown(cards):
+        raise SetupError(f"agent cards name tools that do not exist: {', '.join(unknown)} (see agents/tools.py)")
     runtime = AgentRuntime(
         cards,
         KnowledgeStore(w.pool, s.hnsw_ef_search),
@@ -297,6 +301,7 @@ def _run_agents(w: Wiring, stop: threading.Event) -> None:
             consult_threshold=s.consult_threshold,
         ),
         embedder=_LazyEmbedder(s) if _tool_calls_possible(s, cards) else None,
+        tools=tools,
     )
     # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
     loop = w.loop("smolit-agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)

@@ -1,8 +1,8 @@
 """A real OpenAI-compatible HTTP server (FastAPI + uvicorn on a free port) for integration tests.
 
 It records every request body. Its behaviour is steered by the model name: `sleep:<s>` answers after `<s>` seconds,
-`status:<code>` answers with that HTTP error, `tool:<agent>` calls the offered tool to consult `<agent>`. Answers
-quote the system prompt, so tests see which prompt arrived.
+`status:<code>` answers with that HTTP error, `tool:<agent>` calls the offered tool to consult `<agent>`,
+`calc:<json>` calls `loan_calculator` with `<json>`. Answers quote the system prompt, so tests see which prompt arrived.
 """
 
 from __future__ import annotations
@@ -48,6 +48,15 @@ def _fake_openai(received: list[dict[str, Any]]) -> FastAPI:
             choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
             usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
             head = {"id": "chatcmpl-1", "created": 0, "model": body["model"], "object": "chat.completion"}
+            return JSONResponse(head | {"choices": [choice], "usage": usage})
+        if body["model"].startswith("calc:") and body.get("tools"):
+            # `calc:<json>` with tools offered: call the loan_calculator tool with those raw arguments.
+            call = {"id": "call_2", "type": "function"}
+            call["function"] = {"name": "loan_calculator", "arguments": body["model"].split(":", 1)[1]}
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+            head = {"id": "chatcmpl-2", "created": 0, "model": body["model"], "object": "chat.completion"}
             return JSONResponse(head | {"choices": [choice], "usage": usage})
         # The answer quotes the system prompt, so tests can see which prompt reached the model.
         words = f"Per the {body['messages'][0]['content']} cheques clear in two days [1]".split()
