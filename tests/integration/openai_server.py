@@ -2,7 +2,8 @@
 
 It records every request body. Its behaviour is steered by the model name: `sleep:<s>` answers after `<s>` seconds,
 `status:<code>` answers with that HTTP error, `tool:<agent>` calls the offered tool to consult `<agent>`,
-`calc:<json>` calls `loan_calculator` with `<json>`. Answers quote the system prompt, so tests see which prompt arrived.
+`calc:<json>` calls `loan_calculator` with `<json>`; moderation flags inputs containing "flagme". Answers quote
+the system prompt, so tests see which prompt arrived.
 """
 
 from __future__ import annotations
@@ -81,6 +82,17 @@ def _fake_openai(received: list[dict[str, Any]]) -> FastAPI:
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request) -> Response:
+        body = await request.json()
+        received.append(body)
+        # Flags any input containing "flagme" for violence, like the real endpoint's result shape.
+        hit = "flagme" in str(body["input"])
+        categories = {"violence": hit, "harassment": False, "self-harm": False}
+        scores = {name: 0.9 if flagged else 0.01 for name, flagged in categories.items()}
+        result = {"flagged": hit, "categories": categories, "category_scores": scores}
+        return JSONResponse({"id": "modr-1", "model": body.get("model", "m"), "results": [result]})
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:

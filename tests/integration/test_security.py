@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import openai
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
@@ -18,7 +20,7 @@ from smolit.contracts import RequestBlocked, RequestReceived, Topic, TopicNames
 from smolit.gateway import GatewayDeps, PendingRequests, create_app
 from smolit.gateway.auth import Authenticator
 from smolit.gateway.guard import GuardMetrics, PromptGuard
-from smolit.gateway.prompt_filter import PromptFilter
+from smolit.gateway.prompt_filter import OpenAIModeration, PromptFilter
 from smolit.gateway.ratelimit import RateLimiter
 from smolit.infra.cards import load_cards
 from smolit.infra.kafka import EventProducer, KafkaProfile
@@ -26,6 +28,7 @@ from smolit.infra.keys import KeyStore
 from smolit.router import Router, RouterMetrics
 
 from ..conftest import read_events
+from .openai_server import running_server
 
 pytestmark = pytest.mark.integration
 
@@ -194,3 +197,23 @@ def test_keys_cli_creates_lists_and_revokes(database_url: str, tmp_path) -> None
     assert again.exit_code != 0
     bad = runner.invoke(cli, ["keys", "create", "--name", "x", "--scopes", "Chat!"], env=env)
     assert bad.exit_code != 0
+
+
+def test_the_moderation_endpoint_blocks_flagged_text_and_fails_open(producer: EventProducer) -> None:
+    """A flagged text is blocked with reason `moderation` and its categories; an unreachable endpoint lets the
+    request through and counts the error."""
+    registry = CollectorRegistry()
+    with running_server() as (base_url, received):
+        moderation = OpenAIModeration(openai.OpenAI(base_url=base_url, api_key="k", max_retries=0), "m")
+        guard = PromptGuard(PromptFilter(moderation=moderation), producer, GuardMetrics.create(registry))
+        verdict = guard.filter.check("please flagme now")
+        assert (verdict.blocked, verdict.reason, verdict.detail) == (True, "moderation", "violence")
+        assert not guard.filter.check("What is an ETF?").blocked
+        assert received[-1]["model"] == "m"
+    down = OpenAIModeration(openai.OpenAI(base_url=base_url, api_key="k", max_retries=0, timeout=1), "m")
+    open_guard = PromptGuard(
+        PromptFilter(moderation=down), producer, GuardMetrics.create(registry := CollectorRegistry())
+    )
+
+    asyncio.run(open_guard.screen("please flagme now", None))  # no exception: fails open
+    assert registry.get_sample_value("smolit_moderation_errors_total") == 1
