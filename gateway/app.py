@@ -33,6 +33,7 @@ from .auth import (
 )
 from .feedback import FeedbackBody, claim, feedback_event, load_request_ref, release
 from .guard import PromptGuard, screen_prompt
+from .limits import BodyLimit
 from .pending import PendingRequests
 
 log = structlog.get_logger("smolit.gateway")
@@ -126,6 +127,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
     app.state.guard = deps.guard
     install_error_handler(app)
     app.include_router(admin_router)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Any]) -> Response:

@@ -398,6 +398,8 @@ def _authenticator(w: Wiring, cards: dict[str, AgentCard]) -> Any:
         cards=cards,
     )
     log.info("gateway auth", mode=s.auth, keys_required=auth.required, rate_limit_per_s=s.rate_limit_per_s)
+    if auth.required and not KeyStore(w.pool).list(include_revoked=False):
+        log.warning("API keys are required but none exists: every request answers 401; run `smolit keys create`")
     return auth
 
 

@@ -217,3 +217,35 @@ def test_the_moderation_endpoint_blocks_flagged_text_and_fails_open(producer: Ev
 
     asyncio.run(open_guard.screen("please flagme now", None))  # no exception: fails open
     assert registry.get_sample_value("smolit_moderation_errors_total") == 1
+
+
+def test_loopback_dev_mode_admits_anonymous_callers_but_checks_sent_keys(producer, pool) -> None:
+    """`auto` on loopback: no header is fine (anonymous, rate-limited by client address); a bad key is still 401;
+    a chunked body over 256 KiB without Content-Length is refused with 413."""
+    cards = load_cards()
+    app = create_app(
+        GatewayDeps(
+            producer=producer,
+            pool=pool,
+            pending=PendingRequests(),
+            cards=cards,
+            registry=CollectorRegistry(),
+            broker_check=lambda: None,
+            request_timeout_s=0.2,
+            max_request_chars=4000,
+            auth=Authenticator.for_settings(
+                mode="auto", host="127.0.0.1", keys=KeyStore(pool), limiter=RateLimiter(0.5, 1), cards=cards
+            ),
+        )
+    )
+    client = TestClient(app)
+    assert client.get(f"/v1/requests/{uuid.uuid4()}").status_code == 404
+    assert client.get(f"/v1/requests/{uuid.uuid4()}").status_code == 429  # the anonymous client's bucket
+    assert client.get("/v1/admin/keys", headers=_bearer("smk_bad")).status_code == 401
+
+    def chunks():
+        for _ in range(300):
+            yield b"x" * 1024
+
+    big = client.post("/v1/feedback", content=chunks(), headers={"Content-Type": "application/json"})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
