@@ -130,12 +130,15 @@ class Authenticator:
         required = mode == "required" or not is_loopback(host)
         return cls(keys=keys, required=required, limiter=limiter, cards=cards)
 
-    def _lookup(self, token: str) -> ApiKey | None:
-        now = time.monotonic()
+    def _cached(self, token: str) -> tuple[bool, ApiKey | None]:
         with self._lock:
             hit = self._cache.get(token)
-        if hit is not None and now - hit[0] < KEY_CACHE_S:
-            return hit[1]
+        if hit is not None and time.monotonic() - hit[0] < KEY_CACHE_S:
+            return True, hit[1]
+        return False, None
+
+    def _lookup(self, token: str) -> ApiKey | None:
+        now = time.monotonic()
         key = self.keys.lookup(token) if self.keys is not None else None
         with self._lock:
             if len(self._cache) > 10_000:
@@ -164,7 +167,9 @@ class Authenticator:
                 "the Authorization header must be `Bearer <key>`",
                 {"WWW-Authenticate": "Bearer"},
             )
-        key = await run_in_threadpool(self._lookup, token)
+        cached, key = self._cached(token)
+        if not cached:  # only a database round trip is worth a worker thread
+            key = await run_in_threadpool(self._lookup, token)
         if key is None:
             raise ApiError(
                 401,
