@@ -116,6 +116,8 @@ class Authenticator:
     cards: Mapping[str, AgentCard] = field(default_factory=dict)
     _cache: dict[str, tuple[float, ApiKey | None]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _failing: dict[str, float] = field(default_factory=dict)
+    """Client address -> monotonic time until which its unknown keys are refused without a database lookup."""
 
     @classmethod
     def for_settings(
@@ -169,7 +171,10 @@ class Authenticator:
             )
         cached, key = self._cached(token)
         if not cached:  # only a database round trip is worth a worker thread
+            self._refuse_guessing(client)
             key = await run_in_threadpool(self._lookup, token)
+            if key is None:
+                self._count_failure(client)
         if key is None:
             raise ApiError(
                 401,
@@ -179,6 +184,21 @@ class Authenticator:
             )
         agents = frozenset(key.agents) if key.agents is not None else None
         return Principal(scopes=frozenset(key.scopes), agents=agents, key_id=key.key_id, name=key.name, client=client)
+
+    def _refuse_guessing(self, client: str | None) -> None:
+        """Unknown keys draw from the client address's bucket too: past it, 429 before any database lookup."""
+        until = self._failing.get(client or "")
+        if until is not None and (wait := until - time.monotonic()) > 0:
+            raise ApiError(
+                429, "rate_limited", "too many unknown API keys from this address", {"Retry-After": retry_after(wait)}
+            )
+
+    def _count_failure(self, client: str | None) -> None:
+        wait = self.limiter.acquire(f"authfail:{client}")
+        if wait > 0:
+            if len(self._failing) > 10_000:
+                self._failing.clear()
+            self._failing[client or ""] = time.monotonic() + wait
 
     def limit(self, principal: Principal) -> None:
         wait = self.limiter.acquire(principal.identity)

@@ -155,6 +155,9 @@ def test_rate_limit_answers_429_with_retry_after(producer: EventProducer, pool: 
     assert refused.status_code == 429
     assert refused.headers["retry-after"] == "2"
     assert refused.json()["error"]["code"] == "rate_limited"
+    # Guessing keys draws from the address's bucket too: after the burst, unknown keys get 429 without a lookup.
+    guesses = [app.client.get("/v1/admin/keys", headers=_bearer(f"smk_guess_{i}")).status_code for i in range(4)]
+    assert guesses[:2] == [401, 401] and guesses[3] == 429
 
 
 def test_blocked_prompts_answer_400_and_are_recorded(
