@@ -61,6 +61,9 @@ class RequestReceived(Event):
     """Ask this agent directly instead of routing."""
     allowed_agents: tuple[str, ...] | None = None
     """Agents the caller's API key may reach; the router scores only these. `None`: every agent."""
+    embedding: str | None = None
+    """The text's embedding (contracts.vectors wire form) when the gateway's prompt filter already computed it with
+    the same embedder settings; the router then does not encode the text again. `None`: the router encodes it."""
 
     @property
     def request_id(self) -> UUID:

@@ -151,7 +151,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         if body.agent is not None:
             check_agent(principal, body.agent, deps.cards)
         allowed = routable_agents(principal, deps.cards)
-        await screen_prompt(request, body.text, principal)
+        embedding = await screen_prompt(request, body.text, principal)
         started = time.perf_counter()
         request_id = uuid.uuid4()
         conversation = body.conversation_id or str(request_id)
@@ -163,6 +163,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
             user=body.user,
             agent=body.agent,
             allowed_agents=allowed,
+            embedding=embedding,
         )
         await run_in_threadpool(_record_request, deps.pool, request_id, conversation, body.text)
         future = deps.pending.expect(request_id)

@@ -14,7 +14,7 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry, Counter
 
-from smolit.contracts import RequestBlocked, Topic
+from smolit.contracts import RequestBlocked, Topic, pack_vector
 from smolit.infra.kafka import EventProducer, Outgoing
 
 from .auth import ApiError, Principal
@@ -61,10 +61,12 @@ class PromptGuard:
             log.warning("moderation failed; request let through", error=str(exc))
             return Verdict(False)
 
-    async def screen(self, text: str, principal: Principal | None) -> None:
+    async def screen(self, text: str, principal: Principal | None) -> str | None:
+        """Raises `ApiError(400)` for a blocked text; otherwise returns its embedding in wire form when the filter
+        computed one (for `RequestReceived.embedding`), else None."""
         verdict = await run_in_threadpool(self._check, text)
         if not verdict.blocked:
-            return
+            return pack_vector(verdict.embedding.tolist()) if verdict.embedding is not None else None
         request_id = uuid.uuid4()
         event = RequestBlocked(
             correlation_id=request_id,
@@ -91,8 +93,10 @@ class PromptGuard:
         )
 
 
-async def screen_prompt(request: Request, text: str, principal: Principal | None = None) -> None:
-    """Screen `text` with the app's guard (`app.state.guard`); no guard configured: nothing is screened."""
+async def screen_prompt(request: Request, text: str, principal: Principal | None = None) -> str | None:
+    """Screen `text` with the app's guard (`app.state.guard`; none configured: nothing is screened). Returns the
+    text's embedding (wire form) when the filter computed one: pass it as `RequestReceived.embedding`."""
     guard: PromptGuard | None = getattr(request.app.state, "guard", None)
-    if guard is not None:
-        await guard.screen(text, principal)
+    if guard is None:
+        return None
+    return await guard.screen(text, principal)

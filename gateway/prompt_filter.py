@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -133,6 +133,8 @@ class Verdict:
     """`injection_rule`, `injection_similarity` or `moderation`."""
     detail: str = ""
     score: float | None = None
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """The text's embedding when the similarity check computed it (the router reuses it)."""
 
 
 ALLOWED = Verdict(False)
@@ -173,25 +175,30 @@ class PromptFilter:
 
     def similarity(self, texts: Sequence[str]) -> list[tuple[float, int]]:
         """Best cosine similarity to a pattern (and which one) per text; the embedder's vectors are unit length."""
+        return [(score, index) for score, index, _ in self._similarity(texts)]
+
+    def _similarity(self, texts: Sequence[str]) -> list[tuple[float, int, np.ndarray | None]]:
         if self._embedder is None or self._matrix is None:
-            return [(0.0, -1) for _ in texts]
-        sims = self._embedder.embed(list(texts)) @ self._matrix.T
+            return [(0.0, -1, None) for _ in texts]
+        vectors = self._embedder.embed(list(texts))
+        sims = vectors @ self._matrix.T
         best = sims.argmax(axis=1)
-        return [(float(sims[i, j]), int(j)) for i, j in enumerate(best)]
+        return [(float(sims[i, j]), int(j), vectors[i]) for i, j in enumerate(best)]
 
     def check(self, text: str) -> Verdict:
         verdict = self.rules(text)
         if verdict.blocked:
             return verdict
+        vector = None
         if self._matrix is not None:
-            score, index = self.similarity([text])[0]
+            score, index, vector = self._similarity([text])[0]
             if score >= self.threshold:
                 return Verdict(True, "injection_similarity", self._patterns[index], round(score, 4))
         if self._moderation is not None:
             categories = self._moderation.flagged(text)
             if categories:
                 return Verdict(True, "moderation", ",".join(categories))
-        return ALLOWED
+        return Verdict(False, embedding=vector)
 
 
 class OpenAIModeration:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 
@@ -19,7 +20,9 @@ from smolit.contracts import (
     TaskAssigned,
     Topic,
     pack_vector,
+    unpack_vector,
 )
+from smolit.infra.db import EMBEDDING_DIM
 from smolit.infra.kafka import Outgoing
 
 from .clauses import split_clauses
@@ -116,10 +119,10 @@ class Router:
                 raise UnexpectedEvent(f"router expects RequestReceived, got {event.type}")  # type: ignore[attr-defined]
             requests.append(event)
         started = time.perf_counter()
-        # Clauses of compound requests are embedded in the same batch: one encoder call per batch.
+        # Clauses of compound requests are embedded in the same batch: one encoder call per batch. Requests whose
+        # embedding the gateway's prompt filter already computed are not encoded again.
         split = [split_clauses(r.text) for r in requests]
-        texts = [r.text for r in requests] + [c for clauses in split for c in clauses]
-        vectors = self._embedder.embed(texts)
+        vectors = self._embed(requests, [c for clauses in split for c in clauses])
         scored = self._scorer.score_dicts(vectors)
         embeddings, all_scores = vectors[: len(requests)], scored[: len(requests)]
         all_clauses: list[tuple[Clause, ...]] = []
@@ -201,6 +204,16 @@ class Router:
             )
         return outputs
 
+    def _embed(self, requests: Sequence[RequestReceived], clauses: list[str]) -> np.ndarray:
+        """Rows: each request's vector (its own when valid, else encoded), then each clause's."""
+        given = [_given_vector(r.embedding) for r in requests]
+        if all(v is None for v in given):
+            return self._embedder.embed([r.text for r in requests] + clauses)
+        texts = [r.text for r, v in zip(requests, given, strict=True) if v is None] + clauses
+        fresh = iter(self._embedder.embed(texts) if texts else ())
+        rows = [v if v is not None else next(fresh) for v in given]
+        return np.vstack(rows + list(fresh))
+
     def _explore(self, greedy: Decision, scores: Mapping[str, float]) -> tuple[Decision, bool, float]:
         """Epsilon-greedy: with probability epsilon a uniformly random agent; returns the choice's propensity."""
         agents = sorted(scores)
@@ -212,6 +225,17 @@ class Router:
         if pick == greedy.agent:
             return greedy, True, propensity
         return Decision(pick, scores[pick], low_confidence=False), True, propensity
+
+
+def _given_vector(packed: str | None) -> np.ndarray | None:
+    """A request's own embedding when it has the encoder's width; anything else is re-encoded."""
+    if packed is None:
+        return None
+    try:
+        vector = np.asarray(unpack_vector(packed), dtype=np.float32)
+    except ValueError:
+        return None
+    return vector if vector.shape == (EMBEDDING_DIM,) else None
 
 
 class ModelWatcher:

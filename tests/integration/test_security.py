@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool
 from typer.testing import CliRunner
 
 from smolit.cli import app as cli
-from smolit.contracts import RequestBlocked, RequestReceived, Topic, TopicNames
+from smolit.contracts import RequestBlocked, RequestReceived, Topic, TopicNames, pack_vector
 from smolit.gateway import GatewayDeps, PendingRequests, create_app
 from smolit.gateway.auth import Authenticator
 from smolit.gateway.guard import GuardMetrics, PromptGuard
@@ -181,6 +181,8 @@ def test_blocked_prompts_answer_400_and_are_recorded(
     assert isinstance(events[0], RequestBlocked)
     assert events[0].reason == "injection_rule" and events[0].key_id == key.key_id
     assert app.registry.get_sample_value("smolit_requests_blocked_total", {"reason": "injection_rule"}) == 1
+    published = read_events(profile, topics, Topic.REQUESTS, 2)
+    assert all(isinstance(e, RequestReceived) and e.embedding for e in published)  # the router will not re-encode
 
 
 def test_keys_cli_creates_lists_and_revokes(database_url: str, tmp_path) -> None:
@@ -252,3 +254,33 @@ def test_loopback_dev_mode_admits_anonymous_callers_but_checks_sent_keys(produce
 
     big = client.post("/v1/feedback", content=chunks(), headers={"Content-Type": "application/json"})
     assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+
+
+def test_the_router_reuses_the_gateway_embedding(embedder) -> None:
+    """A request carrying the filter's embedding is routed like one without it, and only its clauses are encoded."""
+    texts: list[list[str]] = []
+
+    class Counting:
+        def embed(self, batch):  # the real encoder, with a record of what it was asked to encode
+            texts.append(list(batch))
+            return embedder.embed(batch)
+
+    flt = PromptFilter(embedder, threshold=0.6)
+    question = "What does the limitation of liability clause in these terms mean?"
+    verdict = flt.check(question)
+    assert not verdict.blocked and verdict.embedding is not None
+    router = Router(
+        load_cards(), Counting(), fallback="general", threshold=0.25, metrics=RouterMetrics.create(CollectorRegistry())
+    )
+    texts.clear()
+    plain = router.handle([RequestReceived(correlation_id=uuid.uuid4(), conversation_id="c", text=question)])
+    assert texts == [[question]]
+    texts.clear()
+    packed = pack_vector(verdict.embedding.tolist())
+    reused = router.handle(
+        [RequestReceived(correlation_id=uuid.uuid4(), conversation_id="c", text=question, embedding=packed)]
+    )
+    assert texts == []  # nothing encoded: a single question has no clauses
+    assert reused[0].event.agent == plain[0].event.agent == "legal"
+    assert reused[0].event.scores == pytest.approx(plain[0].event.scores, abs=1e-5)
+    assert reused[0].event.embedding == packed
