@@ -7,11 +7,12 @@ sweep) finishes it. No consumer thread ever waits for another agent.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import psycopg
@@ -40,9 +41,12 @@ from smolit.infra.llm import LLM, Completion, CompletionCache, LLMError, LLMUnav
 from . import smalltalk
 from .parking import Draft, ParkingLot
 from .subqueries import Consult, SubqueryPolicy, SubResult, merge_answers, plan_consults, subanswer_passages
+from .tools import ToolRunner, openai_specs, triggered
 
 log = structlog.get_logger("smolit.agents")
 PRODUCER = "agents"
+MAX_TOOL_CALLS = 4
+"""Most declared-tool calls one answer may make (one round: the model then answers with their results)."""
 Work = TaskAssigned | SubqueryRequested
 """What an agent answers: a routed task, or another agent's subquery."""
 
@@ -122,6 +126,7 @@ class AgentRuntime:
         parking: ParkingLot | None = None,
         policy: SubqueryPolicy | None = None,
         embedder: TextEmbedder | None = None,
+        tools: ToolRunner | None = None,
     ) -> None:
         self._cards = dict(cards)
         self._store = store
@@ -136,6 +141,8 @@ class AgentRuntime:
         self._parking = parking
         # Embeds the questions an LLM asks with the consult_agent tool; without one the tool is not offered.
         self._embedder = embedder
+        # Runs the declared tools agent cards list; without one, cards' `tools` are not offered.
+        self._tools = tools
         # Without a parking lot there is nowhere to wait for subanswers: subqueries are off.
         self._policy = policy or SubqueryPolicy()
         if parking is None:
@@ -161,6 +168,7 @@ class AgentRuntime:
         if isinstance(work, SubqueryRequested):
             self._metrics.subqueries.labels(work.agent, "received").inc()
         card = self._cards.get(work.agent)
+        audits: list[Event] = []  # ToolCalled events, published even when the answer fails afterwards
         try:
             if card is None:
                 raise _Failed(f"unknown agent {work.agent!r}: no card with that name is loaded")
@@ -175,16 +183,16 @@ class AgentRuntime:
             if isinstance(work, TaskAssigned) and work.context:  # a follow-up: answer it with the turn it follows
                 text = "\n".join((*work.context, text))
             offered = self._offer(card, work, consults)
-            draft, asked = self._draft(card, text, embedding, started, offered)
+            draft, asked = self._draft(card, text, embedding, started, offered, work, audits)
             if asked:
                 consults += self._tool_consults(asked, self._budget(work) - len(consults))
                 draft = draft.model_copy(update={"rewrite": True})
             draft = draft.model_copy(update={"subqueries": len(consults)})
         except _Failed as failed:
-            return [self._fail(work, failed.reason, failed.retryable)]
+            return [*_audit(audits), self._fail(work, failed.reason, failed.retryable)]
         if not consults:
-            return [self._final(work, draft, [])]
-        return self._ask(card, work, draft, consults)
+            return [*_audit(audits), self._final(work, draft, [])]
+        return _audit(audits) + self._ask(card, work, draft, consults)
 
     def _small_talk(self, work: TaskAssigned, started: float) -> Outgoing:
         """A short reply to a greeting or thanks: no knowledge search, no LLM call, no tokens."""
@@ -227,13 +235,34 @@ class AgentRuntime:
         ]
 
     def _draft(
-        self, card: AgentCard, text: str, embedding: str | None, started: float, offered: tuple[str, ...] = ()
+        self,
+        card: AgentCard,
+        text: str,
+        embedding: str | None,
+        started: float,
+        offered: tuple[str, ...] = (),
+        work: Work | None = None,
+        audits: list[Event] | None = None,
     ) -> tuple[Draft, tuple[tuple[str, str], ...]]:
         hits = self._retrieve(card, embedding) if embedding else []
         passages = [Passage(text=h.text, source=h.source, title=h.title, score=h.score) for h in hits]
-        completion, cache_hit = self._generate(card, text, passages, offered)
+        notes: list[str] = []
+        specs: tuple[dict[str, Any], ...] = ()
+        if self._tools is not None and card.tools and work is not None:
+            if (card.llm.backend or self._default_backend) == "extractive":
+                # No tool calling without generation: the documented request patterns trigger the tools instead.
+                for name, args in triggered(card, text):
+                    outcome = self._tools.call(card, name, args, work, "pattern")
+                    (audits if audits is not None else []).append(outcome.event)
+                    notes.append(outcome.text)
+            else:
+                specs = tuple(openai_specs(card.tools))
+        completion, cache_hit = self._generate(card, text, passages, offered, specs)
+        if completion.tool_calls and self._tools is not None and work is not None:
+            completion = self._use_tools(card, text, passages, completion, work, audits)
+        answer = "\n\n".join([*notes, completion.text])
         draft = Draft(
-            answer=completion.text,
+            answer=answer,
             sources=tuple(_source(h) for h in hits),
             backend=completion.backend,
             model=completion.model,
@@ -247,6 +276,31 @@ class AgentRuntime:
         )
         return draft, completion.consults
 
+    def _use_tools(
+        self,
+        card: AgentCard,
+        question: str,
+        passages: list[Passage],
+        first: Completion,
+        work: Work,
+        audits: list[Event] | None,
+    ) -> Completion:
+        """Run the model's declared-tool calls, then let it answer once more with their results as extra passages
+        (numbered after the retrieved ones, so citations of those stay valid). No tools are offered the second time."""
+        assert self._tools is not None
+        outcomes = [self._tools.call(card, n, raw, work, "llm") for n, raw in first.tool_calls[:MAX_TOOL_CALLS]]
+        if audits is not None:
+            audits += [o.event for o in outcomes]
+        extra = [Passage(text=o.text, source=f"tool:{o.tool}", title=None, score=1.0) for o in outcomes]
+        second, _ = self._generate(card, question, passages + extra)
+        return dataclasses.replace(
+            second,
+            prompt_tokens=first.prompt_tokens + second.prompt_tokens,
+            completion_tokens=first.completion_tokens + second.completion_tokens,
+            cost_usd=first.cost_usd + second.cost_usd,
+            consults=first.consults,
+        )
+
     def _retrieve(self, card: AgentCard, embedding: str) -> list[Hit]:
         vector = np.asarray(unpack_vector(embedding), dtype=np.float32)
         top_k = card.retrieval.top_k or self._default_top_k
@@ -256,12 +310,17 @@ class AgentRuntime:
             raise RetryableError(f"knowledge search failed: {exc}") from exc
 
     def _generate(
-        self, card: AgentCard, question: str, passages: list[Passage], offered: tuple[str, ...] = ()
+        self,
+        card: AgentCard,
+        question: str,
+        passages: list[Passage],
+        offered: tuple[str, ...] = (),
+        specs: tuple[dict[str, Any], ...] = (),
     ) -> tuple[Completion, bool]:
         """The agent's backend with retries; when it stays unavailable, the fallback backend if one is set."""
         backend = card.llm.backend or self._default_backend
         try:
-            return self._call(card, backend, question, passages, offered)
+            return self._call(card, backend, question, passages, offered, specs)
         except LLMUnavailable as exc:
             fallback = card.llm.fallback_backend or self._fallback_backend
             reason = f"LLM {backend} unavailable after {self._llm_attempts} attempts: {exc}"
@@ -270,14 +329,20 @@ class AgentRuntime:
             log.warning("llm fallback", agent=card.name, backend=backend, fallback=fallback, error=str(exc))
             self._metrics.fallbacks.labels(card.name, fallback).inc()
             try:
-                return self._call(card, fallback, question, passages, offered)
+                return self._call(card, fallback, question, passages, offered, specs)
             except LLMError as again:
                 raise _Failed(f"{reason}; fallback {fallback} failed too: {again}", again.retryable) from again
         except LLMError as exc:
             raise _Failed(f"LLM {backend} error: {exc}") from exc
 
     def _call(
-        self, card: AgentCard, backend: str, question: str, passages: list[Passage], offered: tuple[str, ...]
+        self,
+        card: AgentCard,
+        backend: str,
+        question: str,
+        passages: list[Passage],
+        offered: tuple[str, ...],
+        specs: tuple[dict[str, Any], ...] = (),
     ) -> tuple[Completion, bool]:
         llm = self._llms.get(backend)
         if llm is None:
@@ -285,7 +350,7 @@ class AgentRuntime:
         key = None
         if self._cache is not None and card.llm.cache:
             model = card.llm.model or getattr(llm, "default_model", None)
-            key = cache_key(backend, model, question, passages, card.llm, offered)
+            key = cache_key(backend, model, question, passages, card.llm, offered, specs)
             if (cached := self._cache.get(key)) is not None:
                 self._metrics.cache_hits.labels(card.name).inc()
                 return cached, True
@@ -296,7 +361,8 @@ class AgentRuntime:
             reraise=True,
         ):
             with attempt:
-                completion = llm.complete(question, passages, card.llm, offered)
+                extra = {"tools": specs} if specs else {}  # LLMs from before tools keep working
+                completion = llm.complete(question, passages, card.llm, offered, **extra)
         if key is not None:
             self._cache.put(key, completion)  # type: ignore[union-attr]
         return completion, False
@@ -458,6 +524,10 @@ class AgentRuntime:
         self._metrics.tokens.labels(agent, "prompt").inc(prompt)
         self._metrics.tokens.labels(agent, "completion").inc(completion)
         self._metrics.cost.labels(agent).inc(cost)
+
+
+def _audit(events: list[Event]) -> list[Outgoing]:
+    return [Outgoing(Topic.AUDIT, e.agent, e) for e in events]  # type: ignore[attr-defined]
 
 
 def _own_part(work: Work, delegated: list[Clause]) -> tuple[str, str | None]:

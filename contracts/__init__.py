@@ -14,6 +14,7 @@ from .events import (
     DeadLetter,
     Event,
     FeedbackGiven,
+    RequestBlocked,
     RequestReceived,
     RolledBack,
     RouterModelPromoted,
@@ -23,6 +24,7 @@ from .events import (
     SubqueryRequested,
     TaskAssigned,
     TaskFailed,
+    ToolCalled,
     TrainingExample,
 )
 from .serde import DecodeError, decode, encode, register_upcaster, upcast
@@ -46,6 +48,7 @@ __all__ = [
     "Event",
     "FeedbackGiven",
     "LLMConfig",
+    "RequestBlocked",
     "RequestReceived",
     "RetrievalConfig",
     "RolledBack",
@@ -56,6 +59,7 @@ __all__ = [
     "SubqueryRequested",
     "TaskAssigned",
     "TaskFailed",
+    "ToolCalled",
     "Topic",
     "TopicNames",
     "TrainingExample",

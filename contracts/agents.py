@@ -61,6 +61,10 @@ class AgentCard(BaseModel):
     retrieval: RetrievalConfig = RetrievalConfig()
     consults: tuple[str, ...] = ()
     """Agents this one may ask a subquery when part of a request belongs to them."""
+    tools: tuple[str, ...] = ()
+    """Declared tools this agent may call (allow-list; see agents.tools)."""
+    required_scope: str | None = None
+    """API-key scope needed to reach this agent and its knowledge (e.g. `sensitive`); `None`: any chat key."""
 
     @field_validator("name")
     @classmethod
@@ -75,6 +79,13 @@ class AgentCard(BaseModel):
         if bad := [name for name in value if not _NAME.match(name)]:
             raise ValueError(f"consults names invalid agent names: {bad}")
         return tuple(dict.fromkeys(value))  # keep order, drop repeats
+
+    @field_validator("tools")
+    @classmethod
+    def _valid_tools(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if bad := [name for name in value if not _NAME.match(name)]:
+            raise ValueError(f"tools names invalid tool names: {bad}")
+        return tuple(dict.fromkeys(value))
 
     @property
     def knowledge_collection(self) -> str:

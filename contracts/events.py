@@ -63,6 +63,11 @@ class RequestReceived(Event):
     """Earlier user turns of the conversation, oldest first (the router embeds the last one with a follow-up)."""
     previous_agent: str | None = None
     """Agent that answered the previous turn (the router stays with it unless the topic clearly changes)."""
+    allowed_agents: tuple[str, ...] | None = None
+    """Agents the caller's API key may reach; the router scores only these. `None`: every agent."""
+    embedding: str | None = None
+    """The text's embedding (contracts.vectors wire form) when the gateway's prompt filter already computed it with
+    the same embedder settings; the router then does not encode the text again. `None`: the router encodes it."""
 
     @property
     def request_id(self) -> UUID:
@@ -328,6 +333,39 @@ class AgentRetired(Event):
     reason: str
 
 
+# ---- security and audit ------------------------------------------------------------------------------------
+
+
+class RequestBlocked(Event):
+    type: Literal["RequestBlocked"] = "RequestBlocked"
+    reason: str
+    """Stable reason code, e.g. `injection_rule`, `injection_similarity`, `moderation`."""
+    detail: str = ""
+    """Which rule or pattern matched (never the secret of a key)."""
+    score: float | None = None
+    """Similarity to the nearest known pattern, for similarity blocks."""
+    text: str
+    """The blocked request text (kept for review; cut to 2,000 characters)."""
+    key_id: str | None = None
+    """API key that sent it, when one did."""
+    client: str | None = None
+    """Client address for anonymous requests."""
+
+
+class ToolCalled(Event):
+    type: Literal["ToolCalled"] = "ToolCalled"
+    agent: str
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    """Arguments as validated (or as received, when validation failed)."""
+    result: dict[str, Any] | None = None
+    outcome: Literal["ok", "invalid_args", "not_allowed", "timeout", "error"]
+    error: str | None = None
+    duration_ms: float
+    trigger: Literal["llm", "pattern"] = "llm"
+    """Who asked for the call: the model's tool call, or the offline backend's deterministic pattern."""
+
+
 class DeadLetter(Event):
     type: Literal["DeadLetter"] = "DeadLetter"
     error: str
@@ -359,6 +397,8 @@ AnyEvent = Annotated[
     | AgentUpdated
     | AgentFlagged
     | AgentRetired
+    | RequestBlocked
+    | ToolCalled
     | DeadLetter,
     Field(discriminator="type"),
 ]
@@ -382,6 +422,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         AgentUpdated,
         AgentFlagged,
         AgentRetired,
+        RequestBlocked,
+        ToolCalled,
         DeadLetter,
     )
 }

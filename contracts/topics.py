@@ -19,6 +19,7 @@ class Topic(StrEnum):
     TRAINING_EXAMPLES = "training-examples"
     ROUTER_MODELS = "router-models"
     AGENT_LIFECYCLE = "agent-lifecycle"
+    AUDIT = "audit"
     DLQ = "dlq"
 
 
@@ -34,6 +35,7 @@ TOPIC_EVENTS: dict[Topic, frozenset[str]] = {
     Topic.TRAINING_EXAMPLES: frozenset({"TrainingExample"}),
     Topic.ROUTER_MODELS: frozenset({"RouterModelPromoted", "RolledBack"}),
     Topic.AGENT_LIFECYCLE: frozenset({"AgentCreated", "AgentUpdated", "AgentFlagged", "AgentRetired"}),
+    Topic.AUDIT: frozenset({"RequestBlocked", "ToolCalled"}),
     Topic.DLQ: frozenset({"DeadLetter"}),
 }
 

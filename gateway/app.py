@@ -22,8 +22,19 @@ from smolit.contracts import AgentCard, RequestReceived, Topic
 from smolit.infra.heartbeat import service_statuses
 from smolit.infra.kafka import EventProducer, Outgoing
 
+from .auth import (
+    Authenticator,
+    ChatCaller,
+    FeedbackCaller,
+    admin_router,
+    check_agent,
+    install_error_handler,
+    routable_agents,
+)
 from .conversations import conversation_context, create_conversations_router
 from .feedback import FeedbackBody, claim, feedback_event, load_request_ref, release
+from .guard import PromptGuard, screen_prompt
+from .limits import BodyLimit
 from .openai_api import create_openai_router
 from .pending import PendingRequests
 
@@ -104,12 +115,21 @@ class GatewayDeps:
     """Raises when the broker does not answer."""
     request_timeout_s: float
     max_request_chars: int
+    auth: Authenticator | None = None
+    """API keys, scopes and rate limits; `None`: anonymous loopback use, no limits (tests, dev)."""
+    guard: PromptGuard | None = None
+    """Prompt filter applied before routing; `None`: no screening."""
 
 
 def create_app(deps: GatewayDeps) -> FastAPI:
     app = FastAPI(title="Smolit gateway", version="0.1.0")
     gm = GatewayMetrics.create(deps.registry)
     http_requests = gm.requests
+    app.state.auth = deps.auth or Authenticator(keys=None, required=False)
+    app.state.guard = deps.guard
+    install_error_handler(app)
+    app.include_router(admin_router)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Any]) -> Response:
@@ -119,7 +139,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         return await call_next(request)
 
     @app.post("/v1/requests")
-    async def ask(body: AskBody) -> JSONResponse:
+    async def ask(request: Request, body: AskBody, principal: ChatCaller) -> JSONResponse:
         if len(body.text) > deps.max_request_chars:
             http_requests.labels("413").inc()
             raise HTTPException(
@@ -130,6 +150,10 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         if body.agent is not None and body.agent not in deps.cards:
             http_requests.labels("422").inc()
             raise HTTPException(422, f"unknown agent {body.agent!r}; known: {sorted(deps.cards)}")
+        if body.agent is not None:
+            check_agent(principal, body.agent, deps.cards)
+        allowed = routable_agents(principal, deps.cards)
+        embedding = await screen_prompt(request, body.text, principal)
         started = time.perf_counter()
         request_id = uuid.uuid4()
         conversation = body.conversation_id or str(request_id)
@@ -145,6 +169,8 @@ def create_app(deps: GatewayDeps) -> FastAPI:
             agent=body.agent,
             context=context,
             previous_agent=previous,
+            allowed_agents=allowed,
+            embedding=embedding,
         )
         await run_in_threadpool(_record_request, deps.pool, request_id, conversation, body.text)
         future = deps.pending.expect(request_id)
@@ -187,7 +213,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         return JSONResponse(view)
 
     @app.post("/v1/feedback")
-    async def feedback(body: FeedbackBody) -> JSONResponse:
+    async def feedback(body: FeedbackBody, _p: FeedbackCaller) -> JSONResponse:
         if body.preferred_agent is not None and body.preferred_agent not in deps.cards:
             raise HTTPException(422, f"unknown agent {body.preferred_agent!r}; known: {', '.join(sorted(deps.cards))}")
         ref = await run_in_threadpool(load_request_ref, deps.pool, body.request_id)
@@ -220,7 +246,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         )
 
     @app.get("/v1/requests/{request_id}")
-    async def get_request(request_id: uuid.UUID) -> JSONResponse:
+    async def get_request(request_id: uuid.UUID, _p: ChatCaller) -> JSONResponse:
         row = await run_in_threadpool(_load_request, deps.pool, request_id)
         if row is None:
             raise HTTPException(404, f"unknown request id {request_id}")

@@ -21,6 +21,8 @@ from psycopg_pool import ConnectionPool
 from smolit.contracts import RequestReceived, Topic
 from smolit.infra.kafka import Outgoing
 
+from .auth import ChatCaller
+
 if TYPE_CHECKING:
     from .app import GatewayDeps
 
@@ -141,7 +143,7 @@ def create_conversations_router(deps: GatewayDeps) -> APIRouter:
         return HTMLResponse(page)
 
     @router.get("/v1/conversations/{conversation_id}", tags=["conversations"])
-    async def conversation(conversation_id: str) -> JSONResponse:
+    async def conversation(conversation_id: str, _p: ChatCaller) -> JSONResponse:
         """The conversation's turns (request, agent, answer), oldest first, as projected from the log."""
         turns = await run_in_threadpool(load_turns, deps.pool, conversation_id)
         if not turns:

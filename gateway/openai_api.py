@@ -29,7 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from smolit.contracts import RequestReceived
 
+from .auth import ChatCaller, Principal, check_agent, routable_agents
 from .conversations import CONTEXT_TURNS, conversation_context, submit
+from .guard import screen_prompt
 
 if TYPE_CHECKING:
     from .app import GatewayDeps
@@ -180,7 +182,7 @@ def create_openai_router(deps: GatewayDeps) -> APIRouter:
     )
 
     @router.get("/v1/models")
-    async def models() -> JSONResponse:
+    async def models(_p: ChatCaller) -> JSONResponse:
         """`smolit` (automatic routing) and `smolit/<agent>` for every agent."""
         ids = [MODEL, *(f"{MODEL}/{a}" for a in sorted(deps.cards))]
         return JSONResponse(
@@ -188,24 +190,32 @@ def create_openai_router(deps: GatewayDeps) -> APIRouter:
         )
 
     @router.get("/v1/models/{model:path}")
-    async def model(model: str) -> JSONResponse:
+    async def model(model: str, _p: ChatCaller) -> JSONResponse:
         resolve_model(model, set(deps.cards))
         return JSONResponse({"id": model, "object": "model", "created": 0, "owned_by": OWNED_BY})
 
     @router.post("/v1/chat/completions")
     async def chat_completions(
+        request: Request,
         body: ChatCompletionRequest,
+        principal: ChatCaller,
         x_smolit_conversation: str | None = Header(default=None, max_length=200),
     ) -> Response:
         """OpenAI chat completion; `stream: true` answers with server-sent events."""
         stream = "true" if body.stream else "false"
         try:
-            return await _complete(body, x_smolit_conversation, stream)
+            return await _complete(request, principal, body, x_smolit_conversation, stream)
         except OpenAIError as exc:
             requests.labels(str(exc.status), stream).inc()
             raise
 
-    async def _complete(body: ChatCompletionRequest, header_conversation: str | None, stream: str) -> Response:
+    async def _complete(
+        request: Request,
+        principal: Principal,
+        body: ChatCompletionRequest,
+        header_conversation: str | None,
+        stream: str,
+    ) -> Response:
         started = time.perf_counter()
         agent = resolve_model(body.model, set(deps.cards))
         text, context = split_messages(body.messages)
@@ -216,6 +226,11 @@ def create_openai_router(deps: GatewayDeps) -> APIRouter:
                 "invalid_request_error",
                 "request_too_large",
             )
+        # Same gate as the native API: the key's agents, then the prompt filter (before anything is published).
+        if agent is not None:
+            check_agent(principal, agent, deps.cards)
+        allowed = routable_agents(principal, deps.cards)
+        embedding = await screen_prompt(request, text, principal)
         request_id = uuid.uuid4()
         conversation = header_conversation or body.user or str(request_id)
         previous = None
@@ -230,6 +245,8 @@ def create_openai_router(deps: GatewayDeps) -> APIRouter:
             agent=agent,
             context=context,
             previous_agent=previous,
+            allowed_agents=allowed,
+            embedding=embedding,
         )
         headers = {"X-Smolit-Request-Id": str(request_id), "X-Smolit-Conversation": conversation}
         marks: dict[str, float] = {}

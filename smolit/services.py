@@ -270,6 +270,7 @@ def _tick_learner(learner: Learner, producer: EventProducer, stop: threading.Eve
 
 def _run_agents(w: Wiring, stop: threading.Event) -> None:
     from smolit.agents import AgentMetrics, AgentRuntime, DeadlineSweeper, ParkingLot, SubqueryPolicy
+    from smolit.agents.tools import ToolRunner
     from smolit.infra.knowledge import KnowledgeStore
     from smolit.infra.llm import CompletionCache, build_llms
 
@@ -284,6 +285,9 @@ def _run_agents(w: Wiring, stop: threading.Event) -> None:
             f"LLM backend {', '.join(missing)} is asked for but not configured"
             " (set SMOLIT_OPENAI_BASE_URL and/or SMOLIT_OPENAI_API_KEY)"
         )
+    tools = ToolRunner(w.pool, timeout_s=s.tool_timeout_s)
+    if unknown := tools.unknown(cards):
+        raise SetupError(f"agent cards name tools that do not exist: {', '.join(unknown)} (see agents/tools.py)")
     runtime = AgentRuntime(
         cards,
         KnowledgeStore(w.pool, s.hnsw_ef_search),
@@ -302,6 +306,7 @@ def _run_agents(w: Wiring, stop: threading.Event) -> None:
             consult_threshold=s.consult_threshold,
         ),
         embedder=_LazyEmbedder(s) if _tool_calls_possible(s, cards) else None,
+        tools=tools,
     )
     # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
     loop = w.loop("smolit-agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
@@ -395,16 +400,19 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
     gauge_loop = w.loop(
         f"smolit-gauges-{w.instance}", [Topic.AGENT_METRICS, Topic.AGENT_LIFECYCLE], gauges.handle, dedupe=False
     )
+    cards = load_cards(w.settings.agents_dir)
     app = create_app(
         GatewayDeps(
             producer=w.producer,
             pool=w.pool,
             pending=pending,
-            cards=load_cards(w.settings.agents_dir),
+            cards=cards,
             registry=w.registry,
             broker_check=lambda: _check_broker_quickly(w.profile),
             request_timeout_s=w.settings.request_timeout_s,
             max_request_chars=w.settings.max_request_chars,
+            auth=_authenticator(w, cards),
+            guard=_prompt_guard(w),
         )
     )
     thread = loop.start_thread()
@@ -428,6 +436,50 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
         gauge_loop.stop()
         thread.join(15)
         gauge_thread.join(15)
+
+
+def _authenticator(w: Wiring, cards: dict[str, AgentCard]) -> Any:
+    from smolit.gateway.auth import Authenticator
+    from smolit.gateway.ratelimit import RateLimiter
+    from smolit.infra.keys import KeyStore
+
+    s = w.settings
+    auth = Authenticator.for_settings(
+        mode=s.auth,
+        host=s.host,
+        keys=KeyStore(w.pool),
+        limiter=RateLimiter(s.rate_limit_per_s, s.rate_limit_burst),
+        cards=cards,
+    )
+    log.info("gateway auth", mode=s.auth, keys_required=auth.required, rate_limit_per_s=s.rate_limit_per_s)
+    if auth.required and not KeyStore(w.pool).list(include_revoked=False):
+        log.warning("API keys are required but none exists: every request answers 401; run `smolit keys create`")
+    return auth
+
+
+def _prompt_guard(w: Wiring) -> Any:
+    from smolit.gateway.guard import GuardMetrics, PromptGuard
+    from smolit.gateway.prompt_filter import OpenAIModeration, PromptFilter
+
+    s = w.settings
+    if s.prompt_filter == "off":
+        return None
+    embedder = None
+    if s.prompt_filter == "on":
+        from smolit.infra.embedder import build_embedder
+
+        embedder = build_embedder(s)  # ~3 ms per request text (README: prompt filter)
+    moderation = None
+    if s.moderation == "openai":
+        import openai
+
+        if not (s.openai_base_url or s.openai_api_key):
+            raise SetupError("SMOLIT_MODERATION=openai needs SMOLIT_OPENAI_BASE_URL and/or SMOLIT_OPENAI_API_KEY")
+        key = s.openai_api_key.get_secret_value() if s.openai_api_key else "not-needed"
+        client = openai.OpenAI(base_url=s.openai_base_url, api_key=key, timeout=s.llm_timeout_s, max_retries=1)
+        moderation = OpenAIModeration(client, s.moderation_model)
+    flt = PromptFilter(embedder, threshold=s.prompt_filter_threshold, moderation=moderation)
+    return PromptGuard(flt, w.producer, GuardMetrics.create(w.registry))
 
 
 def _check_broker_quickly(profile: KafkaProfile) -> None:

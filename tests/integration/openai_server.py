@@ -1,8 +1,9 @@
 """A real OpenAI-compatible HTTP server (FastAPI + uvicorn on a free port) for integration tests.
 
 It records every request body. Its behaviour is steered by the model name: `sleep:<s>` answers after `<s>` seconds,
-`status:<code>` answers with that HTTP error, `tool:<agent>` calls the offered tool to consult `<agent>`. Answers
-quote the system prompt, so tests see which prompt arrived.
+`status:<code>` answers with that HTTP error, `tool:<agent>` calls the offered tool to consult `<agent>`,
+`calc:<json>` calls `loan_calculator` with `<json>`; moderation flags inputs containing "flagme". Answers quote
+the system prompt, so tests see which prompt arrived.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ def _fake_openai(received: list[dict[str, Any]]) -> FastAPI:
             usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
             head = {"id": "chatcmpl-1", "created": 0, "model": body["model"], "object": "chat.completion"}
             return JSONResponse(head | {"choices": [choice], "usage": usage})
+        if body["model"].startswith("calc:") and body.get("tools"):
+            # `calc:<json>` with tools offered: call the loan_calculator tool with those raw arguments.
+            call = {"id": "call_2", "type": "function"}
+            call["function"] = {"name": "loan_calculator", "arguments": body["model"].split(":", 1)[1]}
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+            head = {"id": "chatcmpl-2", "created": 0, "model": body["model"], "object": "chat.completion"}
+            return JSONResponse(head | {"choices": [choice], "usage": usage})
         # The answer quotes the system prompt, so tests can see which prompt reached the model.
         words = f"Per the {body['messages'][0]['content']} cheques clear in two days [1]".split()
         prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
@@ -72,6 +82,17 @@ def _fake_openai(received: list[dict[str, Any]]) -> FastAPI:
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request) -> Response:
+        body = await request.json()
+        received.append(body)
+        # Flags any input containing "flagme" for violence, like the real endpoint's result shape.
+        hit = "flagme" in str(body["input"])
+        categories = {"violence": hit, "harassment": False, "self-harm": False}
+        scores = {name: 0.9 if flagged else 0.01 for name, flagged in categories.items()}
+        result = {"flagged": hit, "categories": categories, "category_scores": scores}
+        return JSONResponse({"id": "modr-1", "model": body.get("model", "m"), "results": [result]})
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
