@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from smolit.contracts import AgentCard
-from smolit.infra.keys import ApiKey, KeyStore
+from smolit.infra.keys import TOKEN_PREFIX, ApiKey, KeyStore
 
 from .ratelimit import RateLimiter, retry_after
 
@@ -169,6 +169,10 @@ class Authenticator:
                 "the Authorization header must be `Bearer <key>`",
                 {"WWW-Authenticate": "Bearer"},
             )
+        if not self.required and not token.startswith(TOKEN_PREFIX):
+            # Dev mode on loopback: OpenAI clients must send some key (e.g. "sk-anything"); one that is not a
+            # Smolit key is not a credential, so the caller is anonymous. A Smolit key is always checked.
+            return Principal(scopes=ANONYMOUS_SCOPES, client=client)
         cached, key = self._cached(token)
         if not cached:  # only a database round trip is worth a worker thread
             self._refuse_guessing(client)

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-from typer.testing import CliRunner
-
-from smolit.cli import app
 
 pytestmark = pytest.mark.integration
 
 
 def test_bench_gateway_prints_overhead_and_time_to_first_token() -> None:
-    result = CliRunner().invoke(app, ["bench", "gateway", "--requests", "4", "--json"])
-    assert result.exit_code == 0, result.output
+    # A subprocess, as a user runs it: the bench starts and stops its own broker and database, which must not
+    # touch the session's (run in-process, the session broker died when the bench's pipeline shut down).
+    result = subprocess.run(
+        [sys.executable, "-m", "smolit", "bench", "gateway", "--requests", "4", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout)
     assert (out["benchmark"], out["requests"], out["streamed"]) == ("gateway", 4, 2)
     assert 0 < out["gateway_overhead_ms"]["p50"] < out["end_to_end_ms"]["p50"]
