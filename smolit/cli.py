@@ -603,16 +603,9 @@ def _cards(settings: Settings) -> dict[str, Any]:
 def _pool(settings: Settings) -> ConnectionPool:
     from smolit.infra.db import DatabaseUnreachable, open_pool
 
-    from .stack import read_state
+    from .stack import running_database_url
 
-    url = settings.database_url
-    if url is None:
-        state = read_state(settings.data_dir)
-        if state is None:
-            raise SetupError(
-                f"no running Smolit in {settings.data_dir.resolve()}: start `smolit up` or set SMOLIT_DATABASE_URL"
-            )
-        url = state["database_url"]
+    url = running_database_url(settings)
     try:
         return open_pool(url, 2)
     except DatabaseUnreachable as exc:

@@ -17,7 +17,7 @@ from smolit.infra.keys import KNOWN_SCOPES, KeyRequestError, KeyStore, parse_sco
 from smolit.infra.settings import load_settings
 
 from .errors import SetupError
-from .stack import read_state
+from .stack import running_database_url
 
 console = Console(stderr=True)
 out = Console()
@@ -28,14 +28,7 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder (s
 def _store(data_dir: Path | None) -> tuple[KeyStore, ConnectionPool]:
     """The key table of SMOLIT_DATABASE_URL, or of the running `smolit up` in the data folder."""
     settings = load_settings(data_dir=data_dir)
-    url = settings.database_url
-    if url is None:
-        state = read_state(settings.data_dir)
-        if state is None:
-            raise SetupError(
-                f"no running Smolit in {settings.data_dir.resolve()}: start `smolit up` or set SMOLIT_DATABASE_URL"
-            )
-        url = state["database_url"]
+    url = running_database_url(settings)
     try:
         migrate(url)  # the api_keys table may be newer than the running stack's schema
         pool = open_pool(url, 2)

@@ -64,6 +64,18 @@ def running_bootstrap(settings: Settings) -> str:
     return str(state["kafka_bootstrap"])
 
 
+def running_database_url(settings: Settings) -> str:
+    """The database to talk to: the configured one, else the one of the `smolit up` running on this data dir."""
+    if settings.database_url:
+        return settings.database_url
+    state = read_state(settings.data_dir)
+    if state is None:
+        raise SetupError(
+            f"no running Smolit in {settings.data_dir.resolve()}: start `smolit up` or set SMOLIT_DATABASE_URL"
+        )
+    return str(state["database_url"])
+
+
 @dataclass
 class Stack:
     settings: Settings
