@@ -153,7 +153,10 @@ def run_pipeline_bench(
             finally:
                 pool.close()
 
-        stack.start(load_demo=load)
+        from .bench_online import env_overrides
+
+        with env_overrides({"SMOLIT_RATE_LIMIT_PER_S": "0"}):  # the bench is one client at full speed
+            stack.start(load_demo=load)
         try:
             questions = _questions(settings, requests)
             asyncio.run(_closed_loop(stack.gateway_url, questions[:20], 4))  # warm-up

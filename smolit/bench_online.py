@@ -37,7 +37,7 @@ class Row(Protocol):
 
 
 @contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
+def env_overrides(values: dict[str, str]) -> Iterator[None]:
     """Settings for the service processes, which read them from the environment `Stack` passes on."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -87,9 +87,10 @@ def run_online(
             "SMOLIT_LEARNER_MIN_HOLDOUT": "20",
             "SMOLIT_STREAMS_FEEDBACK_TTL_S": "30",
             "SMOLIT_SUBQUERY_MAX_DEPTH": "0",
+            "SMOLIT_RATE_LIMIT_PER_S": "0",  # one client sends every row as fast as it can: measure, don't throttle
         }
         settings = Settings(data_dir=root / "data", kafka_storage="memory", port=0)
-        with _env(env):
+        with env_overrides(env):
             stack = Stack(settings, on_step=on_step)
             stack.start(timeout_s=300)
         try:
