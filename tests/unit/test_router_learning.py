@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from smolit.learner.trainer import Outcome, Trainer, new_trainer  # noqa: E402
-from smolit.router.features import AgentFeatures  # noqa: E402
+from smolit.learner.trainer import Outcome, Trainer, new_trainer
+from smolit.router.features import AgentFeatures
 
 DIM = 16
 
