@@ -54,26 +54,21 @@ def read_state(data_dir: Path) -> dict[str, Any] | None:
 
 def running_bootstrap(settings: Settings) -> str:
     """The broker to talk to: the configured one, else the one of the `smolit up` running on this data dir."""
-    if settings.kafka_bootstrap:
-        return settings.kafka_bootstrap
-    state = read_state(settings.data_dir)
-    if state is None:
-        raise SetupError(
-            f"no running Smolit in {settings.data_dir.resolve()}: start `smolit up` or set SMOLIT_KAFKA_BOOTSTRAP"
-        )
-    return str(state["kafka_bootstrap"])
+    return _running(settings, settings.kafka_bootstrap, "kafka_bootstrap", "SMOLIT_KAFKA_BOOTSTRAP")
 
 
 def running_database_url(settings: Settings) -> str:
     """The database to talk to: the configured one, else the one of the `smolit up` running on this data dir."""
-    if settings.database_url:
-        return settings.database_url
+    return _running(settings, settings.database_url, "database_url", "SMOLIT_DATABASE_URL")
+
+
+def _running(settings: Settings, configured: str | None, key: str, setting: str) -> str:
+    if configured:
+        return configured
     state = read_state(settings.data_dir)
     if state is None:
-        raise SetupError(
-            f"no running Smolit in {settings.data_dir.resolve()}: start `smolit up` or set SMOLIT_DATABASE_URL"
-        )
-    return str(state["database_url"])
+        raise SetupError(f"no running Smolit in {settings.data_dir.resolve()}: start `smolit up` or set {setting}")
+    return str(state[key])
 
 
 @dataclass
