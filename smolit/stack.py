@@ -184,7 +184,8 @@ class Stack:
     def _log_tail(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"
         lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
-        return lines[-1] if lines else f"no output (log: {path})"
+        # The cause is usually a few lines above the last one (shutdown lines follow it).
+        return "\n".join(lines[-8:]) + f"\n(log: {path})" if lines else f"no output (log: {path})"
 
     def _write_state(self) -> None:
         path = state_path(self.data_dir)

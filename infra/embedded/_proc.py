@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,14 +34,44 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct free TCP ports: all sockets stay bound until every port is picked."""
+    """`count` distinct free TCP ports below the kernel's ephemeral range: all stay bound until every one is picked.
+
+    A port the kernel hands out for `bind(0)` lies in the ephemeral range, which outgoing connections draw
+    from too: a server started minutes later (the gateway after the demo load, while the broker churns S3
+    connections) could find its port taken as the local end of some connection. Ports below the range are
+    only ever taken by servers binding them on purpose.
+    """
+    low = _ephemeral_low()
+    candidates = (
+        random.Random().sample(range(_PORT_FLOOR, low), min(_TRIES, low - _PORT_FLOOR)) if low > _PORT_FLOOR else []
+    )
     with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
+        ports: list[int] = []
+        for port in candidates:
+            if len(ports) == count:
+                break
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            ports.append(port)
+        while len(ports) < count:  # no room below the range: let the kernel choose
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             sock.bind((host, 0))
             ports.append(sock.getsockname()[1])
         return ports
+
+
+_PORT_FLOOR = 20000  # above the well-known and most registered service ports
+_TRIES = 200
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux default
 
 
 def ports_available(ports: Sequence[int], host: str = "127.0.0.1") -> bool:
