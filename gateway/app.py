@@ -15,7 +15,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from smolit.contracts import AgentCard, RequestReceived, Topic
@@ -128,6 +128,18 @@ def create_app(deps: GatewayDeps) -> FastAPI:
     app.state.auth = deps.auth or Authenticator(keys=None, required=False)
     app.state.guard = deps.guard
     install_error_handler(app)
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        # Nothing was accepted: the client may retry the same call once the database is back.
+        log.warning("database unavailable", error=" ".join(str(exc).split())[:300])
+        return JSONResponse(
+            {"detail": "the database is unavailable; nothing was recorded, retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
+
     app.include_router(admin_router)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 

@@ -72,8 +72,8 @@ def up(
     console.print(f"[bold green]Smolit ready at {stack.gateway_url}[/]  (data: {stack.data_dir}; Ctrl-C stops)")
     try:
         while not stop.wait(1.0):
-            if (dead := stack.check_services()) is not None:
-                raise SetupError(dead)
+            for line in stack.supervise():  # a crashed service is restarted; a crash loop stops everything
+                console.print(f"[yellow]{line}[/]")
     finally:
         console.print("stopping…")
         stack.stop()

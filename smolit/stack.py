@@ -31,6 +31,10 @@ from smolit.infra.settings import Settings
 from .errors import SetupError
 from .services import SERVICES
 
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 120.0
+"""A service restarted this often within the window is crash-looping: the supervisor gives up on it."""
+
 Step = Callable[[str], None]
 """Called with a short description as each start-up step begins."""
 
@@ -81,6 +85,8 @@ class Stack:
     database_url: str = ""
     gateway_url: str = ""
     services: dict[str, Child] = field(default_factory=dict)
+    _env: dict[str, str] = field(default_factory=dict, repr=False)
+    _restarts: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     @property
     def data_dir(self) -> Path:
@@ -155,15 +161,44 @@ class Stack:
     def _start_services(self, timeout_s: float) -> None:
         port = self.settings.port or free_port()
         self.gateway_url = f"http://{self.settings.host}:{port}"
-        env = self.service_env() | {"SMOLIT_PORT": str(port)}
+        self._env = self.service_env() | {"SMOLIT_PORT": str(port)}
         for name in SERVICES:
             self.on_step(f"starting {name}")
-            # Services die with the supervisor even if it is killed (parent-death signal), never orphaned.
-            self.services[name] = spawn(
-                name, [sys.executable, "-m", "smolit", "run", name], self.log_dir / f"{name}.log", env=env
-            )
+            self._spawn(name)
         self.on_step("waiting for every service to report healthy")
         self._wait_healthy(timeout_s)
+
+    def _spawn(self, name: str) -> None:
+        # Services die with the supervisor even if it is killed (parent-death signal), never orphaned.
+        self.services[name] = spawn(
+            name, [sys.executable, "-m", "smolit", "run", name], self.log_dir / f"{name}.log", env=self._env
+        )
+
+    def kill_service(self, name: str, restart: bool = True) -> int:
+        """SIGKILL one service (a crash: no drain, no commit) and, as a process manager would, start it again.
+
+        Returns the new process id (0 when not restarted)."""
+        child = self.services[name]
+        if child.running():
+            child.proc.kill()
+        child.proc.wait()
+        if not restart:
+            return 0
+        self._spawn(name)
+        return self.services[name].pid
+
+    def restart_broker(self) -> None:
+        """Crash the embedded broker and start it again on the same address (durable storage keeps the log)."""
+        if self.broker is None:
+            raise SetupError("the broker is external: restart it where it runs")
+        self.broker.crash_and_restart()
+
+    def restart_database(self) -> None:
+        """Stop the embedded database (fast shutdown: open transactions abort) and start it on the same address."""
+        if self.database is None:
+            raise SetupError("the database is external: restart it where it runs")
+        self.database.stop()
+        self.database.start()
 
     def _wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -202,6 +237,28 @@ class Stack:
                 indent=2,
             )
         )
+
+    def supervise(self) -> list[str]:
+        """Restart services that exited, as a process manager would; returns a line per restart.
+
+        A service that exits with code 2 (its settings are wrong) or keeps exiting (`MAX_RESTARTS` within
+        `RESTART_WINDOW_S`) is not restarted: SetupError names it and the tail of its log.
+        """
+        lines = []
+        for name, child in list(self.services.items()):
+            if child.running():
+                continue
+            now = time.monotonic()
+            recent = [t for t in self._restarts.get(name, []) if now - t < RESTART_WINDOW_S]
+            dead = f"{name} exited with code {child.proc.returncode}"
+            if child.proc.returncode == 2 or len(recent) >= MAX_RESTARTS:
+                raise SetupError(
+                    f"{dead} ({len(recent)} restarts in the last {RESTART_WINDOW_S:.0f}s): {self._log_tail(name)}"
+                )
+            self._restarts[name] = [*recent, now]
+            self._spawn(name)
+            lines.append(f"{dead}; restarted (log: {self.log_dir / f'{name}.log'})")
+        return lines
 
     def check_services(self) -> str | None:
         """Name and exit code of a service that died, if any."""

@@ -133,6 +133,8 @@ class EmbeddedBroker:
         self._weed: Child | None = None
         self._weed_ports: list[int] = []
         self._bootstrap: str | None = None
+        self._tansu_env: dict[str, str] = {}
+        self._storage_url = ""
 
     @property
     def bootstrap(self) -> str:
@@ -158,22 +160,10 @@ class EmbeddedBroker:
             if self._storage == "s3":
                 env |= self._start_seaweedfs(deadline)
                 storage_url = f"s3://{BUCKET}/"
-            port = self._port or free_port()
-            listener = f"tcp://127.0.0.1:{port}"
-            argv = [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                listener,
-                "--advertised-listener-url",
-                listener,
-                "--storage-engine",
-                storage_url,
-            ]
-            self._tansu = spawn("tansu", argv, self._log_dir / "tansu.log", env=env, cwd=self._data_dir)
-            bootstrap = f"127.0.0.1:{port}"
-            children = [c for c in (self._weed, self._tansu) if c is not None]
-            wait_ready(children, _metadata_probe(port, bootstrap), deadline, "Kafka metadata request")
+            # A restart keeps the address clients already have.
+            self._port = self._port or free_port()
+            self._tansu_env, self._storage_url = env, storage_url
+            bootstrap = self._start_tansu(deadline)
         except OSError as exc:  # files and directories; failed children raise EmbeddedStartError
             self.stop()
             raise EmbeddedStartError(f"broker: preparing {self._data_dir} failed: {exc}") from exc
@@ -229,6 +219,39 @@ class EmbeddedBroker:
             "AWS_ACCESS_KEY_ID": _ACCESS_KEY_ID,
             "AWS_SECRET_ACCESS_KEY": secret,
         }
+
+    def _start_tansu(self, deadline: float) -> str:
+        listener = f"tcp://127.0.0.1:{self._port}"
+        argv = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            self._storage_url,
+        ]
+        self._tansu = spawn("tansu", argv, self._log_dir / "tansu.log", env=self._tansu_env, cwd=self._data_dir)
+        bootstrap = f"127.0.0.1:{self._port}"
+        children = [c for c in (self._weed, self._tansu) if c is not None]
+        wait_ready(children, _metadata_probe(self._port, bootstrap), deadline, "Kafka metadata request")
+        return bootstrap
+
+    def crash_and_restart(self, timeout_s: float = 60.0) -> None:
+        """SIGKILL Tansu, as a crash would, and start it again on the same address and storage.
+
+        Only acknowledged writes survive, as with a real broker; with `s3` storage SeaweedFS (the disk) stays up.
+        """
+        if self._tansu is None or self._bootstrap is None:
+            raise RuntimeError("embedded broker is not started")
+        self._tansu.proc.kill()
+        self._tansu.proc.wait()
+        try:
+            self._start_tansu(time.monotonic() + timeout_s)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop Tansu, then SeaweedFS: SIGTERM, SIGKILL after the timeout. Safe to call repeatedly."""

@@ -172,7 +172,7 @@ class EmbeddedPostgres:
             _chown_tree(self._pgdata, run_as.owner)
             sockets = self._socket_dir(run_as)
             self._clear_stale_lock(deadline)
-            port = self._port or free_port()
+            port = self._port = self._port or free_port()  # a restart keeps the address clients already have
             argv = [
                 *run_as.prefix,
                 str(server / "bin" / "postgres"),

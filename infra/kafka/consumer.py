@@ -7,7 +7,10 @@ Policy, in one place:
 - any other handler exception is isolated to its message (the batch is re-run one message at a time) and that
   message is dead-lettered; the rest are still processed;
 - outputs are flushed to the broker before the input offsets are committed (at-least-once), and processed event ids
-  are recorded so a redelivered event is handled once.
+  are recorded so a redelivered event is handled once;
+- the database being unreachable (an outage, not a bad message) never dead-letters anything: the batch waits and
+  is retried until the database is back, and nothing is committed meanwhile;
+- a failed offset commit (broker restarting) keeps the offsets for the next commit instead of stopping the loop.
 
 Observability: one canonical `event handled` log line per consumed message (outcome `ok`, `duplicate` or
 `dead_lettered`, with the request id, event type and agent), and a consumer-lag gauge per assigned partition
@@ -25,8 +28,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID, uuid4
 
+import psycopg
 import structlog
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from psycopg_pool import PoolTimeout
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from smolit.contracts import DeadLetter, DecodeError, Event, Topic, decode
@@ -45,6 +50,18 @@ Handler = Callable[[Sequence[Event]], Sequence[Outgoing]]
 
 class RetryableError(Exception):
     """A transient failure (database down, LLM timeout): retry the batch with backoff."""
+
+
+_OUTAGES = (psycopg.OperationalError, PoolTimeout)
+
+
+def is_outage(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what caused it) means the database is unreachable: the batch is fine, retry it later."""
+    while exc is not None:
+        if isinstance(exc, _OUTAGES):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 @dataclass
@@ -164,7 +181,15 @@ class ConsumerLoop:
         if not self._uncommitted:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()]
-        consumer.commit(offsets=offsets, asynchronous=False)
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            retriable = isinstance(err, KafkaError) and err.retriable()
+            log.warning("commit failed", group=self.config.group, error=str(exc), kept_for_retry=retriable)
+            if retriable:
+                return  # the broker is restarting: the next commit carries these offsets
+            # The partitions moved to another member: it starts from the last commit (at-least-once).
         self._uncommitted.clear()
 
     def _is_event_error(self, msg: Message) -> bool:
@@ -180,10 +205,27 @@ class ConsumerLoop:
     def _process(self, messages: list[Message]) -> None:
         """Handle, publish (acknowledged), mark processed; only then do the offsets become committable."""
         started = time.perf_counter()
-        batch = self.process(messages)
-        self._publish(batch)
-        if self._deduper is not None and batch.events:
-            self._deduper.mark(self.config.group, [e.event_id for _, e in batch.events])
+        delay = self.config.backoff_s
+        while True:
+            try:
+                batch = self.process(messages)
+                self._publish(batch)
+                if self._deduper is not None and batch.events:
+                    self._deduper.mark(self.config.group, [e.event_id for _, e in batch.events])
+                break
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                self._metrics.retries.labels(self.config.group).inc()
+                log.warning(
+                    "database unavailable; the batch waits and is retried",
+                    group=self.config.group,
+                    error=" ".join(str(exc).split())[:200],
+                    retry_in_s=delay,
+                )
+                if self._stop.wait(delay):
+                    return  # stopping: not committed, so the batch is delivered again after the restart
+                delay = min(delay * 2, 5.0)
         for tp in _next_offsets(messages):
             self._uncommitted[(tp.topic, tp.partition)] = tp.offset
         elapsed = time.perf_counter() - started
@@ -248,9 +290,14 @@ class ConsumerLoop:
             with structlog.contextvars.bound_contextvars(group=self.config.group, **context):
                 batch.outputs.extend(self._call_with_retry([e for _, e in items]))
         except RetryError as exc:
-            reason = f"gave up after {self.config.max_attempts} attempts: {exc.last_attempt.exception()}"
+            last = exc.last_attempt.exception()
+            if is_outage(last):
+                raise last from last.__cause__  # an outage, not a bad message: the batch waits (see _process)
+            reason = f"gave up after {self.config.max_attempts} attempts: {last}"
             batch.dead.extend((msg, reason) for msg, _ in items)
         except Exception as exc:
+            if is_outage(exc):
+                raise
             if len(items) == 1:
                 log.warning("handler failed", group=self.config.group, error=repr(exc))
                 batch.dead.append((items[0][0], f"handler error: {exc!r}"))

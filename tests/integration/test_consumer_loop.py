@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 
+import psycopg
 import pytest
 import structlog
 from confluent_kafka import Consumer, TopicPartition
@@ -212,6 +213,27 @@ def test_exhausted_retries_dead_letter_the_message(harness: Harness) -> None:
     dead = read_events(harness.profile, harness.topics, Topic.DLQ, 1)
     assert "gave up after 2 attempts" in dead[0].error and "still down" in dead[0].error  # type: ignore[attr-defined]
     assert _wait_for(lambda: harness.committed() == 1)
+
+
+def test_a_database_outage_is_waited_out_not_dead_lettered(harness: Harness) -> None:
+    """The database being away longer than the retry budget is an outage, not a bad message: the batch waits."""
+    calls: list[int] = []
+
+    def database_down_for_a_while(events: Sequence[Event]) -> list[Outgoing]:
+        calls.append(1)
+        if len(calls) <= 6:  # three times the retry budget
+            try:
+                raise psycopg.OperationalError("connection refused")
+            except psycopg.OperationalError as exc:
+                raise RetryableError("database away") from exc
+        return [_echo(e) for e in events]
+
+    harness.start(database_down_for_a_while, max_attempts=2)
+    harness.send(_request("patience"))
+    answers = read_events(harness.profile, harness.topics, Topic.ANSWERS, 1)
+    assert [a.answer for a in answers] == ["patience"], f"handler called {len(calls)} times"  # type: ignore[attr-defined]
+    assert _wait_for(lambda: harness.committed() == 1)
+    assert harness.value("smolit_dead_letters_total", topic=harness.topics(Topic.REQUESTS)) == 0
 
 
 def test_consumer_lag_gauge_counts_records_behind(harness: Harness) -> None:
