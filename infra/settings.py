@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     """Topic names are `<prefix>.<name>.v1` (see contracts.topics)."""
     topic_partitions: int = 4
     """Partitions for topics Smolit creates (scale-out limit per consumer group)."""
+    topic_replication_factor: int = Field(default=1, ge=1)
+    """Replicas of each topic `smolit init` creates on an external cluster (3 on a production cluster; the
+    embedded broker always uses 1)."""
     consumer_batch_size: int = 64
     """Most messages one consumer poll hands to a handler at once."""
     consumer_max_attempts: int = 4

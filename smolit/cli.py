@@ -46,7 +46,8 @@ def main() -> None:
     try:
         app()
     except SetupError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        # One line however wide the message: log collectors and `grep` read errors line by line.
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
         sys.exit(2)
 
 
@@ -111,14 +112,80 @@ def _demo_reporter(progress: Progress) -> Callable[[str, int, int | None], None]
 @app.command()
 def run(
     service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}.")],
+    instances: Annotated[
+        int,
+        typer.Option(
+            "--instances",
+            min=1,
+            help="Processes of this service, all in its consumer group (router, agents, streams); a fixed metrics"
+            " port P gives instance i the port P+i.",
+        ),
+    ] = 1,
 ) -> None:
-    """Run one service alone, against SMOLIT_KAFKA_BOOTSTRAP and SMOLIT_DATABASE_URL."""
-    from .services import run_service
-
+    """Run one service alone, against SMOLIT_KAFKA_BOOTSTRAP and SMOLIT_DATABASE_URL (see `smolit init`)."""
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
     chosen: Service = service  # type: ignore[assignment]
-    run_service(chosen, Settings())
+    if instances == 1:
+        from .services import run_service
+
+        run_service(chosen, Settings())
+        return
+    from .instances import run_instances
+
+    run_instances(chosen, Settings(), instances)
+
+
+@app.command()
+def init(
+    partitions: Annotated[
+        int | None, typer.Option(min=1, help="Partitions per new topic (setting SMOLIT_TOPIC_PARTITIONS).")
+    ] = None,
+    replication_factor: Annotated[
+        int | None,
+        typer.Option(min=1, help="Replicas per new topic (setting SMOLIT_TOPIC_REPLICATION_FACTOR)."),
+    ] = None,
+) -> None:
+    """Prepare an external Kafka and PostgreSQL: apply database migrations and create the missing topics.
+
+    Idempotent; existing topics keep their partition counts. Run it before `smolit run` (and after upgrades).
+    """
+    from smolit.contracts import TopicNames
+    from smolit.infra.db import check_database, migrate
+    from smolit.infra.kafka import BrokerUnreachable, KafkaProfile, check_broker, ensure_topics
+
+    from .services import redact
+
+    settings = load_settings(topic_partitions=partitions, topic_replication_factor=replication_factor)
+    if settings.kafka_bootstrap is None or settings.database_url is None:
+        raise SetupError("`smolit init` needs SMOLIT_KAFKA_BOOTSTRAP and SMOLIT_DATABASE_URL (not for `smolit up`)")
+    try:
+        check_database(settings.database_url, timeout_s=10)
+        version = migrate(settings.database_url)
+    except Exception as exc:
+        where = redact(settings.database_url)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SetupError(f"cannot migrate the database at {where} (setting SMOLIT_DATABASE_URL): {first}") from exc
+    profile = KafkaProfile(settings.kafka_bootstrap, embedded=settings.tansu_profile)
+    names = TopicNames(settings.topic_prefix)
+    try:
+        check_broker(profile.admin(), timeout_s=10)
+        created = ensure_topics(
+            profile.admin(),
+            names,
+            settings.topic_partitions,
+            replication_factor=settings.topic_replication_factor,
+        )
+    except (BrokerUnreachable, RuntimeError) as exc:
+        raise SetupError(
+            f"cannot create topics on the Kafka broker at {settings.kafka_bootstrap}"
+            f" (setting SMOLIT_KAFKA_BOOTSTRAP): {exc}"
+        ) from exc
+    out.print(
+        f"database schema version {version}; topics: {len(created)} created"
+        f" ({settings.topic_partitions} partitions, replication {settings.topic_replication_factor}),"
+        f" {len(names.all()) - len(created)} already there"
+    )
 
 
 @app.command()

@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 from smolit.contracts import AgentCard, Topic, TopicNames
 from smolit.infra.agent_gauges import AgentGaugeProjection, AgentGauges
 from smolit.infra.cards import load_cards
-from smolit.infra.db import open_pool
+from smolit.infra.db import DatabaseUnreachable, SchemaMismatch, check_database, check_schema, open_pool
 from smolit.infra.heartbeat import Heartbeat
 from smolit.infra.kafka import (
     ConsumerLoop,
@@ -29,6 +29,7 @@ from smolit.infra.kafka import (
     LoopConfig,
     PostgresDeduper,
     check_broker,
+    missing_topics,
 )
 from smolit.infra.logging import configure_logging
 from smolit.infra.metrics import ConsumerMetrics, serve_metrics
@@ -92,8 +93,13 @@ def limit_threads(threads: int) -> None:
         os.environ.setdefault(var, str(threads))
 
 
-@contextmanager
-def wiring(settings: Settings, service: str) -> Iterator[Wiring]:
+def connect(settings: Settings, service: str) -> tuple[KafkaProfile, ConnectionPool]:
+    """Broker profile and database pool after the start-up checks, each failing as one SetupError line.
+
+    Checked in order: both addresses are set, the broker answers, the database accepts the credentials, its
+    schema is the version this build migrates to, and every Smolit topic exists. Services never create topics or
+    migrate: `smolit init` (or `smolit up`) does, once, so N replicas never race on either.
+    """
     bootstrap = settings.kafka_bootstrap
     if bootstrap is None or settings.database_url is None:
         raise SetupError(
@@ -105,13 +111,36 @@ def wiring(settings: Settings, service: str) -> Iterator[Wiring]:
         check_broker(profile.admin(), timeout_s=10)
     except Exception as exc:
         raise SetupError(f"Kafka broker at {bootstrap} is not reachable (setting SMOLIT_KAFKA_BOOTSTRAP)") from exc
+    where = redact(settings.database_url)
+    try:
+        check_database(settings.database_url, timeout_s=10)
+        check_schema(settings.database_url, timeout_s=10)
+    except DatabaseUnreachable as exc:
+        raise SetupError(f"cannot connect to the database at {where} (setting SMOLIT_DATABASE_URL): {exc}") from exc
+    except SchemaMismatch as exc:
+        raise SetupError(f"database at {where} (setting SMOLIT_DATABASE_URL): {exc}") from exc
+    missing = missing_topics(profile.admin(), TopicNames(settings.topic_prefix), timeout_s=10)
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise SetupError(
+            f"Kafka broker at {bootstrap} has no topic {shown} (settings SMOLIT_TOPIC_PREFIX={settings.topic_prefix},"
+            " SMOLIT_KAFKA_BOOTSTRAP): create the topics with `smolit init`"
+        )
     try:
         pool = open_pool(settings.database_url, settings.db_pool_max)
     except Exception as exc:
-        raise SetupError(
-            f"database at {_redact(settings.database_url)} is not reachable (setting SMOLIT_DATABASE_URL): {exc}"
-        ) from exc
-    producer = EventProducer(profile.producer(), TopicNames(settings.topic_prefix))
+        raise SetupError(f"cannot connect to the database at {where} (setting SMOLIT_DATABASE_URL): {exc}") from exc
+    return profile, pool
+
+
+@contextmanager
+def wiring(settings: Settings, service: str) -> Iterator[Wiring]:
+    profile, pool = connect(settings, service)
+    try:
+        producer = EventProducer(profile.producer(), TopicNames(settings.topic_prefix))
+    except BaseException:
+        pool.close()
+        raise
     registry = CollectorRegistry()
     instance = f"{socket.gethostname()}-{os.getpid()}"
     try:
@@ -491,7 +520,7 @@ def _poll_forever(producer: EventProducer, stop: threading.Event) -> None:
         producer.poll(0.1)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """Hide a password in a database URL for error messages."""
     if "@" not in url or "://" not in url:
         return url
