@@ -137,6 +137,31 @@ def run(
 
 
 @app.command()
+def health(
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}.")],
+) -> None:
+    """Liveness probe for containers: exit 0 when the service's /metrics answers on its configured port.
+
+    Whole-system readiness (broker, database, router and agents alive) is the gateway's `GET /healthz`.
+    """
+    from .services import METRICS_PORT_SETTING
+
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
+    settings = Settings()
+    field = METRICS_PORT_SETTING[service]  # type: ignore[index]
+    port = getattr(settings, field)
+    if not port:
+        raise SetupError(f"{service} has no fixed metrics port to probe: set SMOLIT_{field.upper()}")
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    try:
+        httpx.get(f"http://{host}:{port}/metrics", timeout=3).raise_for_status()
+    except httpx.HTTPError as exc:
+        console.print(f"{service} is not healthy at {host}:{port}: {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
 def init(
     partitions: Annotated[
         int | None, typer.Option(min=1, help="Partitions per new topic (setting SMOLIT_TOPIC_PARTITIONS).")

@@ -17,14 +17,7 @@ from smolit.infra.embedded import Child, spawn, terminate
 from smolit.infra.settings import Settings
 
 from .errors import SetupError
-from .services import Service, connect
-
-#: Setting of the Prometheus port per scalable service; instance i serves on that port + i when it is fixed.
-METRICS_PORT_SETTINGS: dict[str, str] = {
-    "router": "router_metrics_port",
-    "agents": "agents_metrics_port",
-    "streams": "streams_metrics_port",
-}
+from .services import METRICS_PORT_SETTING, Service, connect
 
 _NOT_SCALED = {
     "gateway": (
@@ -39,9 +32,9 @@ _NOT_SCALED = {
 
 
 def instance_env(service: Service, settings: Settings, index: int) -> dict[str, str]:
-    """Environment of instance `index`: the caller's, with a distinct metrics port when the port is fixed."""
+    """Environment of instance `index`: the caller's, with a distinct metrics port (P+index) when P is fixed."""
     env = dict(os.environ)
-    field = METRICS_PORT_SETTINGS[service]
+    field = METRICS_PORT_SETTING[service]
     base: int = getattr(settings, field)
     if base:
         env[f"SMOLIT_{field.upper()}"] = str(base + index)

@@ -46,6 +46,14 @@ if TYPE_CHECKING:
 
 Service = Literal["router", "agents", "streams", "gateway", "learner"]
 SERVICES: tuple[Service, ...] = ("router", "agents", "streams", "gateway", "learner")
+#: Setting that holds each service's Prometheus port (the gateway serves /metrics on its HTTP port).
+METRICS_PORT_SETTING: dict[Service, str] = {
+    "router": "router_metrics_port",
+    "agents": "agents_metrics_port",
+    "streams": "streams_metrics_port",
+    "gateway": "port",
+    "learner": "learner_metrics_port",
+}
 log = structlog.get_logger("smolit.services")
 
 

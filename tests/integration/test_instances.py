@@ -49,6 +49,17 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
     return False
 
 
+def _health(env: dict[str, str], port: int) -> subprocess.CompletedProcess[str]:
+    """`smolit health agents` probing the instance whose metrics port is `port`."""
+    return subprocess.run(
+        [sys.executable, "-m", "smolit", "health", "agents"],
+        env=env | {"SMOLIT_AGENTS_METRICS_PORT": str(port)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def _two_free_ports() -> int:
     for _ in range(20):
         port = free_port()
@@ -60,7 +71,10 @@ def _two_free_ports() -> int:
 def test_two_agent_instances_share_the_group(
     broker: str, database_url: str, topics: TopicNames, profile: KafkaProfile, tmp_path: Path
 ) -> None:
-    """Each instance owns one of the two task partitions and consumes the task sent there; SIGTERM stops both."""
+    """Each instance owns one of the two task partitions and consumes the task sent there; SIGTERM stops both.
+
+    `smolit health agents` answers 0 for a running instance and 1 once it is gone.
+    """
     port = _two_free_ports()
     env = dict(os.environ) | {
         "SMOLIT_KAFKA_BOOTSTRAP": broker,
@@ -100,9 +114,11 @@ def test_two_agent_instances_share_the_group(
             return all(_samples(p, "smolit_events_consumed_total", tasks).get("", 0) >= 1 for p in (port, port + 1))
 
         assert _wait_for(both_consumed, 60), log.read_text()[-3000:]
+        assert _health(env, port + 1).returncode == 0  # the container probe of the second instance
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         assert not any(_samples(p, "smolit_events_consumed_total", tasks) for p in (port, port + 1))
+        assert _health(env, port).returncode == 1
     finally:
         if proc.poll() is None:
             proc.kill()
