@@ -461,7 +461,12 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
     heartbeat.start()
     config = uvicorn.Config(app, host=w.settings.host, port=w.settings.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
-    watcher = threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True)
+
+    def exit_on_stop() -> None:
+        stop.wait()
+        server.should_exit = True
+
+    watcher = threading.Thread(target=exit_on_stop, daemon=True)
     watcher.start()
     log.info("gateway ready", url=f"http://{w.settings.host}:{w.settings.port}")
     try:
