@@ -6,11 +6,13 @@ against the settings model, the service list and the metrics port each service r
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 import pytest
 import yaml
 
@@ -45,6 +47,16 @@ def _settings(env: dict[str, Any]) -> Settings:
 
 
 RUNNING = {name: svc for name, cfg in SERVICES_CFG.items() if (svc := _smolit_service(cfg))}
+
+
+def _schema_errors(schema: str, instance: Any) -> list[str]:
+    validator = jsonschema_rs.validator_for(json.loads((ROOT / "tests" / "fixtures" / "schemas" / schema).read_text()))
+    return [f"{'/'.join(map(str, e.instance_path))}: {e.message}" for e in validator.iter_errors(instance)]
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    """The file validates against the Compose Specification schema (what `docker compose config` checks first)."""
+    assert _schema_errors("compose-spec.json", COMPOSE) == []
 
 
 def test_images_are_pinned() -> None:
@@ -229,7 +241,11 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
 
 # ---- CI workflow ------------------------------------------------------------------------------------------------
 
-WORKFLOW: dict[Any, Any] = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+# PyYAML reads the key `on` as the YAML 1.1 boolean true; GitHub (and the schema) mean the string.
+WORKFLOW: dict[str, Any] = {
+    "on" if k is True else k: v
+    for k, v in yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text()).items()
+}
 
 
 def test_workflow_defaults_to_no_permissions_and_cancels_superseded_runs() -> None:
@@ -237,6 +253,11 @@ def test_workflow_defaults_to_no_permissions_and_cancels_superseded_runs() -> No
     assert WORKFLOW["permissions"] == {}
     assert WORKFLOW["concurrency"]["cancel-in-progress"] is True
     assert "github.ref" in WORKFLOW["concurrency"]["group"]
+
+
+def test_workflow_follows_the_github_actions_schema() -> None:
+    """The workflow validates against SchemaStore's GitHub workflow schema."""
+    assert _schema_errors("github-workflows.json", WORKFLOW) == []
 
 
 @pytest.mark.parametrize("job", sorted(WORKFLOW["jobs"]))
