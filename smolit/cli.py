@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -46,9 +47,27 @@ def main() -> None:
     try:
         app()
     except SetupError as exc:
-        # One line however wide the message: log collectors and `grep` read errors line by line.
-        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
-        sys.exit(2)
+        _fail(str(exc))
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        _fail(f"invalid settings: {settings_problems(exc)}")
+
+
+def _fail(message: str) -> None:
+    # One line however wide the message: log collectors and `grep` read errors line by line.
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    sys.exit(2)
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """`SMOLIT_X: what is wrong (got 'value')` per invalid setting, on one line."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    problems = []
+    for error in exc.errors():
+        name = f"{prefix}{error['loc'][0]}".upper() if error["loc"] else "settings"
+        problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(problems)
 
 
 @app.command()

@@ -96,3 +96,17 @@ def test_init_migrates_and_creates_topics(broker: str, fresh_database: str) -> N
     assert missing_topics(KafkaProfile(broker, embedded=True).admin(), TopicNames(prefix)) == []
     second = _run(["init"], **env)
     assert second.returncode == 0 and "0 created" in second.stdout, second.stderr
+
+
+def test_invalid_setting_value_is_one_clear_line(broker: str, database_url: str, topics: TopicNames) -> None:
+    """A setting the model rejects is named by its variable, with the value given, instead of a traceback."""
+    env = _env(broker, database_url, topics.prefix) | {"SMOLIT_TOPIC_PARTITIONS": "many"}
+    line = _one_error_line(_run(["run", "router"], **env))
+    assert "invalid settings: SMOLIT_TOPIC_PARTITIONS" in line and "'many'" in line
+
+
+@pytest.mark.parametrize("service", ["gateway", "learner"])
+def test_services_that_cannot_share_work_refuse_instances(service: str) -> None:
+    """`--instances 2` of the gateway or the learner is refused with the reason before anything starts."""
+    line = _one_error_line(_run(["run", service, "--instances", "2"]))
+    assert "is not supported" in line and (("SMOLIT_PORT" in line) if service == "gateway" else ("one learner" in line))
