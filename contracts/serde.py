@@ -51,7 +51,7 @@ def upcast(payload: dict[str, Any]) -> dict[str, Any]:
     """Apply registered upcasters until the payload reaches its event's current schema version."""
     event_type = payload.get("type")
     cls = EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
-    if cls is None:
+    if cls is None or not isinstance(event_type, str):
         raise DecodeError(f"unknown event type {event_type!r}")
     version = payload.get("schema_version", 1)
     if not isinstance(version, int) or version < 1:

@@ -13,6 +13,10 @@ class DatabaseUnreachable(RuntimeError):
     """The database URL does not answer."""
 
 
+class SchemaMismatch(RuntimeError):
+    """The database schema is not the version this build of Smolit expects (older: migrate; newer: upgrade)."""
+
+
 #: Ordered, append-only migrations. Never edit a released step; add a new one.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -166,3 +170,31 @@ def migrate(url: str) -> int:
                 conn.execute(sql)
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
         return len(MIGRATIONS)
+
+
+def schema_version(conn: psycopg.Connection) -> int:
+    """Highest applied migration; 0 for a database Smolit has never migrated."""
+    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+def check_schema(url: str, timeout_s: float = 5.0) -> int:
+    """The schema version, if it is exactly the one this build migrates to; else SchemaMismatch saying what to do.
+
+    Checked on a plain connection before any pool opens: the pool registers the pgvector type, which an
+    unmigrated database does not have yet.
+    """
+    with psycopg.connect(url, connect_timeout=max(1, int(timeout_s))) as conn:
+        found = schema_version(conn)
+    expected = len(MIGRATIONS)
+    if found > expected:
+        raise SchemaMismatch(
+            f"database schema version {found} is newer than this build of Smolit knows ({expected}):"
+            " upgrade Smolit or point it at a database of its own version"
+        )
+    if found < expected:
+        raise SchemaMismatch(f"database schema version {found}, this build needs {expected}: run `smolit init`")
+    return found

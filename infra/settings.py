@@ -6,7 +6,7 @@ Nothing here reads the environment at import time; call `Settings()` (or `load_s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     """Topic names are `<prefix>.<name>.v1` (see contracts.topics)."""
     topic_partitions: int = 4
     """Partitions for topics Smolit creates (scale-out limit per consumer group)."""
+    topic_replication_factor: int = Field(default=1, ge=1)
+    """Replicas of each topic `smolit init` creates on an external cluster (3 on a production cluster; the
+    embedded broker always uses 1)."""
     consumer_batch_size: int = 64
     """Most messages one consumer poll hands to a handler at once."""
     consumer_max_attempts: int = 4
@@ -218,6 +221,6 @@ class Settings(BaseSettings):
         return self.database_url is None
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with explicit overrides (CLI flags) on top."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})

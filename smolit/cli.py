@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -46,8 +47,27 @@ def main() -> None:
     try:
         app()
     except SetupError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(2)
+        _fail(str(exc))
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        _fail(f"invalid settings: {settings_problems(exc)}")
+
+
+def _fail(message: str) -> None:
+    # One line however wide the message: log collectors and `grep` read errors line by line.
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    sys.exit(2)
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """`SMOLIT_X: what is wrong (got 'value')` per invalid setting, on one line."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    problems = []
+    for error in exc.errors():
+        name = f"{prefix}{error['loc'][0]}".upper() if error["loc"] else "settings"
+        problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(problems)
 
 
 @app.command()
@@ -111,14 +131,105 @@ def _demo_reporter(progress: Progress) -> Callable[[str, int, int | None], None]
 @app.command()
 def run(
     service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}.")],
+    instances: Annotated[
+        int,
+        typer.Option(
+            "--instances",
+            min=1,
+            help="Processes of this service, all in its consumer group (router, agents, streams); a fixed metrics"
+            " port P gives instance i the port P+i.",
+        ),
+    ] = 1,
 ) -> None:
-    """Run one service alone, against SMOLIT_KAFKA_BOOTSTRAP and SMOLIT_DATABASE_URL."""
-    from .services import run_service
-
+    """Run one service alone, against SMOLIT_KAFKA_BOOTSTRAP and SMOLIT_DATABASE_URL (see `smolit init`)."""
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
     chosen: Service = service  # type: ignore[assignment]
-    run_service(chosen, Settings())
+    if instances == 1:
+        from .services import run_service
+
+        run_service(chosen, Settings())
+        return
+    from .instances import run_instances
+
+    run_instances(chosen, Settings(), instances)
+
+
+@app.command()
+def health(
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}.")],
+) -> None:
+    """Liveness probe for containers: exit 0 when the service's /metrics answers on its configured port.
+
+    Whole-system readiness (broker, database, router and agents alive) is the gateway's `GET /healthz`.
+    """
+    from .services import METRICS_PORT_SETTING
+
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
+    settings = Settings()
+    field = METRICS_PORT_SETTING[service]  # type: ignore[index]
+    port = getattr(settings, field)
+    if not port:
+        raise SetupError(f"{service} has no fixed metrics port to probe: set SMOLIT_{field.upper()}")
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    try:
+        httpx.get(f"http://{host}:{port}/metrics", timeout=3).raise_for_status()
+    except httpx.HTTPError as exc:
+        console.print(f"{service} is not healthy at {host}:{port}: {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def init(
+    partitions: Annotated[
+        int | None, typer.Option(min=1, help="Partitions per new topic (setting SMOLIT_TOPIC_PARTITIONS).")
+    ] = None,
+    replication_factor: Annotated[
+        int | None,
+        typer.Option(min=1, help="Replicas per new topic (setting SMOLIT_TOPIC_REPLICATION_FACTOR)."),
+    ] = None,
+) -> None:
+    """Prepare an external Kafka and PostgreSQL: apply database migrations and create the missing topics.
+
+    Idempotent; existing topics keep their partition counts. Run it before `smolit run` (and after upgrades).
+    """
+    from smolit.contracts import TopicNames
+    from smolit.infra.db import check_database, migrate
+    from smolit.infra.kafka import BrokerUnreachable, KafkaProfile, check_broker, ensure_topics
+
+    from .services import redact
+
+    settings = load_settings(topic_partitions=partitions, topic_replication_factor=replication_factor)
+    if settings.kafka_bootstrap is None or settings.database_url is None:
+        raise SetupError("`smolit init` needs SMOLIT_KAFKA_BOOTSTRAP and SMOLIT_DATABASE_URL (not for `smolit up`)")
+    try:
+        check_database(settings.database_url, timeout_s=10)
+        version = migrate(settings.database_url)
+    except Exception as exc:
+        where = redact(settings.database_url)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SetupError(f"cannot migrate the database at {where} (setting SMOLIT_DATABASE_URL): {first}") from exc
+    profile = KafkaProfile(settings.kafka_bootstrap, embedded=settings.tansu_profile)
+    names = TopicNames(settings.topic_prefix)
+    try:
+        check_broker(profile.admin(), timeout_s=10)
+        created = ensure_topics(
+            profile.admin(),
+            names,
+            settings.topic_partitions,
+            replication_factor=settings.topic_replication_factor,
+        )
+    except (BrokerUnreachable, RuntimeError) as exc:
+        raise SetupError(
+            f"cannot create topics on the Kafka broker at {settings.kafka_bootstrap}"
+            f" (setting SMOLIT_KAFKA_BOOTSTRAP): {exc}"
+        ) from exc
+    out.print(
+        f"database schema version {version}; topics: {len(created)} created"
+        f" ({settings.topic_partitions} partitions, replication {settings.topic_replication_factor}),"
+        f" {len(names.all()) - len(created)} already there"
+    )
 
 
 @app.command()

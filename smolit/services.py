@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 from smolit.contracts import AgentCard, Topic, TopicNames
 from smolit.infra.agent_gauges import AgentGaugeProjection, AgentGauges
 from smolit.infra.cards import load_cards
-from smolit.infra.db import open_pool
+from smolit.infra.db import DatabaseUnreachable, SchemaMismatch, check_database, check_schema, open_pool
 from smolit.infra.heartbeat import Heartbeat
 from smolit.infra.kafka import (
     ConsumerLoop,
@@ -29,6 +29,7 @@ from smolit.infra.kafka import (
     LoopConfig,
     PostgresDeduper,
     check_broker,
+    missing_topics,
 )
 from smolit.infra.logging import configure_logging
 from smolit.infra.metrics import ConsumerMetrics, serve_metrics
@@ -45,6 +46,14 @@ if TYPE_CHECKING:
 
 Service = Literal["router", "agents", "streams", "gateway", "learner"]
 SERVICES: tuple[Service, ...] = ("router", "agents", "streams", "gateway", "learner")
+#: Setting that holds each service's Prometheus port (the gateway serves /metrics on its HTTP port).
+METRICS_PORT_SETTING: dict[Service, str] = {
+    "router": "router_metrics_port",
+    "agents": "agents_metrics_port",
+    "streams": "streams_metrics_port",
+    "gateway": "port",
+    "learner": "learner_metrics_port",
+}
 log = structlog.get_logger("smolit.services")
 
 
@@ -92,8 +101,13 @@ def limit_threads(threads: int) -> None:
         os.environ.setdefault(var, str(threads))
 
 
-@contextmanager
-def wiring(settings: Settings, service: str) -> Iterator[Wiring]:
+def connect(settings: Settings, service: str) -> tuple[KafkaProfile, ConnectionPool]:
+    """Broker profile and database pool after the start-up checks, each failing as one SetupError line.
+
+    Checked in order: both addresses are set, the broker answers, the database accepts the credentials, its
+    schema is the version this build migrates to, and every Smolit topic exists. Services never create topics or
+    migrate: `smolit init` (or `smolit up`) does, once, so N replicas never race on either.
+    """
     bootstrap = settings.kafka_bootstrap
     if bootstrap is None or settings.database_url is None:
         raise SetupError(
@@ -105,13 +119,36 @@ def wiring(settings: Settings, service: str) -> Iterator[Wiring]:
         check_broker(profile.admin(), timeout_s=10)
     except Exception as exc:
         raise SetupError(f"Kafka broker at {bootstrap} is not reachable (setting SMOLIT_KAFKA_BOOTSTRAP)") from exc
+    where = redact(settings.database_url)
+    try:
+        check_database(settings.database_url, timeout_s=10)
+        check_schema(settings.database_url, timeout_s=10)
+    except DatabaseUnreachable as exc:
+        raise SetupError(f"cannot connect to the database at {where} (setting SMOLIT_DATABASE_URL): {exc}") from exc
+    except SchemaMismatch as exc:
+        raise SetupError(f"database at {where} (setting SMOLIT_DATABASE_URL): {exc}") from exc
+    missing = missing_topics(profile.admin(), TopicNames(settings.topic_prefix), timeout_s=10)
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise SetupError(
+            f"Kafka broker at {bootstrap} has no topic {shown} (settings SMOLIT_TOPIC_PREFIX={settings.topic_prefix},"
+            " SMOLIT_KAFKA_BOOTSTRAP): create the topics with `smolit init`"
+        )
     try:
         pool = open_pool(settings.database_url, settings.db_pool_max)
     except Exception as exc:
-        raise SetupError(
-            f"database at {_redact(settings.database_url)} is not reachable (setting SMOLIT_DATABASE_URL): {exc}"
-        ) from exc
-    producer = EventProducer(profile.producer(), TopicNames(settings.topic_prefix))
+        raise SetupError(f"cannot connect to the database at {where} (setting SMOLIT_DATABASE_URL): {exc}") from exc
+    return profile, pool
+
+
+@contextmanager
+def wiring(settings: Settings, service: str) -> Iterator[Wiring]:
+    profile, pool = connect(settings, service)
+    try:
+        producer = EventProducer(profile.producer(), TopicNames(settings.topic_prefix))
+    except BaseException:
+        pool.close()
+        raise
     registry = CollectorRegistry()
     instance = f"{socket.gethostname()}-{os.getpid()}"
     try:
@@ -424,7 +461,12 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
     heartbeat.start()
     config = uvicorn.Config(app, host=w.settings.host, port=w.settings.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
-    watcher = threading.Thread(target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True)
+
+    def exit_on_stop() -> None:
+        stop.wait()
+        server.should_exit = True
+
+    watcher = threading.Thread(target=exit_on_stop, daemon=True)
     watcher.start()
     log.info("gateway ready", url=f"http://{w.settings.host}:{w.settings.port}")
     try:
@@ -491,7 +533,7 @@ def _poll_forever(producer: EventProducer, stop: threading.Event) -> None:
         producer.poll(0.1)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """Hide a password in a database URL for error messages."""
     if "@" not in url or "://" not in url:
         return url

@@ -138,7 +138,13 @@ class Stack:
         self.on_step("creating topics")
         profile = KafkaProfile(self.bootstrap, embedded=s.tansu_profile)
         try:
-            ensure_topics(profile.admin(), TopicNames(s.topic_prefix), s.topic_partitions, timeout_s=20)
+            ensure_topics(
+                profile.admin(),
+                TopicNames(s.topic_prefix),
+                s.topic_partitions,
+                timeout_s=20,
+                replication_factor=1 if s.embedded_broker else s.topic_replication_factor,
+            )
         except Exception as exc:
             raise SetupError(
                 f"Kafka broker at {self.bootstrap} is not reachable (setting SMOLIT_KAFKA_BOOTSTRAP): {exc}"

@@ -1,7 +1,13 @@
-"""Shared fixtures: one real embedded broker and one real embedded PostgreSQL per test session."""
+"""Shared fixtures: one real broker and one real PostgreSQL per test session.
+
+Embedded (Tansu in memory, embedded PostgreSQL) by default. `SMOLIT_TEST_KAFKA_BOOTSTRAP` and
+`SMOLIT_TEST_DATABASE_URL` point the same tests at an external Kafka cluster and PostgreSQL + pgvector instead (the
+CI job with service containers); tests marked `real_kafka` (transactions, compaction) run only then.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,17 +22,32 @@ from smolit.infra.db import migrate, open_pool
 from smolit.infra.embedded import EmbeddedBroker, EmbeddedPostgres
 from smolit.infra.kafka import EventProducer, KafkaProfile, ensure_topics
 
+EXTERNAL_KAFKA = "SMOLIT_TEST_KAFKA_BOOTSTRAP"
+EXTERNAL_DATABASE = "SMOLIT_TEST_DATABASE_URL"
+
+
+def external_kafka() -> str | None:
+    """Bootstrap servers of an external Kafka to test against, if the environment names one."""
+    return os.environ.get(EXTERNAL_KAFKA) or None
+
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap address of an embedded Tansu broker with in-memory storage."""
+    """Bootstrap address of the external Kafka (SMOLIT_TEST_KAFKA_BOOTSTRAP) or an in-memory embedded Tansu."""
+    if bootstrap := external_kafka():
+        yield bootstrap
+        return
     with EmbeddedBroker(tmp_path_factory.mktemp("broker"), storage="memory") as b:
         yield b.start()
 
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of an embedded PostgreSQL with pgvector and the Smolit schema."""
+    """URL of a PostgreSQL with pgvector and the Smolit schema: SMOLIT_TEST_DATABASE_URL, else an embedded one."""
+    if url := os.environ.get(EXTERNAL_DATABASE):
+        migrate(url)
+        yield url
+        return
     with EmbeddedPostgres(tmp_path_factory.mktemp("pg")) as pg:
         url = pg.start()
         migrate(url)
@@ -42,7 +63,8 @@ def pool(database_url: str) -> Iterator[ConnectionPool]:
 
 @pytest.fixture
 def profile(broker: str) -> KafkaProfile:
-    return KafkaProfile(broker, embedded=True)
+    """Client settings for the test broker: the Tansu workarounds only on the embedded one."""
+    return KafkaProfile(broker, embedded=external_kafka() is None)
 
 
 @pytest.fixture
@@ -93,8 +115,15 @@ def embedder():
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under integration/ and e2e/ carry their marker even if a module forgets it."""
+    """Tests under integration/ and e2e/ carry their marker even if a module forgets it; `real_kafka` tests skip
+    on the embedded broker."""
+    needs_real = pytest.mark.skip(
+        reason=f"needs a real Kafka cluster (transactions/compaction; the embedded Tansu broker does not support"
+        f" them): set {EXTERNAL_KAFKA}"
+    )
     for item in items:
+        if "real_kafka" in item.keywords and external_kafka() is None:
+            item.add_marker(needs_real)
         path = Path(str(item.fspath))
         if "integration" in path.parts:
             item.add_marker(pytest.mark.integration)

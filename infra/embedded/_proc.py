@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
@@ -100,7 +101,8 @@ class Child:
 
     name: str
     proc: subprocess.Popen[bytes]
-    log_path: Path
+    log_path: Path | None
+    """None: the child writes to this process's stdout/stderr."""
 
     @property
     def pid(self) -> int:
@@ -110,7 +112,8 @@ class Child:
         return self.proc.poll() is None
 
     def failure(self, what: str) -> EmbeddedStartError:
-        return EmbeddedStartError(f"{self.name} {what}; see {self.log_path}")
+        where = f"see {self.log_path}" if self.log_path is not None else "see its output above"
+        return EmbeddedStartError(f"{self.name} {what}; {where}")
 
 
 def _death_signal_hook(sig: signal.Signals, parent_pid: int) -> Callable[[], None]:
@@ -126,7 +129,7 @@ def _death_signal_hook(sig: signal.Signals, parent_pid: int) -> Callable[[], Non
 def spawn(
     name: str,
     argv: Sequence[str],
-    log_path: Path,
+    log_path: Path | None,
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
@@ -134,17 +137,23 @@ def spawn(
     gid: int | None = None,
     death_signal: signal.Signals = signal.SIGTERM,
 ) -> Child:
-    """Start `argv` in its own session with output appended to `log_path`, optionally as uid/gid."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
-        log.flush()
+    """Start `argv` in its own session with output appended to `log_path`, optionally as uid/gid.
+
+    `log_path=None` keeps the child on this process's stdout/stderr (container logs, process managers).
+    """
+    with contextlib.ExitStack() as stack:
+        log: IO[bytes] | None = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = stack.enter_context(log_path.open("ab"))
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
+            log.flush()
         try:
             proc = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.STDOUT if log is not None else None,
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
                 start_new_session=True,

@@ -1,6 +1,6 @@
 """Kafka adapters: client profiles, the event producer, the one consumer loop, dedupe, topic admin, a reader."""
 
-from .admin import BrokerUnreachable, check_broker, ensure_topics
+from .admin import BrokerUnreachable, check_broker, ensure_topics, missing_topics
 from .consumer import ConsumerLoop, Handler, LoopConfig, RetryableError, dead_letter
 from .dedupe import Deduper, MemoryDeduper, PostgresDeduper
 from .producer import EventProducer, Outgoing, ProduceError
@@ -24,5 +24,6 @@ __all__ = [
     "check_broker",
     "dead_letter",
     "ensure_topics",
+    "missing_topics",
     "read_topic_events",
 ]

@@ -23,15 +23,26 @@ def check_broker(config: dict[str, object], timeout_s: float = 5.0) -> list[str]
     return sorted(meta.topics)
 
 
-def ensure_topics(config: dict[str, object], topics: TopicNames, partitions: int, timeout_s: float = 30.0) -> None:
-    """Create every Smolit topic that does not exist yet (existing ones are left alone)."""
+def missing_topics(config: dict[str, object], topics: TopicNames, timeout_s: float = 5.0) -> list[str]:
+    """Smolit topics that do not exist on the broker (services check this at start instead of creating them)."""
     existing = set(check_broker(config, timeout_s))
-    missing = [name for name in topics.all() if name not in existing]
+    return [name for name in topics.all() if name not in existing]
+
+
+def ensure_topics(
+    config: dict[str, object],
+    topics: TopicNames,
+    partitions: int,
+    timeout_s: float = 30.0,
+    replication_factor: int = 1,
+) -> list[str]:
+    """Create every Smolit topic that does not exist yet (existing ones are left alone); returns those created."""
+    missing = missing_topics(config, topics, timeout_s)
     if not missing:
-        return
+        return []
     admin = AdminClient(config)
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in missing],
+        [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor) for name in missing],
         operation_timeout=timeout_s,
     )
     for name, future in futures.items():
@@ -41,3 +52,4 @@ def ensure_topics(config: dict[str, object], topics: TopicNames, partitions: int
             if exc.args and exc.args[0].code() == 36:  # TOPIC_ALREADY_EXISTS: a peer created it first
                 continue
             raise RuntimeError(f"could not create topic {name}: {exc}") from exc
+    return missing

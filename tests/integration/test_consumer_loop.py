@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -14,7 +16,8 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 
-from smolit.contracts import AnswerProduced, DeadLetter, Event, RequestReceived, Topic, TopicNames
+from smolit.contracts import AnswerProduced, DeadLetter, Event, RequestReceived, Topic, TopicNames, encode
+from smolit.contracts.serde import HEADER_VERSION
 from smolit.infra.kafka import (
     ConsumerLoop,
     EventProducer,
@@ -146,6 +149,25 @@ def test_poison_message_goes_to_dlq_and_the_next_is_processed(harness: Harness) 
     assert "undecodable" in dead[0].error and "not JSON" in dead[0].error
     assert dead[0].source_topic == harness.topics(Topic.REQUESTS)
     assert [a.answer for a in answers] == ["after the poison"]  # type: ignore[attr-defined]
+    assert _wait_for(lambda: harness.committed() == 2)
+
+
+def test_event_from_a_newer_schema_version_goes_to_dlq(harness: Harness) -> None:
+    """An event whose schema_version this build does not know yet is dead-lettered with the reason, not misread."""
+    harness.start(lambda events: [_echo(e) for e in events])
+    value, headers = encode(_request("from the future"))
+    newer = json.loads(value) | {"schema_version": 99}  # what a newer producer build writes, headers included
+    headers = [(k, b"99" if k == HEADER_VERSION else v) for k, v in headers]
+    harness.producer.send_raw(harness.topics(Topic.REQUESTS), b"k", json.dumps(newer).encode(), headers)
+    harness.producer.flush()
+    harness.send(_request("current version"))
+    dead = read_events(harness.profile, harness.topics, Topic.DLQ, 1)
+    answers = read_events(harness.profile, harness.topics, Topic.ANSWERS, 1)
+    assert isinstance(dead[0], DeadLetter)
+    assert "RequestReceived schema_version 99 is newer than this build (1)" in dead[0].error
+    assert dead[0].correlation_id == UUID(newer["event_id"])  # the record keeps its identity in the DLQ
+    assert dead[0].headers[HEADER_VERSION] == "99"
+    assert [a.answer for a in answers] == ["current version"]  # type: ignore[attr-defined]
     assert _wait_for(lambda: harness.committed() == 2)
 
 
