@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool
 from smolit.contracts import AgentCard, Topic, TopicNames
 from smolit.infra.agent_gauges import AgentGaugeProjection, AgentGauges
 from smolit.infra.cards import load_cards
+from smolit.infra.catalog import CardCatalog
 from smolit.infra.db import open_pool
 from smolit.infra.heartbeat import Heartbeat
 from smolit.infra.kafka import (
@@ -90,6 +91,21 @@ def limit_threads(threads: int) -> None:
     """One compute pool per process, sized on purpose (must run before numpy/onnxruntime start their pools)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
+
+
+def follow_lifecycle(w: Wiring, service: str, handler: Handler) -> ConsumerLoop:
+    """Replay the agent-lifecycle topic into `handler` now (so the service starts with every agent created so
+    far), then return the loop that follows it. Each instance reads under its own group from the start: the log is
+    where runtime agents persist; re-applying an event is a no-op."""
+    from smolit.infra.kafka.reader import TopicMissing, read_topic_events
+
+    try:
+        history = read_topic_events(w.profile.consumer("lifecycle-replay"), w.topics(Topic.AGENT_LIFECYCLE))
+    except TopicMissing:
+        history = []
+    handler(history)
+    group = f"smolit-{service}-lifecycle-{w.instance}"
+    return w.loop(group, [Topic.AGENT_LIFECYCLE], handler, dedupe=False)
 
 
 @contextmanager
@@ -193,12 +209,14 @@ def _run_router(w: Wiring, stop: threading.Event) -> None:
         metrics=RouterMetrics.create(w.registry),
         exploration=w.settings.exploration,
     )
+    catalog = CardCatalog(load_cards(w.settings.agents_dir), lambda cards, _: router.use_cards(cards))
+    agents = follow_lifecycle(w, "router", catalog.handle)  # agents created at runtime, before the first request
     watcher = ModelWatcher(router, _champion_loader(w.settings, router))
     watcher.refresh()  # route with the registry's champion from the first request, if there is one
     loop = w.loop("smolit-router", [Topic.REQUESTS], router.handle)
     # Every router instance must hear every promotion, so each reads the models topic under its own group.
     models = w.loop(f"smolit-router-models-{w.instance}", [Topic.ROUTER_MODELS], watcher.handle, dedupe=False)
-    _run_consumers(w, "router", [loop, models], stop, w.settings.router_metrics_port)
+    _run_consumers(w, "router", [loop, models, agents], stop, w.settings.router_metrics_port)
 
 
 def _champion_loader(settings: Settings, router: Router) -> Callable[[], NetworkScorer | None]:
@@ -251,7 +269,41 @@ def _run_learner(w: Wiring, stop: threading.Event) -> None:
     loop = w.loop("smolit-learner", [Topic.TRAINING_EXAMPLES], learner.handle)
     timer = threading.Thread(target=_tick_learner, args=(learner, w.producer, stop), name="learner-timer", daemon=True)
     timer.start()
-    _run_consumers(w, "learner", [loop], stop, s.learner_metrics_port)
+    _run_consumers(w, "learner", [loop, *_proposer_loops(w)], stop, s.learner_metrics_port)
+
+
+def _proposer_loops(w: Wiring) -> list[ConsumerLoop]:
+    """New domains -> new agents: low-confidence decisions clustered, proposals (or agents, in auto mode) out."""
+    from smolit.infra.embedder import build_embedder
+    from smolit.infra.knowledge import KnowledgeStore
+    from smolit.learner import AgentProposer, Discovery, ProposerMetrics
+
+    s = w.settings
+    if s.discovery == "off":
+        return []
+    store = KnowledgeStore(w.pool, s.hnsw_ef_search)
+    proposer = AgentProposer(
+        Discovery(discovery_config(s)),
+        load_cards(s.agents_dir),
+        build_embedder(s),
+        ProposerMetrics.create(w.registry),
+        mode=s.discovery,
+        knowledge=lambda c: store.pool_sources(c, s.discovery_knowledge_min_score, s.discovery_knowledge_max),
+    )
+    lifecycle = follow_lifecycle(w, "proposer", proposer.handle_lifecycle)
+    return [w.loop("smolit-proposer", [Topic.DECISIONS], proposer.handle_decisions), lifecycle]
+
+
+def discovery_config(settings: Settings) -> Any:
+    from smolit.learner import DiscoveryConfig
+
+    return DiscoveryConfig(
+        window=settings.discovery_window,
+        min_size=settings.discovery_min_size,
+        min_cohesion=settings.discovery_min_cohesion,
+        clone_similarity=settings.discovery_clone_similarity,
+        duplicate_similarity=settings.discovery_duplicate_similarity,
+    )
 
 
 def _tick_learner(learner: Learner, producer: EventProducer, stop: threading.Event) -> None:
@@ -269,7 +321,14 @@ def _tick_learner(learner: Learner, producer: EventProducer, stop: threading.Eve
 
 
 def _run_agents(w: Wiring, stop: threading.Event) -> None:
-    from smolit.agents import AgentMetrics, AgentRuntime, DeadlineSweeper, ParkingLot, SubqueryPolicy
+    from smolit.agents import (
+        AgentMetrics,
+        AgentRuntime,
+        DeadlineSweeper,
+        ParkingLot,
+        SubqueryPolicy,
+        catalog_listener,
+    )
     from smolit.agents.tools import ToolRunner
     from smolit.infra.knowledge import KnowledgeStore
     from smolit.infra.llm import CompletionCache, build_llms
@@ -308,10 +367,12 @@ def _run_agents(w: Wiring, stop: threading.Event) -> None:
         embedder=_LazyEmbedder(s) if _tool_calls_possible(s, cards) else None,
         tools=tools,
     )
+    catalog = CardCatalog(cards, catalog_listener(runtime, KnowledgeStore(w.pool, s.hnsw_ef_search)))
+    agents = follow_lifecycle(w, "agents", catalog.handle)
     # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
     loop = w.loop("smolit-agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
     sweeper = DeadlineSweeper(runtime.sweep, runtime.delivered, w.producer, s.subquery_sweep_s)
-    _run_consumers(w, "agents", [loop], stop, s.agents_metrics_port, sweeper)
+    _run_consumers(w, "agents", [loop, agents], stop, s.agents_metrics_port, sweeper)
 
 
 def _tool_calls_possible(settings: Settings, cards: dict[str, AgentCard]) -> bool:
@@ -400,7 +461,9 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
     gauge_loop = w.loop(
         f"smolit-gauges-{w.instance}", [Topic.AGENT_METRICS, Topic.AGENT_LIFECYCLE], gauges.handle, dedupe=False
     )
-    cards = load_cards(w.settings.agents_dir)
+    # Agents created at runtime join the model list (/v1/models) and the agents a request may name.
+    cards = CardCatalog(load_cards(w.settings.agents_dir))
+    catalog_loop = follow_lifecycle(w, "gateway", cards.handle)
     app = create_app(
         GatewayDeps(
             producer=w.producer,
@@ -417,6 +480,7 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
     )
     thread = loop.start_thread()
     gauge_thread = gauge_loop.start_thread()
+    catalog_thread = catalog_loop.start_thread()
     loop.assigned.wait(30)
     poller = threading.Thread(target=_poll_forever, args=(w.producer, stop), name="producer-poll", daemon=True)
     poller.start()
@@ -434,11 +498,13 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
         heartbeat.stop()
         loop.stop()
         gauge_loop.stop()
+        catalog_loop.stop()
         thread.join(15)
         gauge_thread.join(15)
+        catalog_thread.join(15)
 
 
-def _authenticator(w: Wiring, cards: dict[str, AgentCard]) -> Any:
+def _authenticator(w: Wiring, cards: Mapping[str, AgentCard]) -> Any:
     from smolit.gateway.auth import Authenticator
     from smolit.gateway.ratelimit import RateLimiter
     from smolit.infra.keys import KeyStore
