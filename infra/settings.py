@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     (`smolit agents proposals`, `smolit agents approve ID`), `auto` also creates the agent, `off` looks for none."""
     discovery_window: int = Field(default=400, ge=10)
     """Most recent low-confidence requests the clustering looks at."""
-    discovery_min_size: int = Field(default=10, ge=2)
+    discovery_min_size: int = Field(default=20, ge=2)
     """Low-confidence requests a cluster needs before it is a new domain."""
     discovery_min_cohesion: float = Field(default=0.18, gt=0, lt=1)
     """Mean pairwise cosine similarity a cluster's requests must reach (MiniLM: ~0.2 within a topic, ~0.06

@@ -74,9 +74,15 @@ def proposals(
         nearest = f"{r['nearest_agent']} ({r['nearest_similarity']:.2f})" if r["nearest_agent"] else "-"
         example = r["examples"][0][:60] if r["examples"] else ""
         table.add_row(
-            r["id"], r["status"], r["agent"], str(r["requests"]), f"{r['cohesion']:.2f}", str(len(r["knowledge"])),
-            nearest, example,
-        )  # fmt: skip
+            r["id"],
+            r["status"],
+            r["agent"],
+            str(r["requests"]),
+            f"{r['cohesion']:.2f}",
+            str(len(r["knowledge"])),
+            nearest,
+            example,
+        )
     out.print(table)
 
 
