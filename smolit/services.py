@@ -93,10 +93,9 @@ def limit_threads(threads: int) -> None:
         os.environ.setdefault(var, str(threads))
 
 
-def follow_lifecycle(w: Wiring, service: str, handler: Handler) -> ConsumerLoop:
-    """Replay the agent-lifecycle topic into `handler` now (so the service starts with every agent created so
-    far), then return the loop that follows it. Each instance reads under its own group from the start: the log is
-    where runtime agents persist; re-applying an event is a no-op."""
+def replay_lifecycle(w: Wiring, handler: Handler) -> None:
+    """Feed the agent-lifecycle topic, from its start to its current end, to `handler` (the log is where agents
+    created at runtime persist)."""
     from smolit.infra.kafka.reader import TopicMissing, read_topic_events
 
     try:
@@ -104,6 +103,13 @@ def follow_lifecycle(w: Wiring, service: str, handler: Handler) -> ConsumerLoop:
     except TopicMissing:
         history = []
     handler(history)
+
+
+def follow_lifecycle(w: Wiring, service: str, handler: Handler) -> ConsumerLoop:
+    """Replay the agent-lifecycle topic into `handler` now (so the service starts with every agent created so
+    far), then return the loop that follows it. Each instance reads under its own group from the start: re-applying
+    an event is a no-op."""
+    replay_lifecycle(w, handler)
     group = f"smolit-{service}-lifecycle-{w.instance}"
     return w.loop(group, [Topic.AGENT_LIFECYCLE], handler, dedupe=False)
 
@@ -247,8 +253,9 @@ def _run_learner(w: Wiring, stop: threading.Event) -> None:
 
     s = w.settings
     torch.set_num_threads(s.threads)
+    embedder = _Serial(build_embedder(s))  # two lifecycle loops embed cards, each in its own thread
     learner = Learner(
-        AgentFeatures.from_cards(load_cards(s.agents_dir), build_embedder(s)),
+        AgentFeatures.from_cards(load_cards(s.agents_dir), embedder),
         open_registry(s.tracking_uri, s.data_dir),
         LearnerMetrics.create(w.registry),
         LearnerConfig(
@@ -269,12 +276,16 @@ def _run_learner(w: Wiring, stop: threading.Event) -> None:
     loop = w.loop("smolit-learner", [Topic.TRAINING_EXAMPLES], learner.handle)
     timer = threading.Thread(target=_tick_learner, args=(learner, w.producer, stop), name="learner-timer", daemon=True)
     timer.start()
-    _run_consumers(w, "learner", [loop, *_proposer_loops(w)], stop, s.learner_metrics_port)
+    # Agents created at runtime: the learner trains on their outcomes too.
+    catalog = CardCatalog(
+        load_cards(s.agents_dir), lambda cards, _: learner.use_agents(AgentFeatures.from_cards(cards, embedder))
+    )
+    agents = follow_lifecycle(w, "learner", catalog.handle)
+    _run_consumers(w, "learner", [loop, agents, *_proposer_loops(w, embedder)], stop, s.learner_metrics_port)
 
 
-def _proposer_loops(w: Wiring) -> list[ConsumerLoop]:
+def _proposer_loops(w: Wiring, embedder: Any) -> list[ConsumerLoop]:
     """New domains -> new agents: low-confidence decisions clustered, proposals (or agents, in auto mode) out."""
-    from smolit.infra.embedder import build_embedder
     from smolit.infra.knowledge import KnowledgeStore
     from smolit.learner import AgentProposer, Discovery, ProposerMetrics
 
@@ -285,7 +296,7 @@ def _proposer_loops(w: Wiring) -> list[ConsumerLoop]:
     proposer = AgentProposer(
         Discovery(discovery_config(s)),
         load_cards(s.agents_dir),
-        build_embedder(s),
+        embedder,
         ProposerMetrics.create(w.registry),
         mode=s.discovery,
         knowledge=lambda c: store.pool_sources(c, s.discovery_knowledge_min_score, s.discovery_knowledge_max),
@@ -380,6 +391,18 @@ def _tool_calls_possible(settings: Settings, cards: dict[str, AgentCard]) -> boo
     return any(c.consults and (c.llm.backend or settings.llm_backend) == "openai" for c in cards.values())
 
 
+class _Serial:
+    """One embedder shared by several consumer threads, one call at a time (the tokenizer keeps per-call state)."""
+
+    def __init__(self, embedder: Any) -> None:
+        self._embedder = embedder
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        with self._lock:
+            return self._embedder.embed(texts)
+
+
 class _LazyEmbedder:
     """Loads the embedder on the first consult_agent call, so agents that never use the tool never pay for it."""
 
@@ -425,7 +448,11 @@ def _run_streams(w: Wiring, stop: threading.Event) -> None:
 
     from smolit.streams import StreamMetrics, StreamsApp
 
-    known = frozenset(load_cards(w.settings.agents_dir)) | {w.settings.fallback_agent}
+    # Agents created at runtime so far count under their names; ones created while this worker runs count under
+    # `unknown` until its next start (the faust topology's catalogue is fixed when it starts).
+    catalog = CardCatalog(load_cards(w.settings.agents_dir))
+    replay_lifecycle(w, catalog.handle)
+    known = frozenset(catalog) | {w.settings.fallback_agent}
     bound = serve_metrics(w.registry, w.settings.host, w.settings.streams_metrics_port)
     heartbeat = Heartbeat(w.pool, "streams", w.instance)
     heartbeat.info = {"metrics_port": bound}

@@ -222,3 +222,20 @@ def test_catalog_adds_created_agents_and_keeps_its_state_when_a_listener_fails()
 def test_proposal_centroid_round_trips() -> None:
     """The centroid travels in the wire form of vectors."""
     assert unpack_vector(_proposal().centroid) == [1.0, 0.0]
+
+
+def test_the_learner_trains_on_agents_created_at_runtime(tmp_path, embedder) -> None:
+    """After use_agents with a created card, outcomes of the new agent are learned instead of skipped."""
+    from smolit.infra.registry import open_registry
+    from smolit.learner import Learner, LearnerMetrics
+    from smolit.learner.trainer import Outcome
+
+    cards = load_cards()
+    registry = open_registry(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
+    learner = Learner(AgentFeatures.from_cards(cards, embedder), registry, LearnerMetrics.create(CollectorRegistry()))
+    vector = embedder.embed([COOKING[0]])[0]
+    assert learner.trainer.add([Outcome(vector, "cooking", True)]) == 0
+    cards["cooking"] = AgentCard(name="cooking", description="Cooking and baking questions", examples=COOKING[:3])
+    learner.use_agents(AgentFeatures.from_cards(cards, embedder))
+    assert "cooking" in learner.trainer.features.agents
+    assert learner.trainer.add([Outcome(vector, "cooking", True)]) == 1
