@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from smolit.contracts import Event, Topic, TopicNames
+from smolit.contracts import AgentCard, AgentCreated, AgentUpdated, Event, Topic, TopicNames
 from smolit.infra.settings import Settings, load_settings
 
 from .errors import SetupError
@@ -36,6 +36,15 @@ def _lifecycle(settings: Settings) -> list[Event]:
         return []
     except Exception as exc:  # confluent-kafka: broker down or unknown
         raise SetupError(f"could not read {topic} from the broker (SMOLIT_KAFKA_BOOTSTRAP): {exc}") from exc
+
+
+def runtime_cards(settings: Settings) -> dict[str, AgentCard]:
+    """Agents created or updated at runtime (newest card per name), or none when no running system is found."""
+    try:
+        events = _lifecycle(settings)
+    except SetupError:
+        return {}
+    return {e.card.name: e.card for e in events if isinstance(e, AgentCreated | AgentUpdated)}
 
 
 def proposals(
@@ -101,7 +110,7 @@ def approve(
     settings = load_settings()
     events = _lifecycle(settings)
     existing = set(load_cards(settings.agents_dir))
-    existing |= {e.card.name for e in events if e.type in ("AgentCreated", "AgentUpdated")}  # type: ignore[attr-defined]
+    existing |= {e.card.name for e in events if isinstance(e, AgentCreated | AgentUpdated)}
     try:
         created = approval(proposal_id, events, existing, name)
     except ProposalError as exc:

@@ -240,6 +240,10 @@ def ingest(
     if (agent is None) == (not pool):
         raise typer.BadParameter("give exactly one of --agent NAME and --pool")
     card = _cards(settings).get(agent) if agent else None
+    if agent and card is None:  # an agent created at runtime (`smolit agents approve`)?
+        from .agents_cli import runtime_cards
+
+        card = runtime_cards(settings).get(agent)
     if agent and card is None:
         raise SetupError(f"unknown agent {agent!r}; known: {', '.join(sorted(_cards(settings)))}")
     collection, domain = (card.knowledge_collection, card.domain) if card else (POOL_COLLECTION, None)
@@ -283,8 +287,10 @@ def agents(
         return
     from smolit.infra.knowledge import KnowledgeStore
 
+    from .agents_cli import runtime_cards
+
     settings = load_settings(data_dir=data_dir)
-    cards = _cards(settings)
+    cards = _cards(settings) | runtime_cards(settings)  # card files and agents created at runtime
     with _pool(settings) as pool:
         stats = {s.collection: s for s in KnowledgeStore(pool).stats()}
     rows = []

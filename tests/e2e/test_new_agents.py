@@ -88,7 +88,7 @@ def _propose(data_dir: Path) -> AgentProposed:
     state = json.loads((data_dir / "run" / "state.json").read_text())
     pool = open_pool(state["database_url"], 1)
     try:
-        knowledge = tuple(KnowledgeStore(pool).pool_sources(centroid, 0.35, 20))  # as the learner matches the pool
+        knowledge = tuple(KnowledgeStore(pool).pool_sources(centroid, 0.25, 20))  # as the learner matches the pool
     finally:
         pool.close()
     proposal = AgentProposed(

@@ -3,6 +3,7 @@ one proposal; approving it creates an agent the router routes to and the agents 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,7 @@ class System:
     router_cards: CardCatalog
     agent_cards: CardCatalog
     registry: CollectorRegistry
+    database_url: str
 
     def ask(self, texts: Sequence[str]) -> list[RequestReceived]:
         requests = [
@@ -76,9 +78,10 @@ class System:
             "SMOLIT_KAFKA_BOOTSTRAP": self.profile.bootstrap,
             "SMOLIT_KAFKA_PROFILE": "tansu",
             "SMOLIT_TOPIC_PREFIX": self.topics.prefix,
+            "SMOLIT_DATABASE_URL": self.database_url,
         }
         return subprocess.run(
-            [sys.executable, "-m", "smolit", "agents", *args], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "smolit", *args], env=env, capture_output=True, text=True, timeout=120
         )
 
 
@@ -113,7 +116,7 @@ def running(profile, topics, producer, pool, embedder, threshold: float = 0.25) 
         cards,
         embedder,
         metrics,
-        knowledge=lambda centroid: store.pool_sources(centroid, 0.35, 20),
+        knowledge=lambda centroid: store.pool_sources(centroid, 0.25, 20),
     )
     router_cards = CardCatalog(cards, lambda new, _: router.use_cards(new))
     agent_cards = CardCatalog(cards, catalog_listener(runtime, store))
@@ -138,7 +141,7 @@ def running(profile, topics, producer, pool, embedder, threshold: float = 0.25) 
     try:
         for lp in loops:
             assert lp.assigned.wait(30), "consumer group join timed out"
-        yield System(profile, topics, producer, router, router_cards, agent_cards, registry)
+        yield System(profile, topics, producer, router, router_cards, agent_cards, registry, pool.conninfo)
     finally:
         for lp in loops:
             lp.stop()
@@ -146,7 +149,9 @@ def running(profile, topics, producer, pool, embedder, threshold: float = 0.25) 
             thread.join(15)
 
 
-def test_a_new_domain_becomes_one_agent_that_routes_and_answers(profile, topics, producer, pool, embedder) -> None:
+def test_a_new_domain_becomes_one_agent_that_routes_and_answers(
+    profile, topics, producer, pool, embedder, tmp_path
+) -> None:
     """A burst of cooking questions (no agent covers cooking) yields exactly one proposal with matching pool
     documents; an unknown id is refused with nothing produced; approving creates the agent, the router sends a new
     cooking question to it and the agents service answers from the documents it took over from the pool."""
@@ -164,20 +169,26 @@ def test_a_new_domain_becomes_one_agent_that_routes_and_answers(profile, topics,
         assert isinstance(proposal, AgentProposed) and proposal.size >= 10
         assert set(proposal.knowledge) == {f"{tag}/cooking/bread.md", f"{tag}/cooking/chicken.md"}
 
-        listed = system.cli("proposals", "--json")
+        listed = system.cli("agents", "proposals", "--json")
         assert listed.returncode == 0 and proposal.proposal_id in listed.stdout
 
-        refused = system.cli("approve", "no-such-id")
+        refused = system.cli("agents", "approve", "no-such-id")
         assert refused.returncode == 2 and "no proposal 'no-such-id'" in refused.stderr
         assert "Traceback" not in refused.stderr
         assert len(system.lifecycle(2, timeout_s=3)) == 1  # nothing produced
 
         name = f"cooking-{tag}"
-        approved = system.cli("approve", proposal.proposal_id, "--name", name)
+        approved = system.cli("agents", "approve", proposal.proposal_id, "--name", name)
         assert approved.returncode == 0, approved.stderr
         created = system.lifecycle(2)[1]
         assert isinstance(created, AgentCreated) and created.card.name == name
         assert _wait(lambda: name in system.router_cards and name in system.agent_cards)
+        listed = system.cli("agents", "--json")
+        assert listed.returncode == 0 and name in {a["agent"] for a in json.loads(listed.stdout)}
+        extra = tmp_path / "pasta.md"
+        extra.write_text("Cook pasta in plenty of salted boiling water and stir it in the first minute.")
+        ingested = system.cli("ingest", str(extra), "--agent", name, "--json")  # a runtime agent takes documents
+        assert ingested.returncode == 0 and json.loads(ingested.stdout)["counts"] == {"added": 1}, ingested.stderr
 
         [request] = system.ask([NEW_COOKING_QUESTION])
         answers = read_events(profile, topics, Topic.ANSWERS, len(COOKING) + 1, timeout_s=30)
