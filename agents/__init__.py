@@ -1,5 +1,6 @@
 """Agents: the runtime that answers tasks, retrieval through the knowledge store, and knowledge ingestion."""
 
+from .catalog import catalog_listener
 from .chunking import chunk_text, split_sentences
 from .documents import JsonlFields, parse_html, parse_pdf, read_documents
 from .ingest import FileError, Ingestor, IngestReport, RawDocument, content_hash, read_text_files
@@ -19,6 +20,7 @@ __all__ = [
     "ParkingLot",
     "RawDocument",
     "SubqueryPolicy",
+    "catalog_listener",
     "chunk_text",
     "content_hash",
     "merge_answers",

@@ -148,6 +148,14 @@ class AgentRuntime:
         if parking is None:
             self._policy = SubqueryPolicy(max_depth=0, budget=0)
 
+    @property
+    def cards(self) -> Mapping[str, AgentCard]:
+        return self._cards
+
+    def use_cards(self, cards: Mapping[str, AgentCard]) -> None:
+        """Answer for these agents from now on (agents created or updated at runtime); one reference swap."""
+        self._cards = dict(cards)
+
     def handle(self, events: Sequence[Event]) -> list[Outgoing]:
         outputs: list[Outgoing] = []
         for event in events:

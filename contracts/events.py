@@ -313,6 +313,33 @@ class RolledBack(Event):
 class AgentCreated(Event):
     type: Literal["AgentCreated"] = "AgentCreated"
     card: AgentCard
+    proposal_id: str | None = None
+    """The `AgentProposed` this agent was created from (auto mode or `smolit agents approve`); `None`: by hand."""
+    knowledge: tuple[str, ...] = ()
+    """Sources of knowledge-pool documents the new agent takes over into its own collection."""
+
+
+class AgentProposed(Event):
+    type: Literal["AgentProposed"] = "AgentProposed"
+    proposal_id: str = Field(min_length=1, max_length=64)
+    """Short id an operator approves (`smolit agents approve ID`)."""
+    card: AgentCard
+    """The proposed agent: name and description from the cluster's top terms, its requests as examples, a
+    system prompt built from them."""
+    knowledge: tuple[str, ...] = ()
+    """Knowledge-pool document sources matching the cluster (taken over when the agent is created)."""
+    centroid: str
+    """Normalised mean embedding of the cluster (contracts.vectors wire form): later clusters this close to it
+    are the same topic and are not proposed again."""
+    size: int = Field(ge=1)
+    """Low-confidence requests in the cluster."""
+    cohesion: float
+    """Mean pairwise cosine similarity of the cluster's requests."""
+    terms: tuple[str, ...] = ()
+    """Top terms of the cluster against the window (what the name and description come from)."""
+    nearest_agent: str | None = None
+    """Existing agent whose card is closest to the cluster, and how close (below the no-clone threshold)."""
+    nearest_similarity: float | None = None
 
 
 class AgentUpdated(Event):
@@ -394,6 +421,7 @@ AnyEvent = Annotated[
     | RouterModelPromoted
     | RolledBack
     | AgentCreated
+    | AgentProposed
     | AgentUpdated
     | AgentFlagged
     | AgentRetired
@@ -419,6 +447,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RouterModelPromoted,
         RolledBack,
         AgentCreated,
+        AgentProposed,
         AgentUpdated,
         AgentFlagged,
         AgentRetired,

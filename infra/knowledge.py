@@ -13,6 +13,10 @@ from psycopg_pool import ConnectionPool
 
 UpsertResult = Literal["added", "replaced", "unchanged"]
 
+POOL_COLLECTION = "_pool"
+"""Documents no agent owns yet (`smolit ingest --pool`); a new agent takes over the ones matching its domain.
+Agent names start with a letter, so no agent's collection can be called this."""
+
 
 @dataclass(frozen=True)
 class Document:
@@ -143,6 +147,32 @@ class KnowledgeStore:
                 (collection, source),
             ).fetchone()
         return StoredDocument(*row) if row else None
+
+    def pool_sources(self, embedding: np.ndarray, min_score: float, limit: int) -> list[str]:
+        """Sources of knowledge-pool documents with a chunk at least `min_score` close to `embedding`, best
+        first (at most `limit`)."""
+        if limit <= 0:
+            return []
+        hits = self.search(POOL_COLLECTION, embedding, k=limit * 4, min_score=min_score)
+        return list(dict.fromkeys(h.source for h in hits))[:limit]
+
+    def claim(self, sources: Sequence[str], collection: str) -> int:
+        """Move knowledge-pool documents into `collection` (a new agent's); returns how many moved. Idempotent:
+        documents already moved, or whose source the collection already holds, stay where they are."""
+        if not sources:
+            return 0
+        with self._pool.connection() as conn, conn.transaction():
+            moved = conn.execute(
+                "UPDATE documents d SET collection = %s WHERE d.collection = %s AND d.source = ANY(%s)"
+                " AND NOT EXISTS (SELECT 1 FROM documents o WHERE o.collection = %s AND o.source = d.source)"
+                " RETURNING d.id",
+                (collection, POOL_COLLECTION, list(sources), collection),
+            ).fetchall()
+            if moved:
+                conn.execute(
+                    "UPDATE chunks SET collection = %s WHERE document_id = ANY(%s)", (collection, [r[0] for r in moved])
+                )
+        return len(moved)
 
     def delete_collection(self, collection: str) -> int:
         """Remove a collection's documents and chunks; returns the number of documents removed."""

@@ -132,6 +132,28 @@ class Settings(BaseSettings):
     learner_seed: int = 42
     """Seed of the learner's network, sampling and holdout choice (replays are reproducible)."""
 
+    # --- New domains -> new agents ------------------------------------------------------------------
+    discovery: Literal["off", "approve", "auto"] = "approve"
+    """What the learner does with a new domain found among low-confidence requests: `approve` emits a proposal
+    (`smolit agents proposals`, `smolit agents approve ID`), `auto` also creates the agent, `off` looks for none."""
+    discovery_window: int = Field(default=400, ge=10)
+    """Most recent low-confidence requests the clustering looks at."""
+    discovery_min_size: int = Field(default=20, ge=2)
+    """Low-confidence requests a cluster needs before it is a new domain."""
+    discovery_min_cohesion: float = Field(default=0.18, gt=0, lt=1)
+    """Mean pairwise cosine similarity a cluster's requests must reach (MiniLM: ~0.2 within a topic, ~0.06
+    between topics)."""
+    discovery_clone_similarity: float = Field(default=0.3, gt=0, le=1)
+    """A cluster whose centroid is this close to an existing agent's card (description + examples) belongs to
+    that agent: no proposal (never a clone)."""
+    discovery_duplicate_similarity: float = Field(default=0.45, gt=0, le=1)
+    """A cluster this close to an earlier proposal's centroid is the same topic: never proposed twice."""
+    discovery_knowledge_min_score: float = Field(default=0.25, ge=-1, le=1)
+    """Knowledge-pool documents whose best chunk is this close to the cluster go to the proposed agent (cooking
+    clusters: 0.31-0.52 to cooking documents, about 0 to an astronomy one)."""
+    discovery_knowledge_max: int = Field(default=20, ge=0)
+    """Most knowledge-pool documents one proposal takes."""
+
     # --- Gateway -----------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     """Interface the gateway and metrics servers bind to."""

@@ -129,6 +129,17 @@ class Learner:
         self.metrics.champion_version.set(float(registered))
         log.info("champion changed in the registry", version=registered)
 
+    def use_agents(self, features: AgentFeatures) -> None:
+        """Train and evaluate over this agent set from now on (agents created at runtime): their outcomes are
+        learned from the next example on; learned corrections of known agents are kept."""
+        with self._lock:
+            features = features.centered_on(self.trainer.features.center)
+            self._features = features
+            self.trainer.set_features(features)
+            if self.champion is not None:
+                self.champion.set_features(features)
+        log.info("learner agents", agents=features.agents)
+
     def _frozen_copy(self, trainer: Trainer) -> Trainer:
         return Trainer(copy.deepcopy(trainer.net), trainer.features, seed=self.config.seed)
 

@@ -34,8 +34,8 @@ def decide(
     if requested is not None and requested in scores:
         return Decision(requested, scores[requested], low_confidence=False)
     best = max(sorted(scores), key=lambda a: scores[a])  # sorted: ties break by name, deterministically
-    if best == fallback:
-        return Decision(best, scores[best], low_confidence=False)
+    if best == fallback:  # still low-confidence when even the fallback is unsure: no agent fits (a new domain?)
+        return Decision(best, scores[best], low_confidence=scores[best] < threshold)
     if scores[best] < threshold and fallback in scores:
         return Decision(fallback, scores[fallback], low_confidence=True)
     return Decision(best, scores[best], low_confidence=scores[best] < threshold)

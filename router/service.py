@@ -132,6 +132,18 @@ class Router:
     def model_version(self) -> str:
         return self._network.version if self._network is not None else self._scorer.version
 
+    def use_cards(self, cards: Mapping[str, AgentCard]) -> None:
+        """Score these agents from the next batch on (agents created or updated at runtime): their prototypes are
+        embedded now, and a routing network in use keeps its weights over the new agent set (a new agent starts
+        from its card vector and similarity prior, no retraining)."""
+        if self._fallback not in cards:
+            raise ValueError(f"fallback agent {self._fallback!r} has no card")
+        scorer = SimilarityScorer(cards, self._embedder)
+        network = self._network
+        self._network = network.with_features(scorer.features) if network is not None else None
+        self._scorer = scorer
+        log.info("agents in use", agents=scorer.agents)
+
     def use_network(self, network: NetworkScorer | None) -> None:
         """Hot swap: the next batch routes with `network` (None: back to similarity). One reference assignment,
         so a batch in flight finishes with the model it started with."""
@@ -146,6 +158,7 @@ class Router:
                 raise UnexpectedEvent(f"router expects RequestReceived, got {event.type}")  # type: ignore[attr-defined]
             requests.append(event)
         started = time.perf_counter()
+        scorer = self._scorer  # one agent set for the whole batch, even if a catalogue change lands meanwhile
         # Clauses of compound requests and follow-ups joined with their previous turn are embedded in the same
         # batch: one encoder call per batch.
         split = [split_clauses(r.text) for r in requests]
@@ -163,7 +176,7 @@ class Router:
         extra += [f"{previous_turn[i]}\n{requests[i].text}" for i in joint]
         # Requests whose embedding the gateway's prompt filter already computed are not encoded again.
         vectors = self._embed(requests, extra)
-        scored = self._scorer.score_dicts(vectors)
+        scored = scorer.score_dicts(vectors)
         all_clauses: list[tuple[Clause, ...]] = []
         row = len(requests)
         for clauses in split:
@@ -182,7 +195,7 @@ class Router:
             for r, probs in zip(rows, network.score(vectors[rows]), strict=True):
                 scored[r] = {a: round(float(p), 6) for a, p in zip(network.agents, probs, strict=True)}
         threshold = network.threshold if network is not None else self._threshold
-        version = network.version if network is not None else self._scorer.version
+        version = network.version if network is not None else scorer.version
         elapsed = time.perf_counter() - started
         self._metrics.routing_seconds.observe(elapsed)
         outputs: list[Outgoing] = []

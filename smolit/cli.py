@@ -37,6 +37,8 @@ kb_app = typer.Typer(no_args_is_help=True, help="Inspect agents' knowledge bases
 app.add_typer(kb_app, name="kb")
 demo_app = typer.Typer(no_args_is_help=True, help="Demo agents' knowledge from real public corpora.")
 app.add_typer(demo_app, name="demo")
+agents_app = typer.Typer(help="Agents: list them (no subcommand), proposals for new domains, approvals.")
+app.add_typer(agents_app, name="agents")
 console = Console(stderr=True)
 out = Console()
 
@@ -325,7 +327,10 @@ def _print_answer(result: dict[str, Any]) -> None:
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files and/or folders: txt, md, html, pdf, jsonl.")],
-    agent: Annotated[str, typer.Option(help="Agent whose knowledge collection receives the documents.")],
+    agent: Annotated[str | None, typer.Option(help="Agent whose knowledge collection receives the documents.")] = None,
+    pool: Annotated[
+        bool, typer.Option("--pool", help="Into the knowledge pool: no agent's yet; new agents take what matches.")
+    ] = False,
     text_field: Annotated[str, typer.Option(help="JSONL: field holding each record's text.")] = "text",
     title_field: Annotated[str, typer.Option(help="JSONL: field holding the title ('' for none).")] = "title",
     source_field: Annotated[
@@ -340,20 +345,28 @@ def ingest(
     """
     from smolit.agents import Ingestor, JsonlFields, read_documents
     from smolit.infra.embedder import build_embedder
-    from smolit.infra.knowledge import KnowledgeStore
+    from smolit.infra.knowledge import POOL_COLLECTION, KnowledgeStore
 
     settings = load_settings(data_dir=data_dir)
-    card = _cards(settings).get(agent)
-    if card is None:
+    if (agent is None) == (not pool):
+        raise typer.BadParameter("give exactly one of --agent NAME and --pool")
+    card = _cards(settings).get(agent) if agent else None
+    if agent and card is None:  # an agent created at runtime (`smolit agents approve`)?
+        from .agents_cli import runtime_cards
+
+        card = runtime_cards(settings).get(agent)
+    if agent and card is None:
         raise SetupError(f"unknown agent {agent!r}; known: {', '.join(sorted(_cards(settings)))}")
+    collection, domain = (card.knowledge_collection, card.domain) if card else (POOL_COLLECTION, None)
+    target = agent or "the knowledge pool"
     fields = JsonlFields(text=text_field, title=title_field or None, source=source_field or None)
     items = list(read_documents(paths, fields))
-    with _pool(settings) as pool, _progress() as progress:
-        task = progress.add_task(f"ingesting into {agent}", total=len(items))
-        report = Ingestor(KnowledgeStore(pool), build_embedder(settings)).ingest_report(
-            card.knowledge_collection,
+    with _pool(settings) as db, _progress() as progress:
+        task = progress.add_task(f"ingesting into {target}", total=len(items))
+        report = Ingestor(KnowledgeStore(db), build_embedder(settings)).ingest_report(
+            collection,
             items,
-            domain=card.domain,
+            domain=domain,
             on_progress=lambda n: progress.advance(task, n),
         )
     counts = dict(sorted(report.counts.items()))
@@ -361,7 +374,7 @@ def ingest(
         errors = [
             {"source": src, "outcome": report.outcomes[src], "reason": reason} for src, reason in report.errors.items()
         ]
-        out.print_json(json.dumps({"agent": agent, "counts": counts, "errors": errors}))
+        out.print_json(json.dumps({"agent": agent or POOL_COLLECTION, "counts": counts, "errors": errors}))
     else:
         if report.errors:
             table = Table("file", "outcome", "reason", title="not ingested")
@@ -374,16 +387,21 @@ def ingest(
         raise typer.Exit(1)
 
 
-@app.command()
+@agents_app.callback(invoke_without_command=True)
 def agents(
+    ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     data_dir: DataDir = None,
 ) -> None:
     """List agents with their knowledge document and chunk counts."""
+    if ctx.invoked_subcommand is not None:
+        return
     from smolit.infra.knowledge import KnowledgeStore
 
+    from .agents_cli import runtime_cards
+
     settings = load_settings(data_dir=data_dir)
-    cards = _cards(settings)
+    cards = _cards(settings) | runtime_cards(settings)  # card files and agents created at runtime
     with _pool(settings) as pool:
         stats = {s.collection: s for s in KnowledgeStore(pool).stats()}
     rows = []
@@ -609,6 +627,7 @@ def _retrain(
 
 
 def _register_subcommands() -> None:
+    from . import agents_cli
     from .bench_cli import bench_app
     from .keys_cli import keys_app
     from .models import models_app
@@ -616,6 +635,7 @@ def _register_subcommands() -> None:
     app.add_typer(bench_app, name="bench")
     app.add_typer(models_app, name="models")
     app.add_typer(keys_app, name="keys")
+    agents_cli.register(agents_app)
 
 
 _register_subcommands()

@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool
 from smolit.contracts import AgentCard, Topic, TopicNames
 from smolit.infra.agent_gauges import AgentGaugeProjection, AgentGauges
 from smolit.infra.cards import load_cards
+from smolit.infra.catalog import CardCatalog
 from smolit.infra.db import DatabaseUnreachable, SchemaMismatch, check_database, check_schema, open_pool
 from smolit.infra.heartbeat import Heartbeat
 from smolit.infra.kafka import (
@@ -99,6 +100,27 @@ def limit_threads(threads: int) -> None:
     """One compute pool per process, sized on purpose (must run before numpy/onnxruntime start their pools)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
+
+
+def replay_lifecycle(w: Wiring, handler: Handler) -> None:
+    """Feed the agent-lifecycle topic, from its start to its current end, to `handler` (the log is where agents
+    created at runtime persist)."""
+    from smolit.infra.kafka.reader import TopicMissing, read_topic_events
+
+    try:
+        history = read_topic_events(w.profile.consumer("lifecycle-replay"), w.topics(Topic.AGENT_LIFECYCLE))
+    except TopicMissing:
+        history = []
+    handler(history)
+
+
+def follow_lifecycle(w: Wiring, service: str, handler: Handler) -> ConsumerLoop:
+    """Replay the agent-lifecycle topic into `handler` now (so the service starts with every agent created so
+    far), then return the loop that follows it. Each instance reads under its own group from the start: re-applying
+    an event is a no-op."""
+    replay_lifecycle(w, handler)
+    group = f"smolit-{service}-lifecycle-{w.instance}"
+    return w.loop(group, [Topic.AGENT_LIFECYCLE], handler, dedupe=False)
 
 
 def connect(settings: Settings, service: str) -> tuple[KafkaProfile, ConnectionPool]:
@@ -230,12 +252,14 @@ def _run_router(w: Wiring, stop: threading.Event) -> None:
         metrics=RouterMetrics.create(w.registry),
         exploration=w.settings.exploration,
     )
+    catalog = CardCatalog(load_cards(w.settings.agents_dir), lambda cards, _: router.use_cards(cards))
+    agents = follow_lifecycle(w, "router", catalog.handle)  # agents created at runtime, before the first request
     watcher = ModelWatcher(router, _champion_loader(w.settings, router))
     watcher.refresh()  # route with the registry's champion from the first request, if there is one
     loop = w.loop("smolit-router", [Topic.REQUESTS], router.handle)
     # Every router instance must hear every promotion, so each reads the models topic under its own group.
     models = w.loop(f"smolit-router-models-{w.instance}", [Topic.ROUTER_MODELS], watcher.handle, dedupe=False)
-    _run_consumers(w, "router", [loop, models], stop, w.settings.router_metrics_port)
+    _run_consumers(w, "router", [loop, models, agents], stop, w.settings.router_metrics_port)
 
 
 def _champion_loader(settings: Settings, router: Router) -> Callable[[], NetworkScorer | None]:
@@ -266,8 +290,9 @@ def _run_learner(w: Wiring, stop: threading.Event) -> None:
 
     s = w.settings
     torch.set_num_threads(s.threads)
+    embedder = _Serial(build_embedder(s))  # two lifecycle loops embed cards, each in its own thread
     learner = Learner(
-        AgentFeatures.from_cards(load_cards(s.agents_dir), build_embedder(s)),
+        AgentFeatures.from_cards(load_cards(s.agents_dir), embedder),
         open_registry(s.tracking_uri, s.data_dir),
         LearnerMetrics.create(w.registry),
         LearnerConfig(
@@ -288,7 +313,45 @@ def _run_learner(w: Wiring, stop: threading.Event) -> None:
     loop = w.loop("smolit-learner", [Topic.TRAINING_EXAMPLES], learner.handle)
     timer = threading.Thread(target=_tick_learner, args=(learner, w.producer, stop), name="learner-timer", daemon=True)
     timer.start()
-    _run_consumers(w, "learner", [loop], stop, s.learner_metrics_port)
+    # Agents created at runtime: the learner trains on their outcomes too.
+    catalog = CardCatalog(
+        load_cards(s.agents_dir), lambda cards, _: learner.use_agents(AgentFeatures.from_cards(cards, embedder))
+    )
+    agents = follow_lifecycle(w, "learner", catalog.handle)
+    _run_consumers(w, "learner", [loop, agents, *_proposer_loops(w, embedder)], stop, s.learner_metrics_port)
+
+
+def _proposer_loops(w: Wiring, embedder: Any) -> list[ConsumerLoop]:
+    """New domains -> new agents: low-confidence decisions clustered, proposals (or agents, in auto mode) out."""
+    from smolit.infra.knowledge import KnowledgeStore
+    from smolit.learner import AgentProposer, Discovery, ProposerMetrics
+
+    s = w.settings
+    if s.discovery == "off":
+        return []
+    store = KnowledgeStore(w.pool, s.hnsw_ef_search)
+    proposer = AgentProposer(
+        Discovery(discovery_config(s)),
+        load_cards(s.agents_dir),
+        embedder,
+        ProposerMetrics.create(w.registry),
+        mode=s.discovery,
+        knowledge=lambda c: store.pool_sources(c, s.discovery_knowledge_min_score, s.discovery_knowledge_max),
+    )
+    lifecycle = follow_lifecycle(w, "proposer", proposer.handle_lifecycle)
+    return [w.loop("smolit-proposer", [Topic.DECISIONS], proposer.handle_decisions), lifecycle]
+
+
+def discovery_config(settings: Settings) -> Any:
+    from smolit.learner import DiscoveryConfig
+
+    return DiscoveryConfig(
+        window=settings.discovery_window,
+        min_size=settings.discovery_min_size,
+        min_cohesion=settings.discovery_min_cohesion,
+        clone_similarity=settings.discovery_clone_similarity,
+        duplicate_similarity=settings.discovery_duplicate_similarity,
+    )
 
 
 def _tick_learner(learner: Learner, producer: EventProducer, stop: threading.Event) -> None:
@@ -306,7 +369,14 @@ def _tick_learner(learner: Learner, producer: EventProducer, stop: threading.Eve
 
 
 def _run_agents(w: Wiring, stop: threading.Event) -> None:
-    from smolit.agents import AgentMetrics, AgentRuntime, DeadlineSweeper, ParkingLot, SubqueryPolicy
+    from smolit.agents import (
+        AgentMetrics,
+        AgentRuntime,
+        DeadlineSweeper,
+        ParkingLot,
+        SubqueryPolicy,
+        catalog_listener,
+    )
     from smolit.agents.tools import ToolRunner
     from smolit.infra.knowledge import KnowledgeStore
     from smolit.infra.llm import CompletionCache, build_llms
@@ -345,15 +415,29 @@ def _run_agents(w: Wiring, stop: threading.Event) -> None:
         embedder=_LazyEmbedder(s) if _tool_calls_possible(s, cards) else None,
         tools=tools,
     )
+    catalog = CardCatalog(cards, catalog_listener(runtime, KnowledgeStore(w.pool, s.hnsw_ef_search)))
+    agents = follow_lifecycle(w, "agents", catalog.handle)
     # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
     loop = w.loop("smolit-agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
     sweeper = DeadlineSweeper(runtime.sweep, runtime.delivered, w.producer, s.subquery_sweep_s)
-    _run_consumers(w, "agents", [loop], stop, s.agents_metrics_port, sweeper)
+    _run_consumers(w, "agents", [loop, agents], stop, s.agents_metrics_port, sweeper)
 
 
 def _tool_calls_possible(settings: Settings, cards: dict[str, AgentCard]) -> bool:
     """Only generative backends call the consult_agent tool, and only agents that may consult someone."""
     return any(c.consults and (c.llm.backend or settings.llm_backend) == "openai" for c in cards.values())
+
+
+class _Serial:
+    """One embedder shared by several consumer threads, one call at a time (the tokenizer keeps per-call state)."""
+
+    def __init__(self, embedder: Any) -> None:
+        self._embedder = embedder
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        with self._lock:
+            return self._embedder.embed(texts)
 
 
 class _LazyEmbedder:
@@ -401,7 +485,11 @@ def _run_streams(w: Wiring, stop: threading.Event) -> None:
 
     from smolit.streams import StreamMetrics, StreamsApp
 
-    known = frozenset(load_cards(w.settings.agents_dir)) | {w.settings.fallback_agent}
+    # Agents created at runtime so far count under their names; ones created while this worker runs count under
+    # `unknown` until its next start (the faust topology's catalogue is fixed when it starts).
+    catalog = CardCatalog(load_cards(w.settings.agents_dir))
+    replay_lifecycle(w, catalog.handle)
+    known = frozenset(catalog) | {w.settings.fallback_agent}
     bound = serve_metrics(w.registry, w.settings.host, w.settings.streams_metrics_port)
     heartbeat = Heartbeat(w.pool, "streams", w.instance)
     heartbeat.info = {"metrics_port": bound}
@@ -437,7 +525,9 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
     gauge_loop = w.loop(
         f"smolit-gauges-{w.instance}", [Topic.AGENT_METRICS, Topic.AGENT_LIFECYCLE], gauges.handle, dedupe=False
     )
-    cards = load_cards(w.settings.agents_dir)
+    # Agents created at runtime join the model list (/v1/models) and the agents a request may name.
+    cards = CardCatalog(load_cards(w.settings.agents_dir))
+    catalog_loop = follow_lifecycle(w, "gateway", cards.handle)
     app = create_app(
         GatewayDeps(
             producer=w.producer,
@@ -454,6 +544,7 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
     )
     thread = loop.start_thread()
     gauge_thread = gauge_loop.start_thread()
+    catalog_thread = catalog_loop.start_thread()
     loop.assigned.wait(30)
     poller = threading.Thread(target=_poll_forever, args=(w.producer, stop), name="producer-poll", daemon=True)
     poller.start()
@@ -476,11 +567,13 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
         heartbeat.stop()
         loop.stop()
         gauge_loop.stop()
+        catalog_loop.stop()
         thread.join(15)
         gauge_thread.join(15)
+        catalog_thread.join(15)
 
 
-def _authenticator(w: Wiring, cards: dict[str, AgentCard]) -> Any:
+def _authenticator(w: Wiring, cards: Mapping[str, AgentCard]) -> Any:
     from smolit.gateway.auth import Authenticator
     from smolit.gateway.ratelimit import RateLimiter
     from smolit.infra.keys import KeyStore

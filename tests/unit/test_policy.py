@@ -27,6 +27,12 @@ def test_fallback_can_win_outright() -> None:
     assert (d.agent, d.low_confidence) == ("general", False)
 
 
+def test_fallback_winning_below_threshold_is_low_confidence() -> None:
+    """A request the fallback agent wins without reaching the threshold fits no agent: it is flagged."""
+    d = decide({"finance": 0.1, "general": 0.2}, fallback="general", threshold=0.3)
+    assert (d.agent, d.low_confidence) == ("general", True)
+
+
 def test_requested_agent_overrides_scores() -> None:
     """Naming an existing agent bypasses scoring."""
     d = decide({"finance": 0.9, "legal": 0.1}, fallback="general", threshold=0.3, requested="legal")

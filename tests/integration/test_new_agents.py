@@ -1,0 +1,216 @@
+"""New domains -> new agents through the real broker and database: low-confidence requests of a new topic become
+one proposal; approving it creates an agent the router routes to and the agents service answers for."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from smolit.agents import AgentMetrics, AgentRuntime, Ingestor, RawDocument, catalog_listener
+from smolit.contracts import (
+    AgentCreated,
+    AgentProposed,
+    AnswerProduced,
+    Event,
+    RequestReceived,
+    RoutingDecided,
+    Topic,
+    TopicNames,
+)
+from smolit.infra.cards import load_cards
+from smolit.infra.catalog import CardCatalog
+from smolit.infra.kafka import ConsumerLoop, EventProducer, KafkaProfile, LoopConfig, Outgoing, PostgresDeduper
+from smolit.infra.knowledge import POOL_COLLECTION, KnowledgeStore
+from smolit.infra.llm import ExtractiveLLM
+from smolit.infra.metrics import ConsumerMetrics
+from smolit.learner import AgentProposer, Discovery, DiscoveryConfig, ProposerMetrics
+from smolit.router import Router, RouterMetrics
+
+from ..conftest import read_events
+from ..new_domains import COOKING, FINANCE, POOL_DOCUMENTS
+
+pytestmark = pytest.mark.integration
+
+NEW_COOKING_QUESTION = "How long should I knead bread dough and let it rise before baking the loaf?"
+
+
+@dataclass
+class System:
+    """Router, proposer and agents service as consumer loops on one broker and database."""
+
+    profile: KafkaProfile
+    topics: TopicNames
+    producer: EventProducer
+    router: Router
+    router_cards: CardCatalog
+    agent_cards: CardCatalog
+    registry: CollectorRegistry
+    database_url: str
+
+    def ask(self, texts: Sequence[str]) -> list[RequestReceived]:
+        requests = [
+            RequestReceived(correlation_id=uuid.uuid4(), conversation_id=f"c{i}", text=t) for i, t in enumerate(texts)
+        ]
+        for r in requests:
+            self.producer.send(Outgoing(Topic.REQUESTS, r.conversation_id, r))
+        self.producer.flush()
+        return requests
+
+    def lifecycle(self, expect: int, timeout_s: float = 20.0) -> list[Event]:
+        return read_events(self.profile, self.topics, Topic.AGENT_LIFECYCLE, expect, timeout_s)
+
+    def collected(self) -> float:
+        return self.registry.get_sample_value("smolit_discovery_requests_total") or 0.0
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ) | {
+            "SMOLIT_KAFKA_BOOTSTRAP": self.profile.bootstrap,
+            "SMOLIT_KAFKA_PROFILE": "tansu",
+            "SMOLIT_TOPIC_PREFIX": self.topics.prefix,
+            "SMOLIT_DATABASE_URL": self.database_url,
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "smolit", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+@contextmanager
+def running(profile, topics, producer, pool, embedder, threshold: float = 0.25) -> Iterator[System]:
+    cards = load_cards()
+    store = KnowledgeStore(pool)
+    router = Router(
+        cards, embedder, fallback="general", threshold=threshold, metrics=RouterMetrics.create(CollectorRegistry())
+    )
+    runtime = AgentRuntime(
+        cards,
+        store,
+        {"extractive": ExtractiveLLM()},
+        default_backend="extractive",
+        default_top_k=3,
+        metrics=AgentMetrics.create(CollectorRegistry()),
+    )
+    registry = CollectorRegistry()
+    metrics = ProposerMetrics.create(registry)
+    proposer = AgentProposer(
+        Discovery(DiscoveryConfig(min_size=10, min_cohesion=0.18)),
+        cards,
+        embedder,
+        metrics,
+        knowledge=lambda centroid: store.pool_sources(centroid, 0.25, 20),
+    )
+    router_cards = CardCatalog(cards, lambda new, _: router.use_cards(new))
+    agent_cards = CardCatalog(cards, catalog_listener(runtime, store))
+    consumer_metrics = ConsumerMetrics.create(CollectorRegistry())
+    tag = uuid.uuid4().hex[:6]
+
+    def loop(group: str, wanted: list[Topic], handler, dedupe: bool = True) -> ConsumerLoop:
+        config = LoopConfig(group=f"{group}-{tag}", topics=[topics(t) for t in wanted], batch_size=16, dedupe=dedupe)
+        return ConsumerLoop(
+            profile.consumer(config.group), config, handler, producer, PostgresDeduper(pool), consumer_metrics
+        )
+
+    loops = [
+        loop("router", [Topic.REQUESTS], router.handle),
+        loop("router-lifecycle", [Topic.AGENT_LIFECYCLE], router_cards.handle, dedupe=False),
+        loop("proposer", [Topic.DECISIONS], proposer.handle_decisions),
+        loop("proposer-lifecycle", [Topic.AGENT_LIFECYCLE], proposer.handle_lifecycle, dedupe=False),
+        loop("agents", [Topic.TASKS], runtime.handle),
+        loop("agents-lifecycle", [Topic.AGENT_LIFECYCLE], agent_cards.handle, dedupe=False),
+    ]
+    threads: list[threading.Thread] = [lp.start_thread() for lp in loops]
+    try:
+        for lp in loops:
+            assert lp.assigned.wait(30), "consumer group join timed out"
+        yield System(profile, topics, producer, router, router_cards, agent_cards, registry, pool.conninfo)
+    finally:
+        for lp in loops:
+            lp.stop()
+        for thread in threads:
+            thread.join(15)
+
+
+def test_a_new_domain_becomes_one_agent_that_routes_and_answers(
+    profile, topics, producer, pool, embedder, tmp_path
+) -> None:
+    """A burst of cooking questions (no agent covers cooking) yields exactly one proposal with matching pool
+    documents; an unknown id is refused with nothing produced; approving creates the agent, the router sends a new
+    cooking question to it and the agents service answers from the documents it took over from the pool."""
+    tag = uuid.uuid4().hex[:6]
+    ingestor = Ingestor(KnowledgeStore(pool), embedder)
+    for path, text in POOL_DOCUMENTS.items():
+        ingestor.ingest(POOL_COLLECTION, RawDocument(f"{tag}/{path}", text, path))
+    with running(profile, topics, producer, pool, embedder) as system:
+        system.ask(COOKING)
+        decisions = read_events(profile, topics, Topic.DECISIONS, len(COOKING))
+        low = sum(isinstance(d, RoutingDecided) and d.low_confidence for d in decisions)
+        assert low >= len(COOKING) - 2  # a cooking question may score one agent above the threshold by chance
+        assert _wait(lambda: system.collected() == low), "the proposer did not see every low-confidence decision"
+        [proposal] = system.lifecycle(2, timeout_s=5)  # exactly one
+        assert isinstance(proposal, AgentProposed) and proposal.size >= 10
+        assert set(proposal.knowledge) == {f"{tag}/cooking/bread.md", f"{tag}/cooking/chicken.md"}
+
+        listed = system.cli("agents", "proposals", "--json")
+        assert listed.returncode == 0 and proposal.proposal_id in listed.stdout
+
+        refused = system.cli("agents", "approve", "no-such-id")
+        assert refused.returncode == 2 and "no proposal 'no-such-id'" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert len(system.lifecycle(2, timeout_s=3)) == 1  # nothing produced
+
+        name = f"cooking-{tag}"
+        approved = system.cli("agents", "approve", proposal.proposal_id, "--name", name)
+        assert approved.returncode == 0, approved.stderr
+        created = system.lifecycle(2)[1]
+        assert isinstance(created, AgentCreated) and created.card.name == name
+        assert _wait(lambda: name in system.router_cards and name in system.agent_cards)
+        listed = system.cli("agents", "--json")
+        assert listed.returncode == 0 and name in {a["agent"] for a in json.loads(listed.stdout)}
+        extra = tmp_path / "pasta.md"
+        extra.write_text("Cook pasta in plenty of salted boiling water and stir it in the first minute.")
+        ingested = system.cli("ingest", str(extra), "--agent", name, "--json")  # a runtime agent takes documents
+        assert ingested.returncode == 0 and json.loads(ingested.stdout)["counts"] == {"added": 1}, ingested.stderr
+
+        [request] = system.ask([NEW_COOKING_QUESTION])
+        answers = read_events(profile, topics, Topic.ANSWERS, len(COOKING) + 1, timeout_s=30)
+    decision = next(
+        d
+        for d in read_events(profile, topics, Topic.DECISIONS, len(COOKING) + 1)
+        if d.correlation_id == request.correlation_id
+    )
+    assert decision.agent == name and not decision.low_confidence  # type: ignore[attr-defined]
+    [answer] = [a for a in answers if a.correlation_id == request.correlation_id]
+    assert isinstance(answer, AnswerProduced) and answer.agent == name
+    assert answer.sources and answer.sources[0].source == f"{tag}/cooking/bread.md"
+    assert KnowledgeStore(pool).document(name, f"{tag}/cooking/bread.md") is not None  # taken from the pool
+    assert KnowledgeStore(pool).document(POOL_COLLECTION, f"{tag}/astronomy/moons.md") is not None  # left there
+
+
+def test_repeated_requests_of_a_known_domain_propose_nothing(profile, topics, producer, pool, embedder) -> None:
+    """Finance questions asked over and over, all low-confidence under a strict threshold, form clusters of the
+    finance agent's domain: no proposal, so never a clone of an existing agent."""
+    with running(profile, topics, producer, pool, embedder, threshold=0.9) as system:
+        texts = list(FINANCE) * 3
+        system.ask(texts)
+        assert _wait(lambda: system.collected() == len(texts)), "the proposer did not see every decision"
+        assert system.registry.get_sample_value("smolit_discovery_clusters_total", {"verdict": "known"}) > 0
+        assert system.lifecycle(1, timeout_s=3) == []
