@@ -7,6 +7,7 @@ from .events import (
     AgentFlagged,
     AgentMetricsWindow,
     AgentRetired,
+    AgentUnflagged,
     AgentUpdated,
     AnswerProduced,
     AnyEvent,
@@ -27,6 +28,7 @@ from .events import (
     ToolCalled,
     TrainingExample,
 )
+from .lifecycle import Lifecycle
 from .serde import DecodeError, decode, encode, register_upcaster, upcast
 from .topics import TOPIC_EVENTS, Topic, TopicNames
 from .vectors import pack_vector, unpack_vector
@@ -39,6 +41,7 @@ __all__ = [
     "AgentFlagged",
     "AgentMetricsWindow",
     "AgentRetired",
+    "AgentUnflagged",
     "AgentUpdated",
     "AnswerProduced",
     "AnyEvent",
@@ -48,6 +51,7 @@ __all__ = [
     "Event",
     "FeedbackGiven",
     "LLMConfig",
+    "Lifecycle",
     "RequestBlocked",
     "RequestReceived",
     "RetrievalConfig",
