@@ -1,5 +1,18 @@
-"""Learner: training examples in, router models out (trained, tracked and promoted through the registry)."""
+"""Learner: training examples in, router models out (trained, tracked and promoted through the registry); agent
+flags from a confidence bound on each agent's negative outcomes, with a challenger card as the improvement step."""
 
+from .flags import FlagRule
+from .improvement import MlflowAgentVersions
+from .monitor import FlagMetrics, FlagMonitor, MonitorConfig
 from .service import Learner, LearnerConfig, LearnerMetrics
 
-__all__ = ["Learner", "LearnerConfig", "LearnerMetrics"]
+__all__ = [
+    "FlagMetrics",
+    "FlagMonitor",
+    "FlagRule",
+    "Learner",
+    "LearnerConfig",
+    "LearnerMetrics",
+    "MlflowAgentVersions",
+    "MonitorConfig",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -249,9 +250,46 @@ def _run_learner(w: Wiring, stop: threading.Event) -> None:
         ),
     )
     loop = w.loop("smolit-learner", [Topic.TRAINING_EXAMPLES], learner.handle)
+    flags = w.loop("smolit-learner-flags", [Topic.TRAINING_EXAMPLES, Topic.AGENT_LIFECYCLE], _flag_monitor(w).handle)
     timer = threading.Thread(target=_tick_learner, args=(learner, w.producer, stop), name="learner-timer", daemon=True)
     timer.start()
-    _run_consumers(w, "learner", [loop], stop, s.learner_metrics_port)
+    _run_consumers(w, "learner", [loop, flags], stop, s.learner_metrics_port)
+
+
+def _flag_monitor(w: Wiring) -> Any:
+    """The learner's flag rule over every agent but the fallback, primed with the lifecycle log's flags."""
+    from smolit.infra.kafka import TopicMissing, read_topic_events
+    from smolit.infra.registry import open_registry
+    from smolit.learner import FlagMetrics, FlagMonitor, FlagRule, MlflowAgentVersions, MonitorConfig
+    from smolit.learner.improvement import AGENT_EXPERIMENT
+
+    s = w.settings
+    try:
+        rule = FlagRule(
+            min_samples=s.flag_min_samples,
+            window=s.flag_window,
+            flag_rate=s.flag_rate,
+            unflag_rate=s.unflag_rate,
+            margin=s.flag_margin,
+            z=s.flag_z,
+        )
+    except ValueError as exc:
+        raise SetupError(f"flag settings (SMOLIT_FLAG_*, SMOLIT_UNFLAG_RATE): {exc}") from exc
+    monitor = FlagMonitor(
+        load_cards(s.agents_dir),
+        MonitorConfig(
+            rule=rule,
+            exempt=frozenset({s.fallback_agent}),
+            default_top_k=s.retrieval_top_k,
+            retire_rate=s.flag_retire_rate,
+        ),
+        FlagMetrics.create(w.registry),
+        MlflowAgentVersions(open_registry(s.tracking_uri, s.data_dir, AGENT_EXPERIMENT)),
+    )
+    # The consumer group resumes after its committed offset: earlier flags come from a full read of the topic.
+    with contextlib.suppress(TopicMissing):
+        monitor.prime(read_topic_events(w.profile.consumer("learner-flags"), w.topics(Topic.AGENT_LIFECYCLE)))
+    return monitor
 
 
 def _tick_learner(learner: Learner, producer: EventProducer, stop: threading.Event) -> None:
