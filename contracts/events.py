@@ -100,6 +100,8 @@ class RoutingDecided(Event):
     """The request was small talk of this kind (greeting, thanks, ...) and went to the fallback agent unscored."""
     context_used: bool = False
     """The follow-up was scored together with the previous turn of its conversation."""
+    demoted: tuple[str, ...] = ()
+    """Flagged agents whose scores were demoted before this decision (`scores` are the demoted ones)."""
 
 
 class Clause(BaseModel):

@@ -184,8 +184,16 @@ def _run_consumers(
 
 def _run_router(w: Wiring, stop: threading.Event) -> None:
     from smolit.infra.embedder import build_embedder
-    from smolit.router import ModelWatcher, Router, RouterMetrics
+    from smolit.infra.kafka import TopicMissing, read_topic_events
+    from smolit.router import AgentStates, ModelWatcher, Router, RouterMetrics
 
+    try:
+        states = AgentStates(w.settings.fallback_agent, w.settings.flag_demotion)
+    except ValueError as exc:
+        raise SetupError(str(exc)) from exc
+    # Flags and retirements known before the first request is routed (the loop below then follows the topic).
+    with contextlib.suppress(TopicMissing):
+        states.handle(read_topic_events(w.profile.consumer("router-lifecycle"), w.topics(Topic.AGENT_LIFECYCLE)))
     router = Router(
         load_cards(w.settings.agents_dir),
         build_embedder(w.settings),
@@ -193,13 +201,15 @@ def _run_router(w: Wiring, stop: threading.Event) -> None:
         threshold=w.settings.route_threshold,
         metrics=RouterMetrics.create(w.registry),
         exploration=w.settings.exploration,
+        states=states,
     )
     watcher = ModelWatcher(router, _champion_loader(w.settings, router))
     watcher.refresh()  # route with the registry's champion from the first request, if there is one
     loop = w.loop("smolit-router", [Topic.REQUESTS], router.handle)
-    # Every router instance must hear every promotion, so each reads the models topic under its own group.
+    # Every router instance must hear every promotion and every flag, so each reads those topics under its own group.
     models = w.loop(f"smolit-router-models-{w.instance}", [Topic.ROUTER_MODELS], watcher.handle, dedupe=False)
-    _run_consumers(w, "router", [loop, models], stop, w.settings.router_metrics_port)
+    lifecycle = w.loop(f"smolit-router-lifecycle-{w.instance}", [Topic.AGENT_LIFECYCLE], states.handle, dedupe=False)
+    _run_consumers(w, "router", [loop, models, lifecycle], stop, w.settings.router_metrics_port)
 
 
 def _champion_loader(settings: Settings, router: Router) -> Callable[[], NetworkScorer | None]:
