@@ -264,39 +264,6 @@ def ingest(
 
 
 @app.command()
-def agents(
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    data_dir: DataDir = None,
-) -> None:
-    """List agents with their knowledge document and chunk counts."""
-    from smolit.infra.knowledge import KnowledgeStore
-
-    settings = load_settings(data_dir=data_dir)
-    cards = _cards(settings)
-    with _pool(settings) as pool:
-        stats = {s.collection: s for s in KnowledgeStore(pool).stats()}
-    rows = []
-    for name, card in sorted(cards.items()):
-        st = stats.get(card.knowledge_collection)
-        rows.append(
-            {
-                "agent": name,
-                "domain": card.domain or name,
-                "documents": st.documents if st else 0,
-                "chunks": st.chunks if st else 0,
-                "description": card.description,
-            }
-        )
-    if as_json:
-        out.print_json(json.dumps(rows))
-        return
-    table = Table("agent", "domain", "documents", "chunks", "description")
-    for r in rows:
-        table.add_row(r["agent"], r["domain"], str(r["documents"]), str(r["chunks"]), r["description"][:70])
-    out.print(table)
-
-
-@app.command()
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of rows.")] = False,
     since: Annotated[
@@ -498,6 +465,7 @@ def _retrain(
 
 
 def _register_subcommands() -> None:
+    from .agents_cli import agents_app
     from .bench_cli import bench_app
     from .keys_cli import keys_app
     from .models import models_app
@@ -505,6 +473,7 @@ def _register_subcommands() -> None:
     app.add_typer(bench_app, name="bench")
     app.add_typer(models_app, name="models")
     app.add_typer(keys_app, name="keys")
+    app.add_typer(agents_app, name="agents")
 
 
 _register_subcommands()

@@ -1,0 +1,187 @@
+"""`smolit agents [list] | unflag NAME | retire NAME`: the agent catalogue with flags, and the operator's say.
+
+The list joins the card folder (plus agents created on the log), the knowledge base's counts and the
+agent-lifecycle topic (flags with their evidence, retirements). `unflag` and `retire` publish `AgentUnflagged` /
+`AgentRetired` with reason `operator` on that topic, after checking that the change makes sense: the fallback agent
+cannot be retired, unknown agents are refused, and nothing is published when the check fails.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from smolit.contracts import AgentCard, AgentRetired, AgentUnflagged, Event, Lifecycle, Topic, TopicNames
+from smolit.infra.settings import Settings, load_settings
+
+from .errors import SetupError
+
+console = Console(stderr=True)
+out = Console()
+agents_app = typer.Typer(help="Agents: list them with flags and evidence; unflag or retire one.")
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder (setting SMOLIT_DATA_DIR).")]
+PRODUCER = "cli"
+
+
+@agents_app.callback(invoke_without_command=True)
+def agents(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List agents with their knowledge counts, card version, flag (with its evidence) or retirement."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from smolit.infra.knowledge import KnowledgeStore
+
+    from .cli import _cards, _pool
+
+    settings = load_settings(data_dir=data_dir)
+    cards: dict[str, AgentCard] = _cards(settings)
+    try:
+        state: Lifecycle | None = _read_lifecycle(settings)
+    except SetupError as exc:
+        console.print(f"[yellow]flags unknown:[/] {exc}")
+        state = None
+    if state is not None:
+        cards |= state.cards  # created or updated on the log: the latest card version
+    with _pool(settings) as pool:
+        stats = {s.collection: s for s in KnowledgeStore(pool).stats()}
+    rows = [_row(card, stats.get(card.knowledge_collection), state) for _, card in sorted(cards.items())]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("agent", "domain", "v", "documents", "chunks", "status", "description")
+    for r in rows:
+        status = {"flagged": "[yellow]⚑ flagged[/]", "retired": "[red]retired[/]"}.get(r["status"], r["status"] or "?")
+        table.add_row(
+            r["agent"],
+            r["domain"],
+            str(r["version"]),
+            str(r["documents"]),
+            str(r["chunks"]),
+            status,
+            r["description"][:60],
+        )
+    out.print(table)
+    for r in rows:
+        if r["flag"]:
+            flag = r["flag"]
+            actions = ", ".join(flag["proposed_actions"]) or "none"
+            out.print(f"[yellow]⚑ {r['agent']}[/] (v{flag['card_version']}): {flag['reason']}; proposed: {actions}")
+            out.print("   " + ", ".join(f"{k}={v:g}" for k, v in flag["evidence"].items()))
+        if r["retired"]:
+            out.print(f"[red]retired {r['agent']}[/]: {r['retired']['reason']}")
+
+
+def _row(card: AgentCard, stats: Any, state: Lifecycle | None) -> dict[str, Any]:
+    flag = state.flags.get(card.name) if state else None
+    retired = state.retired.get(card.name) if state else None
+    status = None if state is None else "retired" if retired else "flagged" if flag else "active"
+    return {
+        "agent": card.name,
+        "domain": card.domain or card.name,
+        "documents": stats.documents if stats else 0,
+        "chunks": stats.chunks if stats else 0,
+        "description": card.description,
+        "version": card.version,
+        "status": status,
+        "flag": None
+        if flag is None
+        else {
+            "reason": flag.reason,
+            "rule": flag.rule,
+            "card_version": flag.card_version,
+            "proposed_actions": list(flag.proposed_actions),
+            "evidence": flag.evidence,
+            "flagged_at": flag.occurred_at.isoformat(),
+        },
+        "retired": None if retired is None else {"reason": retired.reason, "at": retired.occurred_at.isoformat()},
+    }
+
+
+@agents_app.command("unflag")
+def unflag(
+    name: Annotated[str, typer.Argument(help="Agent to unflag.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Clear an agent's flag (AgentUnflagged, reason `operator`): the router stops demoting it."""
+    settings = load_settings(data_dir=data_dir)
+    state = _read_lifecycle(settings)
+    _require_known(settings, state, name)
+    if name not in state.flags:
+        raise SetupError(f"agent {name!r} is not flagged; nothing changed")
+    _publish(settings, AgentUnflagged(correlation_id=uuid.uuid4(), producer=PRODUCER, agent=name, reason="operator"))
+    typer.echo(f"agent {name} unflagged")
+
+
+@agents_app.command("retire")
+def retire(
+    name: Annotated[str, typer.Argument(help="Agent to retire.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Retire an agent (AgentRetired, reason `operator`): routers never send it requests again."""
+    settings = load_settings(data_dir=data_dir)
+    if name == settings.fallback_agent:
+        raise SetupError(
+            f"agent {name!r} is the fallback agent (SMOLIT_FALLBACK_AGENT) and answers every request no other agent"
+            " is confident about; it cannot be retired; nothing changed"
+        )
+    state = _read_lifecycle(settings)
+    _require_known(settings, state, name)
+    if name in state.retired:
+        raise SetupError(f"agent {name!r} is already retired; nothing changed")
+    _publish(settings, AgentRetired(correlation_id=uuid.uuid4(), producer=PRODUCER, agent=name, reason="operator"))
+    typer.echo(f"agent {name} retired")
+
+
+def _require_known(settings: Settings, state: Lifecycle, name: str) -> None:
+    from .cli import _cards
+
+    known = set(_cards(settings)) | set(state.cards)
+    if name not in known:
+        raise SetupError(f"unknown agent {name!r}; known: {', '.join(sorted(known))}; nothing changed")
+
+
+def _profile(settings: Settings) -> tuple[Any, TopicNames]:
+    from smolit.infra.kafka import BrokerUnreachable, KafkaProfile, check_broker
+
+    from .stack import running_bootstrap
+
+    profile = KafkaProfile(running_bootstrap(settings), embedded=settings.tansu_profile)
+    try:
+        check_broker(profile.admin(), timeout_s=5)
+    except BrokerUnreachable as exc:
+        raise SetupError(f"Kafka broker at {profile.bootstrap} is not reachable: {exc}") from exc
+    return profile, TopicNames(settings.topic_prefix)
+
+
+def _read_lifecycle(settings: Settings) -> Lifecycle:
+    from smolit.infra.kafka import TopicMissing, read_topic_events
+
+    profile, topics = _profile(settings)
+    try:
+        events = read_topic_events(profile.consumer("agents-cli"), topics(Topic.AGENT_LIFECYCLE))
+    except TopicMissing:
+        events = []
+    return Lifecycle.of(events)
+
+
+def _publish(settings: Settings, event: Event) -> None:
+    from smolit.infra.kafka import EventProducer, Outgoing, ProduceError
+
+    profile, topics = _profile(settings)
+    producer = EventProducer(profile.producer(), topics)
+    try:
+        producer.send(Outgoing(Topic.AGENT_LIFECYCLE, event.agent, event))  # type: ignore[attr-defined]
+        producer.flush(10)
+    except ProduceError as exc:
+        raise SetupError(f"could not publish {event.type}: {exc}") from exc  # type: ignore[attr-defined]
+    finally:
+        producer.close()
