@@ -38,12 +38,14 @@ def agents(
     """List agents with their knowledge counts, card version, flag (with its evidence) or retirement."""
     if ctx.invoked_subcommand is not None:
         return
+    from smolit.infra.cards import load_cards
+    from smolit.infra.db import DatabaseUnreachable, open_pool
     from smolit.infra.knowledge import KnowledgeStore
 
-    from .cli import _cards, _pool
+    from .stack import running_database_url
 
     settings = load_settings(data_dir=data_dir)
-    cards: dict[str, AgentCard] = _cards(settings)
+    cards: dict[str, AgentCard] = load_cards(settings.agents_dir)
     try:
         state: Lifecycle | None = _read_lifecycle(settings)
     except SetupError as exc:
@@ -51,7 +53,12 @@ def agents(
         state = None
     if state is not None:
         cards |= state.cards  # created or updated on the log: the latest card version
-    with _pool(settings) as pool:
+    url = running_database_url(settings)
+    try:
+        pool = open_pool(url, 2)
+    except DatabaseUnreachable as exc:
+        raise SetupError(f"database at {url.split('@')[-1]} is not reachable (SMOLIT_DATABASE_URL): {exc}") from exc
+    with pool:
         stats = {s.collection: s for s in KnowledgeStore(pool).stats()}
     rows = [_row(card, stats.get(card.knowledge_collection), state) for _, card in sorted(cards.items())]
     if as_json:
@@ -142,9 +149,9 @@ def retire(
 
 
 def _require_known(settings: Settings, state: Lifecycle, name: str) -> None:
-    from .cli import _cards
+    from smolit.infra.cards import load_cards
 
-    known = set(_cards(settings)) | set(state.cards)
+    known = set(load_cards(settings.agents_dir)) | set(state.cards)
     if name not in known:
         raise SetupError(f"unknown agent {name!r}; known: {', '.join(sorted(known))}; nothing changed")
 
