@@ -66,6 +66,8 @@ class AgentGaugeProjection:
         self._gauges = gauges
         self._latest: dict[tuple[str, str], tuple[datetime, datetime]] = {}
         self._lifecycle = Lifecycle()
+        self.retired: frozenset[str] = frozenset()
+        """Agents retired on the lifecycle log (the gateway refuses requests naming them); swapped, never mutated."""
 
     def handle(self, events: Sequence[Event]) -> list[Outgoing]:
         for event in events:
@@ -74,6 +76,7 @@ class AgentGaugeProjection:
             elif self._lifecycle.apply(event):
                 agent = agent_of(event)  # type: ignore[arg-type]  # apply() accepted it: a lifecycle event
                 self._gauges.flagged.labels(agent).set(1 if agent in self._lifecycle.flags else 0)
+                self.retired = frozenset(self._lifecycle.retired)
         return []
 
     def _window(self, w: AgentMetricsWindow) -> None:

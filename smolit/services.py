@@ -461,6 +461,7 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
             max_request_chars=w.settings.max_request_chars,
             auth=_authenticator(w, cards),
             guard=_prompt_guard(w),
+            retired=lambda: gauges.retired,
         )
     )
     thread = loop.start_thread()

@@ -106,3 +106,41 @@ def test_flagged_agent_stops_being_chosen_and_retired_one_never_is(
     assert decisions[retired.request_id].agent != "legal" and "legal" not in decisions[retired.request_id].scores
     assert refused.request_id not in decisions
     assert [f.correlation_id for f in failures] == [refused.request_id] and "retired" in failures[0].reason
+
+
+def test_gateway_refuses_requests_naming_a_retired_agent(
+    pool: ConnectionPool, producer: EventProducer, profile: KafkaProfile, topics: TopicNames
+) -> None:
+    """After AgentRetired reaches the gateway's lifecycle projection: the native API answers 410, the OpenAI API 404
+    (`model_not_found`, saying retired), `/v1/models` no longer lists it, and no request is published."""
+    from fastapi.testclient import TestClient
+
+    from smolit.gateway import GatewayDeps, PendingRequests, create_app
+    from smolit.infra.agent_gauges import AgentGaugeProjection, AgentGauges
+
+    registry = CollectorRegistry()
+    gauges = AgentGaugeProjection(AgentGauges.create(registry))
+    gauges.handle([AgentRetired(correlation_id=uuid.uuid4(), agent="legal", reason="operator")])
+    app = create_app(
+        GatewayDeps(
+            producer=producer,
+            pool=pool,
+            pending=PendingRequests(),
+            cards=load_cards(),
+            registry=registry,
+            broker_check=lambda: None,
+            request_timeout_s=0.2,
+            max_request_chars=4000,
+            retired=lambda: gauges.retired,
+        )
+    )
+    with TestClient(app) as http:
+        native = http.post("/v1/requests", json={"text": LEGAL, "agent": "legal"})
+        chat = http.post(
+            "/v1/chat/completions", json={"model": "smolit/legal", "messages": [{"role": "user", "content": LEGAL}]}
+        )
+        listed = [m["id"] for m in http.get("/v1/models").json()["data"]]
+    assert native.status_code == 410 and "retired" in native.json()["detail"]
+    assert chat.status_code == 404 and "retired" in chat.json()["error"]["message"]
+    assert "smolit/legal" not in listed and "smolit/finance" in listed
+    assert read_events(profile, topics, Topic.REQUESTS, expect=1, timeout_s=2) == []
