@@ -121,6 +121,13 @@ class ModelRegistry:
         )
         return [r.info.run_id for r in runs]
 
+    def read_text(self, run_id: str, path: str) -> str:
+        """A text artifact of a run."""
+        folder = self._mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, tracking_uri=self.tracking_uri
+        )
+        return Path(folder).read_text(encoding="utf-8")
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
 

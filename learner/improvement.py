@@ -61,6 +61,13 @@ class MlflowAgentVersions:
     def __init__(self, registry: ModelRegistry) -> None:
         self._registry = registry
 
+    def card(self, agent: str, version: int) -> AgentCard | None:
+        """The card recorded for (agent, version), from its run's `card.json`; None when never recorded."""
+        runs = self._registry.runs_tagged({"agent": agent, "version": str(version)})
+        if not runs:
+            return None
+        return AgentCard.model_validate_json(self._registry.read_text(runs[0], "card.json"))
+
     def record(self, card: AgentCard, *, reason: str, metrics: Mapping[str, float]) -> None:
         tags = {"agent": card.name, "version": str(card.version)}
         if self._registry.runs_tagged(tags):

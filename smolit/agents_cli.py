@@ -17,7 +17,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from smolit.contracts import AgentCard, AgentRetired, AgentUnflagged, Event, Lifecycle, Topic, TopicNames
+from smolit.contracts import (
+    AgentCard,
+    AgentRetired,
+    AgentUnflagged,
+    AgentUpdated,
+    Event,
+    Lifecycle,
+    Topic,
+    TopicNames,
+)
 from smolit.infra.settings import Settings, load_settings
 
 from .errors import SetupError
@@ -148,6 +157,36 @@ def retire(
     typer.echo(f"agent {name} retired")
 
 
+@agents_app.command("rollback")
+def rollback(
+    name: Annotated[str, typer.Argument(help="Agent whose card goes back.")],
+    to: Annotated[int, typer.Option("--to", min=1, help="Card version to restore (an MLflow run of `smolit-agents`).")],
+    data_dir: DataDir = None,
+) -> None:
+    """Announce an earlier card version again (AgentUpdated with the next version number, recorded in MLflow)."""
+    from smolit.infra.registry import open_registry
+    from smolit.learner.improvement import AGENT_EXPERIMENT, MlflowAgentVersions
+
+    settings = load_settings(data_dir=data_dir)
+    state = _read_lifecycle(settings)
+    _require_known(settings, state, name)
+    if name in state.retired:
+        raise SetupError(f"agent {name!r} is retired; nothing changed")
+    versions = MlflowAgentVersions(open_registry(settings.tracking_uri, settings.data_dir, AGENT_EXPERIMENT))
+    old = versions.card(name, to)
+    if old is None:
+        raise SetupError(
+            f"agent {name!r} has no recorded version {to} (MLflow experiment smolit-agents); nothing changed"
+        )
+    from smolit.infra.cards import load_cards
+
+    current = state.cards.get(name) or load_cards(settings.agents_dir)[name]
+    card = old.model_copy(update={"version": current.version + 1})
+    _publish(settings, AgentUpdated(correlation_id=uuid.uuid4(), producer=PRODUCER, card=card))
+    versions.record(card, reason=f"rollback to version {to}", metrics={})
+    typer.echo(f"agent {name}: version {card.version} = the card of version {to} (was version {current.version})")
+
+
 def _require_known(settings: Settings, state: Lifecycle, name: str) -> None:
     from smolit.infra.cards import load_cards
 
@@ -186,7 +225,8 @@ def _publish(settings: Settings, event: Event) -> None:
     profile, topics = _profile(settings)
     producer = EventProducer(profile.producer(), topics)
     try:
-        producer.send(Outgoing(Topic.AGENT_LIFECYCLE, event.agent, event))  # type: ignore[attr-defined]
+        key = event.card.name if isinstance(event, AgentUpdated) else event.agent  # type: ignore[attr-defined]
+        producer.send(Outgoing(Topic.AGENT_LIFECYCLE, key, event))
         producer.flush(10)
     except ProduceError as exc:
         raise SetupError(f"could not publish {event.type}: {exc}") from exc  # type: ignore[attr-defined]

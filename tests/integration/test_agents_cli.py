@@ -96,3 +96,33 @@ def test_flags_are_listed_with_evidence_and_operators_unflag_and_retire(
     events = _lifecycle(profile, topics)
     operator = [(type(e), e.reason, e.producer) for e in events if not isinstance(e, AgentFlagged)]
     assert operator == [(AgentUnflagged, "operator", "cli"), (AgentRetired, "operator", "cli")]
+
+
+def test_rollback_announces_a_recorded_card_as_the_next_version(
+    env: dict[str, str], profile: KafkaProfile, topics: TopicNames, producer: EventProducer
+) -> None:
+    """With versions 1 and 2 recorded in MLflow and version 2 live, `rollback legal --to 1` publishes version 3 with
+    version 1's settings and records it; an unrecorded version is refused and publishes nothing."""
+    from smolit.contracts import AgentCard, AgentUpdated
+    from smolit.infra.registry import open_registry
+    from smolit.infra.settings import Settings
+    from smolit.learner.improvement import AGENT_EXPERIMENT, MlflowAgentVersions
+
+    settings = Settings(data_dir=Path(env["SMOLIT_DATA_DIR"]))
+    versions = MlflowAgentVersions(open_registry(settings.tracking_uri, settings.data_dir, AGENT_EXPERIMENT))
+    v1 = AgentCard(name="legal", description="legal questions.")
+    v2 = v1.model_copy(update={"version": 2, "retrieval": v1.retrieval.model_copy(update={"top_k": 8})})
+    versions.record(v1, reason="flagged", metrics={})
+    versions.record(v2, reason="challenger of version 1", metrics={})
+    producer.send(Outgoing(Topic.AGENT_LIFECYCLE, "legal", AgentUpdated(correlation_id=uuid.uuid4(), card=v2)))
+    producer.flush()
+
+    missing = _cli(env, "rollback", "legal", "--to", "9")
+    assert missing.exit_code != 0 and "no recorded version 9" in str(missing.exception)
+    assert len(_lifecycle(profile, topics)) == 1
+    done = _cli(env, "rollback", "legal", "--to", "1")
+    assert done.exit_code == 0, done.output
+    restored = _lifecycle(profile, topics)[-1]
+    assert isinstance(restored, AgentUpdated) and restored.card == v1.model_copy(update={"version": 3})
+    assert versions.card("legal", 3) == restored.card
+    assert json.loads(_cli(env, "--json").stdout)[1]["version"] == 3
