@@ -8,6 +8,7 @@ from .events import (
     AgentMetricsWindow,
     AgentProposed,
     AgentRetired,
+    AgentUnflagged,
     AgentUpdated,
     AnswerProduced,
     AnyEvent,
@@ -28,6 +29,7 @@ from .events import (
     ToolCalled,
     TrainingExample,
 )
+from .lifecycle import Lifecycle
 from .serde import DecodeError, decode, encode, register_upcaster, upcast
 from .topics import TOPIC_EVENTS, Topic, TopicNames
 from .vectors import pack_vector, unpack_vector
@@ -41,6 +43,7 @@ __all__ = [
     "AgentMetricsWindow",
     "AgentProposed",
     "AgentRetired",
+    "AgentUnflagged",
     "AgentUpdated",
     "AnswerProduced",
     "AnyEvent",
@@ -50,6 +53,7 @@ __all__ = [
     "Event",
     "FeedbackGiven",
     "LLMConfig",
+    "Lifecycle",
     "RequestBlocked",
     "RequestReceived",
     "RetrievalConfig",

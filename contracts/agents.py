@@ -65,6 +65,8 @@ class AgentCard(BaseModel):
     """Declared tools this agent may call (allow-list; see agents.tools)."""
     required_scope: str | None = None
     """API-key scope needed to reach this agent and its knowledge (e.g. `sensitive`); `None`: any chat key."""
+    version: int = Field(default=1, ge=1)
+    """Card version: a learner challenger (`AgentUpdated`) raises it; each version is an MLflow run."""
 
     @field_validator("name")
     @classmethod

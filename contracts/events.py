@@ -100,6 +100,8 @@ class RoutingDecided(Event):
     """The request was small talk of this kind (greeting, thanks, ...) and went to the fallback agent unscored."""
     context_used: bool = False
     """The follow-up was scored together with the previous turn of its conversation."""
+    demoted: tuple[str, ...] = ()
+    """Flagged agents whose scores were demoted before this decision (`scores` are the demoted ones)."""
 
 
 class Clause(BaseModel):
@@ -351,7 +353,25 @@ class AgentFlagged(Event):
     type: Literal["AgentFlagged"] = "AgentFlagged"
     agent: str
     reason: str
+    """Human-readable cause, with the numbers that decided it."""
     evidence: dict[str, float] = Field(default_factory=dict)
+    """The rule's inputs and outputs: counts, rates, confidence bounds and the threshold they were compared with."""
+    rule: str = ""
+    """Rule that decided (e.g. `wilson-negative-rate-v1`); empty for flags from before it was recorded."""
+    card_version: int | None = None
+    """Version of the agent's card the evidence was gathered on."""
+    proposed_actions: tuple[Literal["challenger", "retire"], ...] = ()
+    """Improvement steps the learner proposed or took: `challenger` (an `AgentUpdated` with new retrieval settings
+    follows), `retire` (an operator should run `smolit agents retire`)."""
+
+
+class AgentUnflagged(Event):
+    type: Literal["AgentUnflagged"] = "AgentUnflagged"
+    agent: str
+    reason: str
+    """`operator` for `smolit agents unflag`, otherwise the rule's words."""
+    evidence: dict[str, float] = Field(default_factory=dict)
+    """The rule's numbers when the learner cleared the flag; empty for an operator's decision."""
 
 
 class AgentRetired(Event):
@@ -424,6 +444,7 @@ AnyEvent = Annotated[
     | AgentProposed
     | AgentUpdated
     | AgentFlagged
+    | AgentUnflagged
     | AgentRetired
     | RequestBlocked
     | ToolCalled
@@ -450,6 +471,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         AgentProposed,
         AgentUpdated,
         AgentFlagged,
+        AgentUnflagged,
         AgentRetired,
         RequestBlocked,
         ToolCalled,

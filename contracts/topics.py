@@ -34,7 +34,9 @@ TOPIC_EVENTS: dict[Topic, frozenset[str]] = {
     Topic.AGENT_METRICS: frozenset({"AgentMetricsWindow"}),
     Topic.TRAINING_EXAMPLES: frozenset({"TrainingExample"}),
     Topic.ROUTER_MODELS: frozenset({"RouterModelPromoted", "RolledBack"}),
-    Topic.AGENT_LIFECYCLE: frozenset({"AgentCreated", "AgentProposed", "AgentUpdated", "AgentFlagged", "AgentRetired"}),
+    Topic.AGENT_LIFECYCLE: frozenset(
+        {"AgentCreated", "AgentProposed", "AgentUpdated", "AgentFlagged", "AgentUnflagged", "AgentRetired"}
+    ),
     Topic.AUDIT: frozenset({"RequestBlocked", "ToolCalled"}),
     Topic.DLQ: frozenset({"DeadLetter"}),
 }

@@ -119,6 +119,8 @@ class GatewayDeps:
     """API keys, scopes and rate limits; `None`: anonymous loopback use, no limits (tests, dev)."""
     guard: PromptGuard | None = None
     """Prompt filter applied before routing; `None`: no screening."""
+    retired: Callable[[], frozenset[str]] = frozenset
+    """Agents retired on the agent-lifecycle topic (requests naming them: 410); default: none."""
 
 
 def create_app(deps: GatewayDeps) -> FastAPI:
@@ -162,6 +164,11 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         if body.agent is not None and body.agent not in deps.cards:
             http_requests.labels("422").inc()
             raise HTTPException(422, f"unknown agent {body.agent!r}; known: {sorted(deps.cards)}")
+        if body.agent is not None and body.agent in deps.retired():
+            http_requests.labels("410").inc()
+            raise HTTPException(
+                410, f"agent {body.agent!r} is retired; ask without naming an agent, or name another one"
+            )
         if body.agent is not None:
             check_agent(principal, body.agent, deps.cards)
         allowed = routable_agents(principal, deps.cards)

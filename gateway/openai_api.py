@@ -111,11 +111,16 @@ class OpenAIRoute(APIRoute):
         return shaped
 
 
-def resolve_model(model: str, agents: set[str]) -> str | None:
-    """The agent a model id names (None: automatic routing); raises OpenAIError 404 for an unknown model."""
+def resolve_model(model: str, agents: set[str], retired: frozenset[str] = frozenset()) -> str | None:
+    """The agent a model id names (None: automatic routing); raises OpenAIError 404 for an unknown or retired model."""
     if model == MODEL:
         return None
     prefix = f"{MODEL}/"
+    if model.startswith(prefix) and model[len(prefix) :] in retired:
+        raise OpenAIError(
+            404, f"The model {model!r} is retired (its agent was retired)", "invalid_request_error", "model_not_found"
+        )
+    agents = agents - retired
     if model.startswith(prefix) and model[len(prefix) :] in agents:
         return model[len(prefix) :]
     known = ", ".join([MODEL, *(prefix + a for a in sorted(agents))])
@@ -184,14 +189,14 @@ def create_openai_router(deps: GatewayDeps) -> APIRouter:
     @router.get("/v1/models")
     async def models(_p: ChatCaller) -> JSONResponse:
         """`smolit` (automatic routing) and `smolit/<agent>` for every agent."""
-        ids = [MODEL, *(f"{MODEL}/{a}" for a in sorted(deps.cards))]
+        ids = [MODEL, *(f"{MODEL}/{a}" for a in sorted(set(deps.cards) - deps.retired()))]
         return JSONResponse(
             {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": OWNED_BY} for i in ids]}
         )
 
     @router.get("/v1/models/{model:path}")
     async def model(model: str, _p: ChatCaller) -> JSONResponse:
-        resolve_model(model, set(deps.cards))
+        resolve_model(model, set(deps.cards), deps.retired())
         return JSONResponse({"id": model, "object": "model", "created": 0, "owned_by": OWNED_BY})
 
     @router.post("/v1/chat/completions")
@@ -217,7 +222,7 @@ def create_openai_router(deps: GatewayDeps) -> APIRouter:
         stream: str,
     ) -> Response:
         started = time.perf_counter()
-        agent = resolve_model(body.model, set(deps.cards))
+        agent = resolve_model(body.model, set(deps.cards), deps.retired())
         text, context = split_messages(body.messages)
         if len(text) > deps.max_request_chars:
             raise OpenAIError(

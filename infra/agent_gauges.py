@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from smolit.contracts import AgentCreated, AgentFlagged, AgentMetricsWindow, AgentRetired, AgentUpdated, Event
+from smolit.contracts import AgentMetricsWindow, Event, Lifecycle
+from smolit.contracts.lifecycle import agent_of
 
 from .kafka import Outgoing
 
@@ -64,17 +65,18 @@ class AgentGaugeProjection:
     def __init__(self, gauges: AgentGauges) -> None:
         self._gauges = gauges
         self._latest: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+        self._lifecycle = Lifecycle()
+        self.retired: frozenset[str] = frozenset()
+        """Agents retired on the lifecycle log (the gateway refuses requests naming them); swapped, never mutated."""
 
     def handle(self, events: Sequence[Event]) -> list[Outgoing]:
         for event in events:
             if isinstance(event, AgentMetricsWindow):
                 self._window(event)
-            elif isinstance(event, AgentFlagged):
-                self._gauges.flagged.labels(event.agent).set(1)
-            elif isinstance(event, AgentCreated | AgentUpdated):
-                self._gauges.flagged.labels(event.card.name).set(0)
-            elif isinstance(event, AgentRetired):
-                self._gauges.flagged.labels(event.agent).set(0)
+            elif self._lifecycle.apply(event):
+                agent = agent_of(event)  # type: ignore[arg-type]  # apply() accepted it: a lifecycle event
+                self._gauges.flagged.labels(agent).set(1 if agent in self._lifecycle.flags else 0)
+                self.retired = frozenset(self._lifecycle.retired)
         return []
 
     def _window(self, w: AgentMetricsWindow) -> None:

@@ -66,8 +66,9 @@ class ModelRegistry:
         run_name: str | None = None,
         parent_run_id: str | None = None,
         payload: dict[str, Any] | None = None,
+        texts: dict[str, str] | None = None,
     ) -> str:
-        """One finished run with params, metrics and (optionally) the model file; returns its run id."""
+        """One finished run with params, metrics, (optionally) the model file and text artifacts; returns its id."""
         import torch
 
         tags = dict(tags or {})
@@ -83,6 +84,8 @@ class ModelRegistry:
                 with tempfile.TemporaryDirectory() as tmp:
                     torch.save(payload, Path(tmp) / PAYLOAD)
                     self.client.log_artifacts(run_id, tmp, artifact_path="model")
+            for name, text in (texts or {}).items():
+                self.client.log_text(run_id, text, name)
         except Exception:
             self.end_run(run_id, failed=True)
             raise
@@ -109,6 +112,21 @@ class ModelRegistry:
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
         version = self.client.create_model_version(name, source=f"{artifact_uri}/model", run_id=run_id, tags=tags or {})
         return self._describe(version)
+
+    def runs_tagged(self, tags: dict[str, str]) -> list[str]:
+        """Ids of this experiment's runs carrying all of `tags` (newest first)."""
+        terms = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=terms, order_by=["attributes.start_time DESC"]
+        )
+        return [r.info.run_id for r in runs]
+
+    def read_text(self, run_id: str, path: str) -> str:
+        """A text artifact of a run."""
+        folder = self._mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, tracking_uri=self.tracking_uri
+        )
+        return Path(folder).read_text(encoding="utf-8")
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
@@ -149,14 +167,14 @@ class ModelRegistry:
         )
 
 
-def open_registry(tracking_uri: str, data_dir: Path) -> ModelRegistry:
+def open_registry(tracking_uri: str, data_dir: Path, experiment: str = "smolit-router") -> ModelRegistry:
     """The registry named by the settings; a local sqlite store keeps its artifacts beside it in data_dir.
 
     Opening a new sqlite store runs MLflow's schema migrations; two services opening it at once race on them
     (alembic "0 found" errors), so openers of a local store take turns on a file lock.
     """
     if not tracking_uri.startswith("sqlite:///"):
-        return ModelRegistry(tracking_uri, None)
+        return ModelRegistry(tracking_uri, None, experiment)
     import fcntl
 
     folder = data_dir / "mlflow"
@@ -164,6 +182,6 @@ def open_registry(tracking_uri: str, data_dir: Path) -> ModelRegistry:
     with (folder / ".open.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return ModelRegistry(tracking_uri, folder / "artifacts")
+            return ModelRegistry(tracking_uri, folder / "artifacts", experiment)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

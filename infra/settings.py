@@ -153,6 +153,24 @@ class Settings(BaseSettings):
     clusters: 0.31-0.52 to cooking documents, about 0 to an astronomy one)."""
     discovery_knowledge_max: int = Field(default=20, ge=0)
     """Most knowledge-pool documents one proposal takes."""
+    # --- Agent flags (underperforming agents) --------------------------------------------------------
+    flag_min_samples: int = Field(default=20, ge=1)
+    """Judged outcomes (feedback or failure) of an agent's current card version before it can be flagged."""
+    flag_window: int = Field(default=100, ge=1)
+    """Most recent judged outcomes per agent the flag rule looks at."""
+    flag_rate: float = Field(default=0.35, gt=0, lt=1)
+    """Flag when the lower confidence bound of the negative-outcome rate exceeds this (and the reference + margin)."""
+    unflag_rate: float = Field(default=0.30, gt=0, lt=1)
+    """Unflag only when the upper bound falls below this (must be below SMOLIT_FLAG_RATE: hysteresis)."""
+    flag_margin: float = Field(default=0.10, ge=0, lt=1)
+    """How far above the other agents' pooled rate (or the agent's own earlier rate) the bound must be."""
+    flag_z: float = Field(default=2.326, gt=0)
+    """Normal quantile of the one-sided Wilson bounds (2.326 = 99 %)."""
+    flag_retire_rate: float = Field(default=0.6, gt=0, le=1)
+    """A first flag whose lower bound reaches this also proposes retiring the agent."""
+    flag_demotion: float = Field(default=0.5, ge=0, le=1)
+    """The router multiplies a flagged agent's (positive) score by this; 0 excludes it unless asked for by name or
+    no other agent is left."""
 
     # --- Gateway -----------------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -1,6 +1,10 @@
-"""Learner: training examples in, router models out (trained, tracked and promoted through the registry)."""
+"""Learner: training examples in, router models out (trained, tracked and promoted through the registry); agent
+flags from a confidence bound on each agent's negative outcomes, with a challenger card as the improvement step."""
 
 from .discovery import Discovery, DiscoveryConfig
+from .flags import FlagRule
+from .improvement import MlflowAgentVersions
+from .monitor import FlagMetrics, FlagMonitor, MonitorConfig
 from .proposals import AgentProposer, ProposerMetrics
 from .service import Learner, LearnerConfig, LearnerMetrics
 
@@ -8,8 +12,13 @@ __all__ = [
     "AgentProposer",
     "Discovery",
     "DiscoveryConfig",
+    "FlagMetrics",
+    "FlagMonitor",
+    "FlagRule",
     "Learner",
     "LearnerConfig",
     "LearnerMetrics",
+    "MlflowAgentVersions",
+    "MonitorConfig",
     "ProposerMetrics",
 ]

@@ -12,17 +12,21 @@ from smolit.contracts import TrainingExample, unpack_vector
 from .trainer import Outcome
 
 
-def outcome_of(example: TrainingExample) -> Outcome:
-    """A failure or timeout is a bad outcome; feedback sentiment decides otherwise; no signal leaves `good` unset."""
-    good = example.positive
+def is_good(example: TrainingExample) -> bool | None:
+    """A failure or timeout is a bad outcome; feedback sentiment decides otherwise; no signal: None."""
     if example.failed:
-        good = False
-    elif good is None and example.rating is not None and example.rating in (-1, 1):
-        good = example.rating > 0  # thumbs from a producer that does not set `positive`
+        return False
+    if example.positive is None and example.rating is not None and example.rating in (-1, 1):
+        return example.rating > 0  # thumbs from a producer that does not set `positive`
+    return example.positive
+
+
+def outcome_of(example: TrainingExample) -> Outcome:
+    """The example as a training outcome (see `is_good`)."""
     return Outcome(
         embedding=np.asarray(unpack_vector(example.embedding), dtype=np.float32),
         agent=example.agent,
-        good=good,
+        good=is_good(example),
         preferred=example.preferred_agent,
         propensity=example.propensity,
     )

@@ -18,6 +18,7 @@ from smolit.contracts import (
     RequestReceived,
     RoutingDecided,
     TaskAssigned,
+    TaskFailed,
     Topic,
     pack_vector,
     unpack_vector,
@@ -26,6 +27,7 @@ from smolit.infra.db import EMBEDDING_DIM
 from smolit.infra.kafka import Outgoing
 
 from .clauses import split_clauses
+from .demotion import AgentStates, demote, without
 from .features import AgentFeatures
 from .policy import Decision, decide
 from .scoring import SimilarityScorer, TextEmbedder
@@ -106,6 +108,7 @@ class Router:
         metrics: RouterMetrics,
         exploration: float = 0.0,
         seed: int | None = None,
+        states: AgentStates | None = None,
     ) -> None:
         if fallback not in cards:
             raise ValueError(f"fallback agent {fallback!r} has no card (setting SMOLIT_FALLBACK_AGENT)")
@@ -117,6 +120,7 @@ class Router:
         self._exploration = exploration
         self._rng = random.Random(seed)
         self._metrics = metrics
+        self.states = states or AgentStates(fallback)
         metrics.model.info({"version": self._scorer.version})
 
     @property
@@ -199,8 +203,17 @@ class Router:
         elapsed = time.perf_counter() - started
         self._metrics.routing_seconds.observe(elapsed)
         outputs: list[Outgoing] = []
+        flagged, retired, factor = self.states.flagged, self.states.retired, self.states.factor  # one view per batch
         for n, (request, clauses) in enumerate(zip(requests, all_clauses, strict=True)):
+            if request.agent is not None and request.agent in retired:
+                outputs.append(self._refuse_retired(request))
+                continue
             vector, scores = vectors[n], scored[n]
+            if retired:  # never routed to, explored or consulted
+                scores = without(scores, retired)
+                if n in joint_rows:
+                    scored[joint_rows[n]] = without(scored[joint_rows[n]], retired)
+                clauses = tuple(c.model_copy(update={"scores": without(c.scores, retired)}) for c in clauses)
             if request.allowed_agents is not None:
                 # A restricted API key: only its agents are considered (the gateway never sends an empty list).
                 allowed = set(request.allowed_agents)
@@ -215,21 +228,23 @@ class Router:
                 if not scores:
                     log.warning("no allowed agent is known; request dropped", request_id=str(request.request_id))
                     continue
+            scores = demote(scores, flagged, factor)  # the scores the decision is made on (and recorded)
             decision = decide(scores, fallback=self._fallback, threshold=threshold, requested=request.agent)
             context_used = False
             if n in joint_rows:
                 alone = decision
                 j = joint_rows[n]
+                joint_scores = demote(scored[j], flagged, factor)
                 decision = follow_up(
                     alone,
-                    decide(scored[j], fallback=self._fallback, threshold=threshold),
+                    decide(joint_scores, fallback=self._fallback, threshold=threshold),
                     request.previous_agent,
-                    scored[j],
+                    joint_scores,
                     fallback=self._fallback,
                     topic_change=threshold + TOPIC_CHANGE_MARGIN,
                 )
                 if decision is not alone:
-                    vector, scores, context_used = vectors[j], scored[j], True
+                    vector, scores, context_used = vectors[j], joint_scores, True
             if kinds[n] is not None:  # small talk: the fallback agent replies briefly, whatever the scores
                 decision = Decision(self._fallback, scores.get(self._fallback, 0.0), low_confidence=False)
             exploration, propensity = False, 1.0
@@ -251,6 +266,7 @@ class Router:
                 text=request.text,
                 small_talk=kinds[n],
                 context_used=context_used,
+                demoted=tuple(sorted(flagged & scores.keys())),
             )
             task = decided.caused(
                 TaskAssigned,
@@ -281,6 +297,17 @@ class Router:
                 context_used=context_used,
             )
         return outputs
+
+    def _refuse_retired(self, request: RequestReceived) -> Outgoing:
+        """A request naming a retired agent fails at once, saying why (the gateway answers it as failed)."""
+        failed = request.caused(
+            TaskFailed,
+            producer=PRODUCER,
+            agent=request.agent or "",
+            reason=f"agent {request.agent!r} is retired; ask without naming an agent, or name another one",
+        )
+        log.info("refused: agent retired", request_id=str(request.request_id), agent=request.agent)
+        return Outgoing(Topic.ANSWERS, str(request.request_id), failed)
 
     def _embed(self, requests: Sequence[RequestReceived], clauses: list[str]) -> np.ndarray:
         """Rows: each request's vector (its own when valid, else encoded), then each clause's."""

@@ -37,8 +37,6 @@ kb_app = typer.Typer(no_args_is_help=True, help="Inspect agents' knowledge bases
 app.add_typer(kb_app, name="kb")
 demo_app = typer.Typer(no_args_is_help=True, help="Demo agents' knowledge from real public corpora.")
 app.add_typer(demo_app, name="demo")
-agents_app = typer.Typer(help="Agents: list them (no subcommand), proposals for new domains, approvals.")
-app.add_typer(agents_app, name="agents")
 console = Console(stderr=True)
 out = Console()
 
@@ -387,44 +385,6 @@ def ingest(
         raise typer.Exit(1)
 
 
-@agents_app.callback(invoke_without_command=True)
-def agents(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    data_dir: DataDir = None,
-) -> None:
-    """List agents with their knowledge document and chunk counts."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from smolit.infra.knowledge import KnowledgeStore
-
-    from .agents_cli import runtime_cards
-
-    settings = load_settings(data_dir=data_dir)
-    cards = _cards(settings) | runtime_cards(settings)  # card files and agents created at runtime
-    with _pool(settings) as pool:
-        stats = {s.collection: s for s in KnowledgeStore(pool).stats()}
-    rows = []
-    for name, card in sorted(cards.items()):
-        st = stats.get(card.knowledge_collection)
-        rows.append(
-            {
-                "agent": name,
-                "domain": card.domain or name,
-                "documents": st.documents if st else 0,
-                "chunks": st.chunks if st else 0,
-                "description": card.description,
-            }
-        )
-    if as_json:
-        out.print_json(json.dumps(rows))
-        return
-    table = Table("agent", "domain", "documents", "chunks", "description")
-    for r in rows:
-        table.add_row(r["agent"], r["domain"], str(r["documents"]), str(r["chunks"]), r["description"][:70])
-    out.print(table)
-
-
 @app.command()
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of rows.")] = False,
@@ -627,7 +587,7 @@ def _retrain(
 
 
 def _register_subcommands() -> None:
-    from . import agents_cli
+    from .agents_cli import agents_app
     from .bench_cli import bench_app
     from .keys_cli import keys_app
     from .models import models_app
@@ -635,7 +595,7 @@ def _register_subcommands() -> None:
     app.add_typer(bench_app, name="bench")
     app.add_typer(models_app, name="models")
     app.add_typer(keys_app, name="keys")
-    agents_cli.register(agents_app)
+    app.add_typer(agents_app, name="agents")
 
 
 _register_subcommands()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 
-from smolit.contracts import AgentCard, Topic, TopicNames
+from smolit.contracts import AgentCard, Event, Topic, TopicNames
 from smolit.infra.agent_gauges import AgentGaugeProjection, AgentGauges
 from smolit.infra.cards import load_cards
 from smolit.infra.catalog import CardCatalog
@@ -28,6 +29,7 @@ from smolit.infra.kafka import (
     Handler,
     KafkaProfile,
     LoopConfig,
+    Outgoing,
     PostgresDeduper,
     check_broker,
     missing_topics,
@@ -242,8 +244,16 @@ def _run_consumers(
 
 def _run_router(w: Wiring, stop: threading.Event) -> None:
     from smolit.infra.embedder import build_embedder
-    from smolit.router import ModelWatcher, Router, RouterMetrics
+    from smolit.infra.kafka import TopicMissing, read_topic_events
+    from smolit.router import AgentStates, ModelWatcher, Router, RouterMetrics
 
+    try:
+        states = AgentStates(w.settings.fallback_agent, w.settings.flag_demotion)
+    except ValueError as exc:
+        raise SetupError(str(exc)) from exc
+    # Flags and retirements known before the first request is routed (the loop below then follows the topic).
+    with contextlib.suppress(TopicMissing):
+        states.handle(read_topic_events(w.profile.consumer("router-lifecycle"), w.topics(Topic.AGENT_LIFECYCLE)))
     router = Router(
         load_cards(w.settings.agents_dir),
         build_embedder(w.settings),
@@ -251,13 +261,19 @@ def _run_router(w: Wiring, stop: threading.Event) -> None:
         threshold=w.settings.route_threshold,
         metrics=RouterMetrics.create(w.registry),
         exploration=w.settings.exploration,
+        states=states,
     )
     catalog = CardCatalog(load_cards(w.settings.agents_dir), lambda cards, _: router.use_cards(cards))
-    agents = follow_lifecycle(w, "router", catalog.handle)  # agents created at runtime, before the first request
+
+    def lifecycle(events: Sequence[Event]) -> list[Outgoing]:
+        catalog.handle(events)  # agents created or updated at runtime
+        return states.handle(events)  # flags and retirements (demotion)
+
+    agents = follow_lifecycle(w, "router", lifecycle)  # replayed before the first request, then followed
     watcher = ModelWatcher(router, _champion_loader(w.settings, router))
     watcher.refresh()  # route with the registry's champion from the first request, if there is one
     loop = w.loop("smolit-router", [Topic.REQUESTS], router.handle)
-    # Every router instance must hear every promotion, so each reads the models topic under its own group.
+    # Every router instance must hear every promotion and every flag, so each reads those topics under its own group.
     models = w.loop(f"smolit-router-models-{w.instance}", [Topic.ROUTER_MODELS], watcher.handle, dedupe=False)
     _run_consumers(w, "router", [loop, models, agents], stop, w.settings.router_metrics_port)
 
@@ -311,6 +327,7 @@ def _run_learner(w: Wiring, stop: threading.Event) -> None:
         ),
     )
     loop = w.loop("smolit-learner", [Topic.TRAINING_EXAMPLES], learner.handle)
+    flags = w.loop("smolit-learner-flags", [Topic.TRAINING_EXAMPLES, Topic.AGENT_LIFECYCLE], _flag_monitor(w).handle)
     timer = threading.Thread(target=_tick_learner, args=(learner, w.producer, stop), name="learner-timer", daemon=True)
     timer.start()
     # Agents created at runtime: the learner trains on their outcomes too.
@@ -318,7 +335,7 @@ def _run_learner(w: Wiring, stop: threading.Event) -> None:
         load_cards(s.agents_dir), lambda cards, _: learner.use_agents(AgentFeatures.from_cards(cards, embedder))
     )
     agents = follow_lifecycle(w, "learner", catalog.handle)
-    _run_consumers(w, "learner", [loop, agents, *_proposer_loops(w, embedder)], stop, s.learner_metrics_port)
+    _run_consumers(w, "learner", [loop, flags, agents, *_proposer_loops(w, embedder)], stop, s.learner_metrics_port)
 
 
 def _proposer_loops(w: Wiring, embedder: Any) -> list[ConsumerLoop]:
@@ -352,6 +369,42 @@ def discovery_config(settings: Settings) -> Any:
         clone_similarity=settings.discovery_clone_similarity,
         duplicate_similarity=settings.discovery_duplicate_similarity,
     )
+
+
+def _flag_monitor(w: Wiring) -> Any:
+    """The learner's flag rule over every agent but the fallback, primed with the lifecycle log's flags."""
+    from smolit.infra.kafka import TopicMissing, read_topic_events
+    from smolit.infra.registry import open_registry
+    from smolit.learner import FlagMetrics, FlagMonitor, FlagRule, MlflowAgentVersions, MonitorConfig
+    from smolit.learner.improvement import AGENT_EXPERIMENT
+
+    s = w.settings
+    try:
+        rule = FlagRule(
+            min_samples=s.flag_min_samples,
+            window=s.flag_window,
+            flag_rate=s.flag_rate,
+            unflag_rate=s.unflag_rate,
+            margin=s.flag_margin,
+            z=s.flag_z,
+        )
+    except ValueError as exc:
+        raise SetupError(f"flag settings (SMOLIT_FLAG_*, SMOLIT_UNFLAG_RATE): {exc}") from exc
+    monitor = FlagMonitor(
+        load_cards(s.agents_dir),
+        MonitorConfig(
+            rule=rule,
+            exempt=frozenset({s.fallback_agent}),
+            default_top_k=s.retrieval_top_k,
+            retire_rate=s.flag_retire_rate,
+        ),
+        FlagMetrics.create(w.registry),
+        MlflowAgentVersions(open_registry(s.tracking_uri, s.data_dir, AGENT_EXPERIMENT)),
+    )
+    # The consumer group resumes after its committed offset: earlier flags come from a full read of the topic.
+    with contextlib.suppress(TopicMissing):
+        monitor.prime(read_topic_events(w.profile.consumer("learner-flags"), w.topics(Topic.AGENT_LIFECYCLE)))
+    return monitor
 
 
 def _tick_learner(learner: Learner, producer: EventProducer, stop: threading.Event) -> None:
@@ -540,6 +593,7 @@ def _run_gateway(w: Wiring, stop: threading.Event) -> None:
             max_request_chars=w.settings.max_request_chars,
             auth=_authenticator(w, cards),
             guard=_prompt_guard(w),
+            retired=lambda: gauges.retired,
         )
     )
     thread = loop.start_thread()

@@ -10,16 +10,7 @@ from typing import Any
 from rich import box
 from rich.table import Column, Table
 
-from smolit.contracts import (
-    AgentCreated,
-    AgentFlagged,
-    AgentMetricsWindow,
-    AgentRetired,
-    AgentUpdated,
-    Event,
-    Topic,
-    TopicNames,
-)
+from smolit.contracts import AgentMetricsWindow, Event, Lifecycle, Topic, TopicNames
 from smolit.infra.agent_gauges import window_kind
 from smolit.infra.kafka import KafkaProfile, read_topic_events
 
@@ -52,16 +43,8 @@ def latest_windows(events: Iterable[Event]) -> list[AgentMetricsWindow]:
 
 
 def flagged_agents(events: Iterable[Event]) -> dict[str, str]:
-    """Agents whose latest lifecycle event is a flag, with its reason (update, re-creation or retirement clear it)."""
-    flags: dict[str, str] = {}
-    for event in sorted(events, key=lambda e: e.occurred_at):
-        if isinstance(event, AgentFlagged):
-            flags[event.agent] = event.reason
-        elif isinstance(event, AgentCreated | AgentUpdated):
-            flags.pop(event.card.name, None)
-        elif isinstance(event, AgentRetired):
-            flags.pop(event.agent, None)
-    return flags
+    """Flagged agents with the flag's reason (an unflag, re-creation or retirement clears a flag; see Lifecycle)."""
+    return {agent: flag.reason for agent, flag in Lifecycle.of(events).flags.items()}
 
 
 def collect_stats(

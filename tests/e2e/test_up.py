@@ -219,6 +219,32 @@ def test_feedback_metrics_and_logs(system: Running) -> None:
         assert any(line.get("request_id") == answer["request_id"] for line in handled), service
 
 
+def test_agents_are_listed_and_a_retired_one_is_refused(system: Running) -> None:
+    """`smolit agents` lists the demo agents as active; retiring the fallback is refused; after `smolit agents
+    retire health` the gateway refuses requests naming it and health questions are routed elsewhere."""
+    listed = json.loads(_cli(system, "agents", "--json").stdout)
+    assert {r["agent"]: r["status"] for r in listed} == dict.fromkeys(
+        ("finance", "general", "health", "legal"), "active"
+    )
+    env = dict(os.environ) | {"SMOLIT_DATA_DIR": str(system.data_dir)}
+    refused = subprocess.run(
+        [sys.executable, "-m", "smolit", "agents", "retire", "general"], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "fallback agent" in refused.stderr
+    assert "retired" in _cli(system, "agents", "retire", "health").stdout
+    question = {"text": "What are the common side effects of ibuprofen?"}
+    deadline = time.monotonic() + 30
+    while (
+        named := httpx.post(f"{system.url}/v1/requests", json=question | {"agent": "health"}, timeout=60)
+    ).status_code != 410:
+        assert named.status_code == 200 and time.monotonic() < deadline, named.text
+        time.sleep(0.5)
+    time.sleep(2)  # the routers read the same topic as the gateway
+    routed = httpx.post(f"{system.url}/v1/requests", json=question, timeout=60).json()
+    assert routed["agent"] != "health" and "health" not in routed["scores"]
+    assert json.loads(_cli(system, "agents", "--json").stdout)[2]["status"] == "retired"
+
+
 def test_stop_and_restart_keeps_events_and_knowledge(system: Running) -> None:
     """Ctrl-C stops everything cleanly; a second `smolit up` on the same data finds earlier answers and knowledge."""
     first = httpx.post(f"{system.url}/v1/requests", json={"text": QUESTION}, timeout=60).json()

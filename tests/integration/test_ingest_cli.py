@@ -145,7 +145,17 @@ def test_kb_search_ranks_chunks_and_agents_counts_them(env: dict[str, str], tmp_
     assert table.exit_code == 0 and "Refinancing" in table.stdout
     listed = json.loads(_cli(env, "agents", "--json").stdout)
     assert listed == [
-        {"agent": agent, "domain": "money", "documents": 5, "chunks": 5, "description": "Personal finance."}
+        {
+            "agent": agent,
+            "domain": "money",
+            "documents": 5,
+            "chunks": 5,
+            "description": "Personal finance.",
+            "version": 1,
+            "status": None,  # no broker in this test: flags are unknown, not absent
+            "flag": None,
+            "retired": None,
+        }
     ]
 
 

@@ -7,7 +7,7 @@ from uuid import uuid4
 
 from prometheus_client import CollectorRegistry
 
-from smolit.contracts import AgentCard, AgentFlagged, AgentMetricsWindow, AgentUpdated
+from smolit.contracts import AgentCard, AgentFlagged, AgentMetricsWindow, AgentUnflagged, AgentUpdated
 from smolit.infra.agent_gauges import AgentGaugeProjection, AgentGauges, window_kind
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -46,10 +46,12 @@ def test_latest_window_wins_and_missing_values_are_dropped() -> None:
 
 
 def test_flag_is_set_and_cleared_by_lifecycle_events() -> None:
-    """AgentFlagged sets the flag gauge; a later update of the agent clears it."""
+    """AgentFlagged sets the flag gauge; a new card version keeps it; AgentUnflagged clears it."""
     registry = CollectorRegistry()
     projection = AgentGaugeProjection(AgentGauges.create(registry))
     projection.handle([AgentFlagged(correlation_id=uuid4(), agent="legal", reason="slow")])
     assert registry.get_sample_value("smolit_agent_flagged", {"agent": "legal"}) == 1
-    projection.handle([AgentUpdated(correlation_id=uuid4(), card=AgentCard(name="legal", description="l"))])
+    projection.handle([AgentUpdated(correlation_id=uuid4(), card=AgentCard(name="legal", description="l", version=2))])
+    assert registry.get_sample_value("smolit_agent_flagged", {"agent": "legal"}) == 1
+    projection.handle([AgentUnflagged(correlation_id=uuid4(), agent="legal", reason="operator")])
     assert registry.get_sample_value("smolit_agent_flagged", {"agent": "legal"}) == 0

@@ -132,3 +132,11 @@ def test_stream_chunks_join_back_to_the_answer() -> None:
     chunks = chunk_text(answer, words=4)
     assert "".join(chunks) == answer and len(chunks) == 4
     assert chunk_text("") == []
+
+
+def test_retired_agent_models_are_refused_by_name() -> None:
+    """`smolit/<retired agent>` answers 404 saying it is retired, not that it never existed."""
+    with pytest.raises(OpenAIError) as info:
+        resolve_model("smolit/legal", {"finance", "legal"}, frozenset({"legal"}))
+    assert info.value.status == 404 and "retired" in str(info.value)
+    assert resolve_model("smolit/finance", {"finance", "legal"}, frozenset({"legal"})) == "finance"
