@@ -64,6 +64,28 @@ def bench_gateway(
     out.print_json(json.dumps(result)) if as_json else out.print(result)
 
 
+@bench_app.command("faults")
+def bench_faults(
+    faults: Annotated[
+        str, typer.Option(help="Comma-separated, in order: agents, router, streams, learner, broker, database.")
+    ] = "agents,router,streams,learner,broker,database",
+    rate: Annotated[float, typer.Option(min=0.5, max=50, help="Requests per second sent throughout.")] = 4.0,
+    steady_s: Annotated[
+        float, typer.Option(min=1, help="Seconds of steady traffic before and after each fault.")
+    ] = 8.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Kill -9 each service, crash the broker, restart the database, under steady traffic; count what was lost."""
+    from .bench_faults import FAULTS, run_faults_bench
+
+    chosen = [f.strip() for f in faults.split(",") if f.strip()]
+    if unknown := [f for f in chosen if f not in FAULTS]:
+        raise typer.BadParameter(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
+    step = None if as_json else (lambda text: console.print(f"[dim]{text}[/]"))
+    result = run_faults_bench(chosen, rate, steady_s, on_step=step or (lambda _: None))
+    out.print_json(json.dumps(result)) if as_json else out.print(result)
+
+
 bench_data_app = typer.Typer(no_args_is_help=True, help="Build benchmark data sets from pinned packages.")
 bench_app.add_typer(bench_data_app, name="data")
 
