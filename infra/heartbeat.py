@@ -27,7 +27,9 @@ class Heartbeat:
         self.info: dict[str, Any] = {}
 
     def start(self) -> None:
-        self.beat()
+        # The database being away at this moment only delays the first beat (the thread keeps trying).
+        with contextlib.suppress(psycopg.Error):
+            self.beat()
         self._thread.start()
 
     def beat(self) -> None:

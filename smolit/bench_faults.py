@@ -248,6 +248,9 @@ class FaultDrill:
         # What a client was shown (a 200 answer) must be what it reads later: one answer per request.
         changed = sum(1 for s in accepted if s.answer is not None and _shown(final.get(str(s.request_id))) != s.answer)
         per_request = Counter(str(e.correlation_id) for e in {e.event_id: e for e in examples}.values())
+        missing = set(final) - set(per_request)
+        sent_at = {str(s.request_id): s.sent_at for s in accepted}
+        start = records[0].sent_at if records else 0.0
         recoveries = [r.recovery_s for r in self.results]
         taken = {id(s) for s in accepted}
         return {
@@ -259,13 +262,16 @@ class FaultDrill:
             "duplicates_visible": changed,
             "duplicate_answer_events": sum(n - 1 for n in answer_events.values() if n > 1),
             "training_examples": len(per_request),
-            "training_examples_missing": len(set(final) - set(per_request)),
+            "training_examples_missing": len(missing),
+            # When each one was sent, in seconds after the first request, next to the faults' times below.
+            "training_examples_missing_sent_s": sorted(round(sent_at[rid] - start, 1) for rid in missing)[:10],
             "training_examples_double_counted": sum(n - 1 for n in per_request.values() if n > 1),
             "training_example_redeliveries": len(examples) - len({e.event_id for e in examples}),
             "feedback_sent": self.traffic.feedback_sent,
             "faults": [
                 {
                     "fault": r.fault,
+                    "at_s": round(r.injected_at - start, 1),
                     "component_ready_s": r.component_ready_s,
                     "answers_flowing_s": r.answers_flowing_s,
                     "recovery_s": r.recovery_s,
