@@ -86,6 +86,26 @@ def bench_faults(
     out.print_json(json.dumps(result)) if as_json else out.print(result)
 
 
+@bench_app.command("load")
+def bench_load(
+    rate: Annotated[
+        list[float] | None, typer.Option(help="Offered requests/s (repeat for a sweep, one step each).")
+    ] = None,
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of sending per rate.")] = 30.0,
+    storage: Annotated[str, typer.Option(help="Embedded broker storage: memory or s3 (as `smolit up`).")] = "memory",
+    agent_workers: Annotated[int, typer.Option(min=1, max=8, help="Agent worker processes (scale-out).")] = 1,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Open-loop load through the whole system: throughput, latency p50/p95/p99, lag, errors, memory."""
+    from .bench_load import run_load_bench
+
+    if storage not in ("memory", "s3"):
+        raise typer.BadParameter("storage is memory or s3")
+    step = None if as_json else (lambda text: console.print(f"[dim]{text}[/]"))
+    result = run_load_bench(rate or [10.0], duration, storage, agent_workers, on_step=step or (lambda _: None))
+    out.print_json(json.dumps(result)) if as_json else out.print(result)
+
+
 bench_data_app = typer.Typer(no_args_is_help=True, help="Build benchmark data sets from pinned packages.")
 bench_app.add_typer(bench_data_app, name="data")
 

@@ -174,11 +174,25 @@ class Stack:
         self.on_step("waiting for every service to report healthy")
         self._wait_healthy(timeout_s)
 
-    def _spawn(self, name: str) -> None:
+    def _spawn(self, key: str) -> None:
+        """Start the process `key` names: a service, or `service#N` for its N-th instance."""
+        service = key.split("#")[0]
         # Services die with the supervisor even if it is killed (parent-death signal), never orphaned.
-        self.services[name] = spawn(
-            name, [sys.executable, "-m", "smolit", "run", name], self.log_dir / f"{name}.log", env=self._env
+        self.services[key] = spawn(
+            key,
+            [sys.executable, "-m", "smolit", "run", service],
+            self.log_dir / f"{key.replace('#', '-')}.log",
+            env=self._env,
         )
+
+    def add_instance(self, service: str) -> str:
+        """One more process of `service` in its consumer group (scale-out); its key in `services`."""
+        n = 2
+        while f"{service}#{n}" in self.services:
+            n += 1
+        key = f"{service}#{n}"
+        self._spawn(key)
+        return key
 
     def kill_service(self, name: str, restart: bool = True) -> int:
         """SIGKILL one service (a crash: no drain, no commit) and, as a process manager would, start it again.
