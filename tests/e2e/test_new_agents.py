@@ -22,35 +22,16 @@ from smolit.infra.knowledge import KnowledgeStore
 
 from ..new_domains import COOKING, POOL_DOCUMENTS
 from .test_up import Running, _stop
+from .test_up import _start as _start_up
 
 pytestmark = pytest.mark.e2e
 
 NAME = "cooking"
 
 
-def _start(data_dir: Path, port: int, timeout_s: float = 300) -> Running:
+def _start(data_dir: Path, port: int) -> Running:
     """`smolit up --no-demo`: the demo knowledge is not needed here and takes minutes to encode."""
-    env = dict(os.environ) | {"SMOLIT_DATA_DIR": str(data_dir), "SMOLIT_PORT": str(port)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smolit", "up", "--no-demo"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    output: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        output.append(line)
-        if "ready at" in line:
-            return Running(proc, f"http://127.0.0.1:{port}", data_dir, output)
-    proc.kill()
-    raise AssertionError("smolit up did not become ready:\n" + "".join(output[-40:]))
+    return _start_up(data_dir, port, 300, "--no-demo")
 
 
 def _knows(data_dir: Path, service: str, agent: str) -> bool:

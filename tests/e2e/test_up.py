@@ -36,10 +36,11 @@ class Running:
     output: list[str]
 
 
-def _start(data_dir: Path, port: int, timeout_s: float = 600) -> Running:  # first start encodes ~4k demo chunks
+def _start(data_dir: Path, port: int, timeout_s: float = 600, *up_args: str) -> Running:
+    """`smolit up` (the first start encodes ~4k demo chunks) until it says it is ready."""
     env = dict(os.environ) | {"SMOLIT_DATA_DIR": str(data_dir), "SMOLIT_PORT": str(port)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "smolit", "up"],
+        [sys.executable, "-m", "smolit", "up", *up_args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
