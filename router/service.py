@@ -224,9 +224,9 @@ class Router:
             test, treatment = experiment
             arms = [arm(r.conversation_id, test.experiment_id, test.share) for r in requests]
             treated = [n for n, a in enumerate(arms) if a == TREATMENT]
-            rows = [*treated, *(joint_rows[n] for n in treated if n in joint_rows)]
-            if rows:
-                for r, probs in zip(rows, treatment.score(vectors[rows]), strict=True):
+            treated_rows = [*treated, *(joint_rows[n] for n in treated if n in joint_rows)]
+            if treated_rows:
+                for r, probs in zip(treated_rows, treatment.score(vectors[treated_rows]), strict=True):
                     scored[r] = {a: round(float(p), 6) for a, p in zip(treatment.agents, probs, strict=True)}
         elapsed = time.perf_counter() - started
         self._metrics.routing_seconds.observe(elapsed)

@@ -170,9 +170,9 @@ def status(
         return
     table = Table("id", "version", "share", "status", "control", "treatment", "p", "decision")
     for r in rows:
-        arms = [f"{r.get(f'{a}_positive', 0):.0f}/{r.get(f'{a}_judged', 0):.0f}" for a in (CONTROL, TREATMENT)]
+        cells = [f"{r.get(f'{a}_positive', 0):.0f}/{r.get(f'{a}_judged', 0):.0f}" for a in (CONTROL, TREATMENT)]
         table.add_row(
-            r["experiment_id"], r["router_version"], f"{r['share']:g}", r["status"], *arms, str(r["p_value"]),
+            r["experiment_id"], r["router_version"], f"{r['share']:g}", r["status"], *cells, str(r["p_value"]),
             r["decision"],
         )  # fmt: skip
     out.print(table)
