@@ -412,8 +412,8 @@ class ModelWatcher:
         before = self.experiments.running
         self.experiments.apply(events)
         running = self.experiments.running
-        if running is before:
-            return
+        if (running and running.experiment_id) == (before and before.experiment_id):
+            return  # no change (also when the loop re-reads what the start-up replay already applied)
         if running is None:
             self._router.use_experiment(None)
             return
