@@ -15,6 +15,8 @@ from .events import (
     Clause,
     DeadLetter,
     Event,
+    ExperimentStarted,
+    ExperimentStopped,
     FeedbackGiven,
     RequestBlocked,
     RequestReceived,
@@ -29,14 +31,17 @@ from .events import (
     ToolCalled,
     TrainingExample,
 )
+from .experiments import CONTROL, TREATMENT, Experiments, arm
 from .lifecycle import Lifecycle
 from .serde import DecodeError, decode, encode, register_upcaster, upcast
 from .topics import TOPIC_EVENTS, Topic, TopicNames
 from .vectors import pack_vector, unpack_vector
 
 __all__ = [
+    "CONTROL",
     "EVENT_TYPES",
     "TOPIC_EVENTS",
+    "TREATMENT",
     "AgentCard",
     "AgentCreated",
     "AgentFlagged",
@@ -51,6 +56,9 @@ __all__ = [
     "DeadLetter",
     "DecodeError",
     "Event",
+    "ExperimentStarted",
+    "ExperimentStopped",
+    "Experiments",
     "FeedbackGiven",
     "LLMConfig",
     "Lifecycle",
@@ -69,6 +77,7 @@ __all__ = [
     "Topic",
     "TopicNames",
     "TrainingExample",
+    "arm",
     "decode",
     "encode",
     "pack_vector",

@@ -102,6 +102,10 @@ class RoutingDecided(Event):
     """The follow-up was scored together with the previous turn of its conversation."""
     demoted: tuple[str, ...] = ()
     """Flagged agents whose scores were demoted before this decision (`scores` are the demoted ones)."""
+    experiment_id: str | None = None
+    """Router A/B test this request's conversation took part in (`smolit ab start`); `None`: no test running."""
+    arm: str | None = None
+    """`control` (champion) or `treatment` (the tested version), from a hash of the conversation id."""
 
 
 class Clause(BaseModel):
@@ -312,6 +316,28 @@ class RolledBack(Event):
     reason: str
 
 
+class ExperimentStarted(Event):
+    type: Literal["ExperimentStarted"] = "ExperimentStarted"
+    experiment_id: str
+    kind: Literal["router"] = "router"
+    """What is tested; only router model versions so far."""
+    router_version: str
+    """Registry version serving the treatment arm (the champion serves control)."""
+    registry_name: str = "smolit-router"
+    share: float = Field(gt=0, lt=1)
+    """Fraction of conversations in the treatment arm."""
+
+
+class ExperimentStopped(Event):
+    type: Literal["ExperimentStopped"] = "ExperimentStopped"
+    experiment_id: str
+    reason: str = "operator"
+    decision: str
+    """`treatment better`, `treatment worse` or `no significant difference`."""
+    results: dict[str, float] = Field(default_factory=dict)
+    """Per-arm judged counts and positive rates, z score and p-value at the time of stopping."""
+
+
 class AgentCreated(Event):
     type: Literal["AgentCreated"] = "AgentCreated"
     card: AgentCard
@@ -440,6 +466,8 @@ AnyEvent = Annotated[
     | TrainingExample
     | RouterModelPromoted
     | RolledBack
+    | ExperimentStarted
+    | ExperimentStopped
     | AgentCreated
     | AgentProposed
     | AgentUpdated
@@ -467,6 +495,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TrainingExample,
         RouterModelPromoted,
         RolledBack,
+        ExperimentStarted,
+        ExperimentStopped,
         AgentCreated,
         AgentProposed,
         AgentUpdated,

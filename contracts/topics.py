@@ -33,7 +33,7 @@ TOPIC_EVENTS: dict[Topic, frozenset[str]] = {
     Topic.FEEDBACK: frozenset({"FeedbackGiven"}),
     Topic.AGENT_METRICS: frozenset({"AgentMetricsWindow"}),
     Topic.TRAINING_EXAMPLES: frozenset({"TrainingExample"}),
-    Topic.ROUTER_MODELS: frozenset({"RouterModelPromoted", "RolledBack"}),
+    Topic.ROUTER_MODELS: frozenset({"RouterModelPromoted", "RolledBack", "ExperimentStarted", "ExperimentStopped"}),
     Topic.AGENT_LIFECYCLE: frozenset(
         {"AgentCreated", "AgentProposed", "AgentUpdated", "AgentFlagged", "AgentUnflagged", "AgentRetired"}
     ),

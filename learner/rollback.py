@@ -28,12 +28,19 @@ def significantly_worse(new: tuple[int, int], old: tuple[int, int], alpha: float
 
     Needs `min_each` judged outcomes on both sides (small samples decide nothing).
     """
-    (k1, n1), (k2, n2) = new, old
-    if n1 < min_each or n2 < min_each:
+    if new[1] < min_each or old[1] < min_each:
+        return None
+    z = two_proportion_z(new, old)
+    return z if z is not None and z < -NormalDist().inv_cdf(1 - alpha) else None
+
+
+def two_proportion_z(a: tuple[int, int], b: tuple[int, int]) -> float | None:
+    """Pooled two-proportion z score of `a`'s (positives, judged) rate minus `b`'s; None when undefined."""
+    (k1, n1), (k2, n2) = a, b
+    if n1 == 0 or n2 == 0:
         return None
     pooled = (k1 + k2) / (n1 + n2)
     spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     if spread == 0:
         return None
-    z = (k1 / n1 - k2 / n2) / spread
-    return z if z < -NormalDist().inv_cdf(1 - alpha) else None
+    return (k1 / n1 - k2 / n2) / spread

@@ -12,14 +12,18 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 
 from smolit.contracts import (
+    TREATMENT,
     AgentCard,
     Clause,
     Event,
+    Experiments,
+    ExperimentStarted,
     RequestReceived,
     RoutingDecided,
     TaskAssigned,
     TaskFailed,
     Topic,
+    arm,
     pack_vector,
     unpack_vector,
 )
@@ -121,6 +125,7 @@ class Router:
         self._rng = random.Random(seed)
         self._metrics = metrics
         self.states = states or AgentStates(fallback)
+        self._experiment: tuple[ExperimentStarted, NetworkScorer] | None = None
         metrics.model.info({"version": self._scorer.version})
 
     @property
@@ -145,6 +150,9 @@ class Router:
         scorer = SimilarityScorer(cards, self._embedder)
         network = self._network
         self._network = network.with_features(scorer.features) if network is not None else None
+        if self._experiment is not None:
+            started, treatment = self._experiment
+            self._experiment = (started, treatment.with_features(scorer.features))
         self._scorer = scorer
         log.info("agents in use", agents=scorer.agents)
 
@@ -154,6 +162,16 @@ class Router:
         self._network = network
         self._metrics.model.info({"version": self.model_version})
         log.info("routing model in use", version=self.model_version)
+
+    @property
+    def experiment(self) -> tuple[ExperimentStarted, NetworkScorer] | None:
+        return self._experiment
+
+    def use_experiment(self, started: ExperimentStarted | None, treatment: NetworkScorer | None = None) -> None:
+        """A/B test: from the next batch on, conversations in the treatment arm route with `treatment`, the others
+        with the champion (None: the test ended, everyone routes with the champion)."""
+        self._experiment = (started, treatment) if started is not None and treatment is not None else None
+        log.info("experiment in use", experiment_id=self._experiment[0].experiment_id if self._experiment else None)
 
     def handle(self, events: Sequence[Event]) -> list[Outgoing]:
         requests = []
@@ -200,6 +218,16 @@ class Router:
                 scored[r] = {a: round(float(p), 6) for a, p in zip(network.agents, probs, strict=True)}
         threshold = network.threshold if network is not None else self._threshold
         version = network.version if network is not None else scorer.version
+        experiment = self._experiment  # one test for the whole batch, like the model
+        arms: list[str | None] = [None] * len(requests)
+        if experiment is not None:
+            test, treatment = experiment
+            arms = [arm(r.conversation_id, test.experiment_id, test.share) for r in requests]
+            treated = [n for n, a in enumerate(arms) if a == TREATMENT]
+            treated_rows = [*treated, *(joint_rows[n] for n in treated if n in joint_rows)]
+            if treated_rows:
+                for r, probs in zip(treated_rows, treatment.score(vectors[treated_rows]), strict=True):
+                    scored[r] = {a: round(float(p), 6) for a, p in zip(treatment.agents, probs, strict=True)}
         elapsed = time.perf_counter() - started
         self._metrics.routing_seconds.observe(elapsed)
         outputs: list[Outgoing] = []
@@ -229,7 +257,10 @@ class Router:
                     log.warning("no allowed agent is known; request dropped", request_id=str(request.request_id))
                     continue
             scores = demote(scores, flagged, factor)  # the scores the decision is made on (and recorded)
-            decision = decide(scores, fallback=self._fallback, threshold=threshold, requested=request.agent)
+            treated_now = experiment is not None and arms[n] == TREATMENT
+            req_threshold = experiment[1].threshold if experiment is not None and treated_now else threshold
+            req_version = experiment[1].version if experiment is not None and treated_now else version
+            decision = decide(scores, fallback=self._fallback, threshold=req_threshold, requested=request.agent)
             context_used = False
             if n in joint_rows:
                 alone = decision
@@ -237,11 +268,11 @@ class Router:
                 joint_scores = demote(scored[j], flagged, factor)
                 decision = follow_up(
                     alone,
-                    decide(joint_scores, fallback=self._fallback, threshold=threshold),
+                    decide(joint_scores, fallback=self._fallback, threshold=req_threshold),
                     request.previous_agent,
                     joint_scores,
                     fallback=self._fallback,
-                    topic_change=threshold + TOPIC_CHANGE_MARGIN,
+                    topic_change=req_threshold + TOPIC_CHANGE_MARGIN,
                 )
                 if decision is not alone:
                     vector, scores, context_used = vectors[j], joint_scores, True
@@ -257,7 +288,7 @@ class Router:
                 agent=decision.agent,
                 scores=scores,
                 score=decision.score,
-                model_version=version,
+                model_version=req_version,
                 low_confidence=decision.low_confidence,
                 exploration=exploration,
                 propensity=propensity,
@@ -267,6 +298,8 @@ class Router:
                 small_talk=kinds[n],
                 context_used=context_used,
                 demoted=tuple(sorted(flagged & scores.keys())),
+                experiment_id=experiment[0].experiment_id if experiment is not None else None,
+                arm=arms[n],
             )
             task = decided.caused(
                 TaskAssigned,
@@ -344,11 +377,19 @@ def _given_vector(packed: str | None) -> np.ndarray | None:
 
 
 class ModelWatcher:
-    """Router-models topic handler: on a promotion or rollback, load the registry's champion and swap it in."""
+    """Router-models topic handler: on a promotion or rollback, load the registry's champion and swap it in; on an
+    A/B test start or stop, load the tested version for the treatment arm or drop it."""
 
-    def __init__(self, router: Router, load_champion: Callable[[], NetworkScorer | None]) -> None:
+    def __init__(
+        self,
+        router: Router,
+        load_champion: Callable[[], NetworkScorer | None],
+        load_version: Callable[[str], NetworkScorer] | None = None,
+    ) -> None:
         self._router = router
         self._load = load_champion
+        self._load_version = load_version
+        self.experiments = Experiments()
 
     def refresh(self) -> None:
         network = self._load()
@@ -362,4 +403,24 @@ class ModelWatcher:
     def handle(self, events: Sequence[Event]) -> list[Outgoing]:
         if events:
             self.refresh()  # the registry's alias is the truth; the events only say when to look
+            self._follow_experiments(events)
         return []
+
+    def _follow_experiments(self, events: Sequence[Event]) -> None:
+        if self._load_version is None:
+            return
+        before = self.experiments.running
+        self.experiments.apply(events)
+        running = self.experiments.running
+        if (running and running.experiment_id) == (before and before.experiment_id):
+            return  # no change (also when the loop re-reads what the start-up replay already applied)
+        if running is None:
+            self._router.use_experiment(None)
+            return
+        try:
+            treatment = self._load_version(running.router_version)
+        except Exception:  # a version deleted since `ab start` checked it: keep routing everyone with the champion
+            log.exception("experiment version not loadable", version=running.router_version)
+            self._router.use_experiment(None)
+            return
+        self._router.use_experiment(running, treatment)

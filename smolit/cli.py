@@ -587,6 +587,7 @@ def _retrain(
 
 
 def _register_subcommands() -> None:
+    from .ab_cli import ab_app
     from .agents_cli import agents_app
     from .bench_cli import bench_app
     from .keys_cli import keys_app
@@ -596,6 +597,7 @@ def _register_subcommands() -> None:
     app.add_typer(models_app, name="models")
     app.add_typer(keys_app, name="keys")
     app.add_typer(agents_app, name="agents")
+    app.add_typer(ab_app, name="ab")
 
 
 _register_subcommands()

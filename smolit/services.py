@@ -270,8 +270,11 @@ def _run_router(w: Wiring, stop: threading.Event) -> None:
         return states.handle(events)  # flags and retirements (demotion)
 
     agents = follow_lifecycle(w, "router", lifecycle)  # replayed before the first request, then followed
-    watcher = ModelWatcher(router, _champion_loader(w.settings, router))
+    watcher = ModelWatcher(router, _champion_loader(w.settings, router), _version_loader(w.settings, router))
     watcher.refresh()  # route with the registry's champion from the first request, if there is one
+    # A running A/B test is known before the first request (its group may have committed past `ExperimentStarted`).
+    with contextlib.suppress(TopicMissing):
+        watcher.handle(read_topic_events(w.profile.consumer("router-experiments"), w.topics(Topic.ROUTER_MODELS)))
     loop = w.loop("smolit-router", [Topic.REQUESTS], router.handle)
     # Every router instance must hear every promotion and every flag, so each reads those topics under its own group.
     models = w.loop(f"smolit-router-models-{w.instance}", [Topic.ROUTER_MODELS], watcher.handle, dedupe=False)
@@ -294,6 +297,16 @@ def _champion_loader(settings: Settings, router: Router) -> Callable[[], Network
         return NetworkScorer(registry.load(name, version), router.features, version)
 
     return load
+
+
+def _version_loader(settings: Settings, router: Router) -> Callable[[str], NetworkScorer]:
+    """Loads one registry version over the router's current agents (an A/B test's treatment arm)."""
+    from smolit.infra.registry import open_registry
+    from smolit.router.network import NetworkScorer
+
+    registry = open_registry(settings.tracking_uri, settings.data_dir)
+    name = settings.router_registry_name
+    return lambda version: NetworkScorer(registry.load(name, version), router.features, version)
 
 
 def _run_learner(w: Wiring, stop: threading.Event) -> None:
