@@ -210,7 +210,11 @@ def test_feedback_metrics_and_logs(system: Running) -> None:
     assert "smolit_consumer_lag_messages{" in gateway
     health = httpx.get(f"{system.url}/healthz", timeout=10).json()
     assert health["status"] == "ok"
-    assert json.loads(_cli(system, "stats", "--json").stdout) == []  # no stream processors publish windows here
+    # The stream processor publishes a window once it closes: depending on the minute, none yet or some.
+    windows = json.loads(_cli(system, "stats", "--json").stdout)
+    assert isinstance(windows, list)
+    for row in windows:
+        assert row["agent"] in {"finance", "general", "health", "legal"} and row["requests"] >= row["failures"] >= 0
 
     logs = system.data_dir / "logs"
     for service in ("router", "agents", "gateway"):
