@@ -20,7 +20,7 @@ from smolit.infra.metrics import ConsumerMetrics
 from smolit.infra.registry import open_registry
 from smolit.infra.settings import Settings
 from smolit.learner.improvement import AGENT_EXPERIMENT
-from smolit.services import Wiring, _flag_monitor
+from smolit.services import Wiring, flag_monitor
 
 from ..conftest import read_events
 
@@ -54,7 +54,7 @@ def test_learner_flags_the_bad_agent_from_real_training_examples(
     wiring = Wiring(
         settings, profile, topics, producer, pool, registry, ConsumerMetrics.create(registry), socket.gethostname()
     )
-    monitor = _flag_monitor(wiring)
+    monitor = flag_monitor(wiring)
     loop = wiring.loop(
         f"flags-{uuid.uuid4().hex[:6]}", [Topic.TRAINING_EXAMPLES, Topic.AGENT_LIFECYCLE], monitor.handle
     )

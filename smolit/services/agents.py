@@ -1,0 +1,92 @@
+"""The agents process: tasks and subqueries in, answers out, from each agent's knowledge and LLM."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from smolit.contracts import AgentCard, Topic
+from smolit.infra.cards import load_cards
+from smolit.infra.catalog import CardCatalog
+from smolit.infra.settings import Settings
+
+from ..errors import SetupError
+from .wiring import Wiring, follow_lifecycle, run_consumers
+
+
+def run_agents(w: Wiring, stop: threading.Event) -> None:
+    from smolit.agents import (
+        AgentMetrics,
+        AgentRuntime,
+        DeadlineSweeper,
+        ParkingLot,
+        SubqueryPolicy,
+        catalog_listener,
+    )
+    from smolit.agents.tools import ToolRunner
+    from smolit.infra.knowledge import KnowledgeStore
+    from smolit.infra.llm import CompletionCache, build_llms
+
+    s = w.settings
+    cards = load_cards(s.agents_dir)
+    llms = build_llms(s)
+    wanted = {s.llm_backend} | {c.llm.backend for c in cards.values() if c.llm.backend}
+    wanted |= {c.llm.fallback_backend for c in cards.values() if c.llm.fallback_backend}
+    wanted |= {s.llm_fallback_backend} if s.llm_fallback_backend else set()
+    if missing := sorted(wanted - llms.keys()):
+        raise SetupError(
+            f"LLM backend {', '.join(missing)} is asked for but not configured"
+            " (set SMOLIT_OPENAI_BASE_URL and/or SMOLIT_OPENAI_API_KEY)"
+        )
+    tools = ToolRunner(w.pool, timeout_s=s.tool_timeout_s)
+    if unknown := tools.unknown(cards):
+        raise SetupError(f"agent cards name tools that do not exist: {', '.join(unknown)} (see agents/tools.py)")
+    runtime = AgentRuntime(
+        cards,
+        KnowledgeStore(w.pool, s.hnsw_ef_search),
+        llms,
+        default_backend=s.llm_backend,
+        default_top_k=s.retrieval_top_k,
+        metrics=AgentMetrics.create(w.registry),
+        llm_attempts=s.llm_attempts,
+        fallback_backend=s.llm_fallback_backend,
+        cache=CompletionCache(s.llm_cache_size) if s.llm_cache_size else None,
+        parking=ParkingLot(w.pool),
+        policy=SubqueryPolicy(
+            max_depth=s.subquery_max_depth,
+            budget=s.subquery_budget,
+            timeout_s=s.subquery_timeout_s,
+            consult_threshold=s.consult_threshold,
+        ),
+        embedder=LazyEmbedder(s) if tool_calls_possible(s, cards) else None,
+        tools=tools,
+    )
+    catalog = CardCatalog(cards, catalog_listener(runtime, KnowledgeStore(w.pool, s.hnsw_ef_search)))
+    agents = follow_lifecycle(w, "agents", catalog.handle)
+    # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
+    loop = w.loop("smolit-agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
+    sweeper = DeadlineSweeper(runtime.sweep, runtime.delivered, w.producer, s.subquery_sweep_s)
+    run_consumers(w, "agents", [loop, agents], stop, s.agents_metrics_port, sweeper)
+
+
+def tool_calls_possible(settings: Settings, cards: dict[str, AgentCard]) -> bool:
+    """Only generative backends call the consult_agent tool, and only agents that may consult someone."""
+    return any(c.consults and (c.llm.backend or settings.llm_backend) == "openai" for c in cards.values())
+
+
+class LazyEmbedder:
+    """Loads the embedder on the first consult_agent call, so agents that never use the tool never pay for it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._embedder: Any = None
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        with self._lock:
+            if self._embedder is None:
+                from smolit.infra.embedder import build_embedder
+
+                self._embedder = build_embedder(self._settings)
+        return self._embedder.embed(texts)

@@ -1,0 +1,144 @@
+"""The learner process: trains the router from examples, flags agents, proposes agents for new domains."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import TYPE_CHECKING, Any
+
+from smolit.contracts import Topic
+from smolit.infra.cards import load_cards
+from smolit.infra.catalog import CardCatalog
+from smolit.infra.kafka import ConsumerLoop, EventProducer
+from smolit.infra.settings import Settings
+
+from ..errors import SetupError
+from .wiring import SerialEmbedder, Wiring, follow_lifecycle, log, run_consumers
+
+if TYPE_CHECKING:
+    from smolit.learner import Learner
+
+
+def run_learner(w: Wiring, stop: threading.Event) -> None:
+    import torch
+
+    from smolit.infra.embedder import build_embedder
+    from smolit.infra.registry import open_registry
+    from smolit.learner import Learner, LearnerConfig, LearnerMetrics
+    from smolit.router.features import AgentFeatures
+
+    s = w.settings
+    torch.set_num_threads(s.threads)
+    embedder = SerialEmbedder(build_embedder(s))  # two lifecycle loops embed cards, each in its own thread
+    learner = Learner(
+        AgentFeatures.from_cards(load_cards(s.agents_dir), embedder),
+        open_registry(s.tracking_uri, s.data_dir),
+        LearnerMetrics.create(w.registry),
+        LearnerConfig(
+            registry_name=s.router_registry_name,
+            train_every=s.learner_train_every,
+            train_every_s=s.learner_train_every_s,
+            steps_per_example=s.learner_steps_per_example,
+            holdout_share=s.learner_holdout_share,
+            holdout_size=s.learner_holdout_size,
+            min_holdout=s.learner_min_holdout,
+            promotion_margin=s.learner_promotion_margin,
+            target_precision=s.learner_target_precision,
+            seed=s.learner_seed,
+            rollback_min_outcomes=s.learner_rollback_min_outcomes,
+            rollback_alpha=s.learner_rollback_alpha,
+        ),
+    )
+    loop = w.loop("smolit-learner", [Topic.TRAINING_EXAMPLES], learner.handle)
+    flags = w.loop("smolit-learner-flags", [Topic.TRAINING_EXAMPLES, Topic.AGENT_LIFECYCLE], flag_monitor(w).handle)
+    timer = threading.Thread(target=tick_learner, args=(learner, w.producer, stop), name="learner-timer", daemon=True)
+    timer.start()
+    # Agents created at runtime: the learner trains on their outcomes too.
+    catalog = CardCatalog(
+        load_cards(s.agents_dir), lambda cards, _: learner.use_agents(AgentFeatures.from_cards(cards, embedder))
+    )
+    agents = follow_lifecycle(w, "learner", catalog.handle)
+    run_consumers(w, "learner", [loop, flags, agents, *proposer_loops(w, embedder)], stop, s.learner_metrics_port)
+
+
+def proposer_loops(w: Wiring, embedder: Any) -> list[ConsumerLoop]:
+    """New domains -> new agents: low-confidence decisions clustered, proposals (or agents, in auto mode) out."""
+    from smolit.infra.knowledge import KnowledgeStore
+    from smolit.learner import AgentProposer, Discovery, ProposerMetrics
+
+    s = w.settings
+    if s.discovery == "off":
+        return []
+    store = KnowledgeStore(w.pool, s.hnsw_ef_search)
+    proposer = AgentProposer(
+        Discovery(discovery_config(s)),
+        load_cards(s.agents_dir),
+        embedder,
+        ProposerMetrics.create(w.registry),
+        mode=s.discovery,
+        knowledge=lambda c: store.pool_sources(c, s.discovery_knowledge_min_score, s.discovery_knowledge_max),
+    )
+    lifecycle = follow_lifecycle(w, "proposer", proposer.handle_lifecycle)
+    return [w.loop("smolit-proposer", [Topic.DECISIONS], proposer.handle_decisions), lifecycle]
+
+
+def discovery_config(settings: Settings) -> Any:
+    from smolit.learner import DiscoveryConfig
+
+    return DiscoveryConfig(
+        window=settings.discovery_window,
+        min_size=settings.discovery_min_size,
+        min_cohesion=settings.discovery_min_cohesion,
+        clone_similarity=settings.discovery_clone_similarity,
+        duplicate_similarity=settings.discovery_duplicate_similarity,
+    )
+
+
+def flag_monitor(w: Wiring) -> Any:
+    """The learner's flag rule over every agent but the fallback, primed with the lifecycle log's flags."""
+    from smolit.infra.kafka import TopicMissing, read_topic_events
+    from smolit.infra.registry import open_registry
+    from smolit.learner import FlagMetrics, FlagMonitor, FlagRule, MlflowAgentVersions, MonitorConfig
+    from smolit.learner.improvement import AGENT_EXPERIMENT
+
+    s = w.settings
+    try:
+        rule = FlagRule(
+            min_samples=s.flag_min_samples,
+            window=s.flag_window,
+            flag_rate=s.flag_rate,
+            unflag_rate=s.unflag_rate,
+            margin=s.flag_margin,
+            z=s.flag_z,
+        )
+    except ValueError as exc:
+        raise SetupError(f"flag settings (SMOLIT_FLAG_*, SMOLIT_UNFLAG_RATE): {exc}") from exc
+    monitor = FlagMonitor(
+        load_cards(s.agents_dir),
+        MonitorConfig(
+            rule=rule,
+            exempt=frozenset({s.fallback_agent}),
+            default_top_k=s.retrieval_top_k,
+            retire_rate=s.flag_retire_rate,
+        ),
+        FlagMetrics.create(w.registry),
+        MlflowAgentVersions(open_registry(s.tracking_uri, s.data_dir, AGENT_EXPERIMENT)),
+    )
+    # The consumer group resumes after its committed offset: earlier flags come from a full read of the topic.
+    with contextlib.suppress(TopicMissing):
+        monitor.prime(read_topic_events(w.profile.consumer("learner-flags"), w.topics(Topic.AGENT_LIFECYCLE)))
+    return monitor
+
+
+def tick_learner(learner: Learner, producer: EventProducer, stop: threading.Event) -> None:
+    """Time-based candidates (few examples arrived): published here since no consumed batch carries them."""
+    while not stop.wait(1.0):
+        try:
+            outgoing = learner.tick()
+        except Exception:
+            log.exception("learner timer failed; the next batch retries")
+            continue
+        for out in outgoing:
+            producer.send(out)
+        if outgoing:
+            producer.flush()
