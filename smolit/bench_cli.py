@@ -52,6 +52,20 @@ def bench_pipeline(
     out.print_json(json.dumps(result)) if as_json else out.print(result)
 
 
+@bench_app.command("pipelines")
+def bench_pipelines(
+    images: Annotated[int, typer.Option(min=1, help="Generated invoice images to read.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the invoice generator.")] = 7,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Agent model pipelines: OCR and embedding latency, OCR character error rate and amount extraction."""
+    from .bench_pipelines import run_pipelines_bench
+
+    step = None if as_json else (lambda text: console.print(f"[dim]{text}[/]"))
+    result = run_pipelines_bench(load_settings(), images, seed, on_step=step)
+    out.print_json(json.dumps(result)) if as_json else out.print(result)
+
+
 @bench_app.command("gateway")
 def bench_gateway(
     requests: Annotated[int, typer.Option(min=1, help="Plain requests to send (half as many streamed).")] = 200,

@@ -324,7 +324,10 @@ def _print_answer(result: dict[str, Any]) -> None:
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Files and/or folders: txt, md, html, pdf, jsonl.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Files and/or folders: txt, md, html, pdf, jsonl; png, jpg, tif, bmp with the ocr step."),
+    ],
     agent: Annotated[str | None, typer.Option(help="Agent whose knowledge collection receives the documents.")] = None,
     pool: Annotated[
         bool, typer.Option("--pool", help="Into the knowledge pool: no agent's yet; new agents take what matches.")
@@ -340,8 +343,10 @@ def ingest(
     """Add documents to an agent's knowledge base: unchanged documents are skipped, changed ones replaced.
 
     A file that cannot be read is reported and the rest continues; the exit code is 1 when any file failed.
+    Images and scanned PDF pages are read by OCR when the agent's card has `pipeline: {ingest: [ocr]}` (always
+    for --pool); OCR output that fails the plausibility check fails its file.
     """
-    from smolit.agents import Ingestor, JsonlFields, read_documents
+    from smolit.agents import Ingestor, JsonlFields, build_ocr_step, read_documents
     from smolit.infra.embedder import build_embedder
     from smolit.infra.knowledge import POOL_COLLECTION, KnowledgeStore
 
@@ -358,7 +363,12 @@ def ingest(
     collection, domain = (card.knowledge_collection, card.domain) if card else (POOL_COLLECTION, None)
     target = agent or "the knowledge pool"
     fields = JsonlFields(text=text_field, title=title_field or None, source=source_field or None)
-    items = list(read_documents(paths, fields))
+    ocr = build_ocr_step(settings) if card is None or "ocr" in card.pipeline.ingest else None
+    try:
+        items = list(read_documents(paths, fields, ocr))
+    finally:
+        if ocr is not None:
+            ocr.close()
     with _pool(settings) as db, _progress() as progress:
         task = progress.add_task(f"ingesting into {target}", total=len(items))
         report = Ingestor(KnowledgeStore(db), build_embedder(settings)).ingest_report(
