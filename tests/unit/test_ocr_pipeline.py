@@ -16,8 +16,9 @@ from smolit.bench_pipelines import Invoice, cer, extract_total, random_invoice
 from smolit.contracts import AgentCard
 from smolit.infra.cards import CardError, load_cards
 from smolit.infra.ocr import OcrLine, to_text
+from smolit.infra.registry import ModelVersion, RegisteredModel
 from smolit.infra.settings import Settings
-from smolit.models import OCR_MODEL, users
+from smolit.models import OCR_MODEL, model_rows, users
 
 
 def _line(text: str, confidence: float = 0.95, top: float = 0.0, left: float = 0.0) -> OcrLine:
@@ -168,3 +169,18 @@ def test_invoice_ground_truth_total_and_metrics() -> None:
     assert cer("abcd", "abxd") == 0.25 and cer("abc", "abc") == 0.0
     first = [random_invoice(random.Random(3)).number for _ in range(2)]
     assert first[0] == first[1]  # seeded
+
+
+def test_model_rows_show_the_champions_metrics_and_router_defaults() -> None:
+    """A row carries the champion's metrics (not the latest's), aliases, version count, and the router's task tags
+    even though the learner registers it untagged."""
+    versions = [
+        ModelVersion("smolit-router", "1", "r1", ("champion",), {"accuracy": 0.9}, 0),
+        ModelVersion("smolit-router", "2", "r2", ("challenger",), {"accuracy": 0.8}, 1),
+    ]
+    router = RegisteredModel("smolit-router", {}, {"champion": "1", "challenger": "2"}, versions)
+    ocr = RegisteredModel("smolit-ocr", {"task_type": "ocr", "domain": "documents"}, {}, [])
+    [r, o] = model_rows([router, ocr], {"smolit-router": ["router"], "smolit-ocr": ["inv"]}, "smolit-router")
+    assert (r["task_type"], r["latest_version"], r["versions"], r["metrics"]) == ("routing", "2", 2, {"accuracy": 0.9})
+    assert r["aliases"] == {"challenger": "2", "champion": "1"} and r["used_by"] == ["router"]
+    assert (o["task_type"], o["latest_version"], o["metrics"], o["used_by"]) == ("ocr", None, {}, ["inv"])
