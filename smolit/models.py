@@ -195,7 +195,7 @@ def list_versions(
     settings = load_settings()
     name = name or settings.router_registry_name
     versions = _registry(settings).versions(name)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "version": v.version,
             "aliases": list(v.aliases),

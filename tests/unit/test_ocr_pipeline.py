@@ -12,7 +12,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from smolit.agents import FileError, OcrFailed, OcrPolicy, OcrStep, RawDocument, plausibility, read_documents
-from smolit.bench_pipelines import Invoice, cer, extract_total, random_invoice
+from smolit.bench_pipelines import Invoice, cer, digits, extract_total, random_invoice
 from smolit.contracts import AgentCard
 from smolit.infra.cards import CardError, load_cards
 from smolit.infra.ocr import OcrLine, to_text
@@ -166,6 +166,7 @@ def test_invoice_ground_truth_total_and_metrics() -> None:
     invoice = Invoice("Acme", "INV-1", "2026-01-02", "EUR", (("Paper", 2, 100_000), ("Toner", 1, 7_000)), 20)
     assert invoice.total == "1,284.00" and invoice.lines()[-1] == "Total due: EUR 1,284.00"
     assert extract_total("Acme\nTotaldue:EUR1,284.00") == "1,284.00" and extract_total("no total") is None
+    assert extract_total("Totaldue:CHF1.765.15") == "1.765.15" and digits("1.765.15") == digits("1,765.15")
     assert cer("abcd", "abxd") == 0.25 and cer("abc", "abc") == 0.0
     first = [random_invoice(random.Random(3)).number for _ in range(2)]
     assert first[0] == first[1]  # seeded
