@@ -111,7 +111,10 @@ class OcrStep:
 
     def read_images(self, images: Sequence[Image]) -> OcrText:
         """Text of the images of one file (pages in order, separated by blank lines). Raises OcrFailed."""
-        engine = self.engine
+        try:
+            engine = self.engine
+        except Exception as exc:  # e.g. OpenCV without libGL.so.1: every image fails with the reason, text goes on
+            raise OcrFailed(f"OCR model unavailable: {type(exc).__name__}: {exc}") from exc
         started = time.perf_counter()
         pages: list[list[OcrLine]] = []
         for number, image in enumerate(images, start=1):

@@ -95,7 +95,7 @@ def test_a_slow_engine_times_out_and_the_next_image_gets_a_fresh_worker() -> Non
 
 
 def test_engine_errors_and_implausible_output_fail_the_file() -> None:
-    """An exception inside the engine and an implausible result both surface as OcrFailed with the reason."""
+    """An exception inside the engine, an engine that cannot load and an implausible result surface as OcrFailed."""
 
     class Broken(FakeEngine):
         def read(self, image: Image.Image) -> list[OcrLine]:
@@ -103,6 +103,12 @@ def test_engine_errors_and_implausible_output_fail_the_file() -> None:
 
     with pytest.raises(OcrFailed, match="RuntimeError: bad pixels"):
         OcrStep(lambda: Broken([])).read_images([Image.new("RGB", (8, 8))])
+
+    def unavailable() -> FakeEngine:
+        raise ImportError("libGL.so.1: cannot open shared object file")
+
+    with pytest.raises(OcrFailed, match=r"OCR model unavailable: ImportError: libGL\.so\.1"):
+        OcrStep(unavailable).read_images([Image.new("RGB", (8, 8))])
     with pytest.raises(OcrFailed, match="too little text"):
         OcrStep(lambda: FakeEngine([_line("ok")])).read_images([Image.new("RGB", (8, 8))])
 
