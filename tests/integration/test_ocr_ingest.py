@@ -111,7 +111,8 @@ def test_a_scanned_invoice_is_ingested_by_ocr_and_its_amount_is_answered_with_th
 
 
 def test_a_scanned_pdf_page_is_read_by_ocr(env: dict[str, str], tmp_path: Path, pool: ConnectionPool) -> None:
-    """A PDF whose page is only an image (no text layer) is stored with the OCR text of that page."""
+    """A PDF whose page is only an image (no text layer) is stored with the OCR text of that page, for an agent
+    with the step and for the knowledge pool."""
     pdf = tmp_path / "scanned-invoice.pdf"
     render(INVOICE, size=28).save(pdf)
     agent = env["AGENT"]
@@ -121,6 +122,9 @@ def test_a_scanned_pdf_page_is_read_by_ocr(env: dict[str, str], tmp_path: Path, 
     assert stored is not None and stored.metadata["format"] == "pdf" and stored.metadata["ocr"]["pages"] == [1]
     hits = json.loads(_cli(env, "kb", "search", "total due", "--agent", agent, "--json").stdout)["hits"]
     assert "1,284.50" in hits[0]["text"] and "INV-2026-0417" in hits[0]["text"]
+    pooled = _cli(env, "ingest", str(pdf), "--pool", "--json")  # the pool has no card: OCR is always on
+    assert pooled.exit_code == 0, pooled.output
+    assert json.loads(pooled.stdout)["counts"] == {"added": 1}
 
 
 def test_models_list_shows_the_ocr_and_embedding_models_and_their_agents(env: dict[str, str]) -> None:
