@@ -139,3 +139,17 @@ def test_models_list_shows_the_ocr_and_embedding_models_and_their_agents(env: di
     assert ocr["used_by"] == [env["AGENT"]]
     assert embedder["task_type"] == "text-embedding" and embedder["versions"] == 1
     assert embedder["used_by"] == ["router", env["AGENT"], "plain"]
+
+
+def test_bench_pipelines_reports_accuracy_and_records_it_in_the_registry(env: dict[str, str]) -> None:
+    """`smolit bench pipelines --record` prints latency and accuracy and logs them on the registered versions."""
+    result = _cli(env, "bench", "pipelines", "--images", "2", "--record", "--json")
+    assert result.exit_code == 0, result.output
+    bench = json.loads(result.stdout)
+    assert bench["images"] == 2 and bench["ocr_ms_per_image"]["p50"] > 0
+    assert 0 <= bench["ocr_cer_ignoring_spaces"] <= bench["ocr_cer"] and bench["amount_digits_rate"] >= 0.5
+    assert bench["recorded_versions"] == {"smolit-ocr": "1", "smolit-embedder": "1"}
+    rows = {r["name"]: r for r in json.loads(_cli(env, "models", "list", "--json").stdout)}
+    assert rows["smolit-ocr"]["metrics"]["cer"] == bench["ocr_cer"]
+    assert rows["smolit-ocr"]["metrics"]["amount_exact_rate"] == bench["amount_exact_rate"]
+    assert rows["smolit-embedder"]["metrics"]["p50_ms_per_document"] == bench["embed_ms_per_document"]["p50"]
