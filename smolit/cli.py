@@ -364,12 +364,17 @@ def ingest(
     target = agent or "the knowledge pool"
     fields = JsonlFields(text=text_field, title=title_field or None, source=source_field or None)
     ocr = build_ocr_step(settings) if card is None or "ocr" in card.pipeline.ingest else None
-    try:
-        items = list(read_documents(paths, fields, ocr))
-    finally:
-        if ocr is not None:
-            ocr.close()
-    with _pool(settings) as db, _progress() as progress:
+    with _pool(settings) as db, _progress() as progress:  # the database first: no OCR time spent before a setup error
+        reading = progress.add_task("reading files" + (" (OCR for images and scans)" if ocr else ""), total=None)
+        items = []
+        try:
+            for item in read_documents(paths, fields, ocr):  # OCR takes ~1-2 s an image: show it moving
+                items.append(item)
+                progress.advance(reading)
+        finally:
+            if ocr is not None:
+                ocr.close()
+        progress.update(reading, total=len(items))
         task = progress.add_task(f"ingesting into {target}", total=len(items))
         report = Ingestor(KnowledgeStore(db), build_embedder(settings)).ingest_report(
             collection,
