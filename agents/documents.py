@@ -113,12 +113,15 @@ def read_pdf(path: Path, ocr: OcrStep | None = None) -> tuple[str | None, str, d
             raise UnreadableDocument("encrypted PDF (a password is needed)")
         pages = [(page.extract_text() or "").strip() for page in reader.pages]
         scans: dict[int, list[Image]] = {}
-        if ocr is not None:
-            scans = {
-                i: [img.image for img in reader.pages[i].images if img.image is not None]
-                for i, t in enumerate(pages)
-                if not t
-            }
+        for i, page_text in enumerate(pages):
+            if ocr is None or page_text:
+                continue
+            try:
+                scans[i] = [img.image for img in reader.pages[i].images if img.image is not None]
+            except Exception as exc:  # pypdf decoders (CCITT, JBIG2, odd colour spaces) raise many kinds
+                raise UnreadableDocument(
+                    f"scanned PDF: cannot decode the image on page {i + 1} ({type(exc).__name__}: {exc})"
+                ) from exc
         title = reader.metadata.title if reader.metadata else None
     except UnreadableDocument:
         raise
@@ -126,14 +129,19 @@ def read_pdf(path: Path, ocr: OcrStep | None = None) -> tuple[str | None, str, d
         raise UnreadableDocument(f"unreadable PDF ({type(exc).__name__}: {exc})") from exc
     meta = None
     if ocr is not None and (scanned := {i: imgs for i, imgs in scans.items() if imgs}):
+        numbers = sorted(i + 1 for i in scanned)
         try:  # one OCR call per file, so the plausibility check sees all scanned pages together
             read = ocr.read_images([img for imgs in scanned.values() for img in imgs])
         except OcrFailed as exc:
-            raise UnreadableDocument(f"scanned PDF: {exc}") from exc
-        texts = iter(read.per_image)
-        for i, images in scanned.items():
-            pages[i] = "\n".join(next(texts) for _ in images).strip()
-        meta = read.metadata(ocr.model) | {"pages": sorted(i + 1 for i in scanned)}
+            if not any(pages):
+                raise UnreadableDocument(f"scanned PDF: {exc}") from exc
+            read = None  # the text pages stand on their own; the failed OCR is recorded, not fatal
+            meta = {"model": ocr.model, "pages": numbers, "error": str(exc)}
+        if read is not None:
+            texts = iter(read.per_image)
+            for i, images in scanned.items():
+                pages[i] = "\n".join(next(texts) for _ in images).strip()
+            meta = read.metadata(ocr.model) | {"pages": numbers}
     text = "\n\n".join(p for p in pages if p)
     if not text:
         hint = "no page has an image to OCR" if ocr is not None else f"scanned pages: the PDF {NEEDS_OCR}"

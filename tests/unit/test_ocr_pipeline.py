@@ -20,6 +20,8 @@ from smolit.infra.registry import ModelVersion, RegisteredModel
 from smolit.infra.settings import Settings
 from smolit.models import OCR_MODEL, model_rows, users
 
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
 
 def _line(text: str, confidence: float = 0.95, top: float = 0.0, left: float = 0.0) -> OcrLine:
     return OcrLine(text, confidence, top, top + 20, left)
@@ -142,6 +144,22 @@ def test_an_image_only_pdf_page_is_read_by_ocr(tmp_path: Path) -> None:
     (doc,) = read_documents([tmp_path / "scan.pdf"], ocr=step)
     assert isinstance(doc, RawDocument) and doc.text.endswith("Total due: EUR 1,284.50")
     assert doc.metadata is not None and doc.metadata["ocr"]["pages"] == [1]
+
+
+def test_a_mixed_pdf_keeps_its_text_pages_when_ocr_of_the_scanned_page_fails(tmp_path: Path) -> None:
+    """Text pages come from the text layer; an implausible OCR of the image-only page is recorded, not fatal."""
+    from pypdf import PdfWriter
+
+    Image.new("RGB", (60, 30), "white").save(tmp_path / "scan.pdf")
+    writer = PdfWriter()
+    writer.append(str(FIXTURES / "cheques.pdf"))
+    writer.append(str(tmp_path / "scan.pdf"))
+    writer.write(tmp_path / "mixed.pdf")
+    step = OcrStep(lambda: FakeEngine([_line("logo")]), OcrPolicy(min_chars=5))
+    (doc,) = read_documents([tmp_path / "mixed.pdf"], ocr=step)
+    assert isinstance(doc, RawDocument) and "cheques expire after six months" in doc.text
+    assert doc.metadata is not None and doc.metadata["ocr"]["pages"] == [3]
+    assert "too little text" in doc.metadata["ocr"]["error"]
 
 
 def test_card_pipeline_accepts_known_steps_and_names_unknown_ones(tmp_path: Path) -> None:
