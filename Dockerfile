@@ -28,6 +28,10 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="smolit" \
       org.opencontainers.image.description="Event-sourced multi-agent LLM service" \
       org.opencontainers.image.licenses="Apache-2.0"
+# OpenCV's wheel (pulled by the OCR wheel rapidocr-onnxruntime, which names opencv-python, not -headless) links
+# libGL and glib even when nothing is displayed.
+RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 smolit \
  && useradd --system --uid 10001 --gid smolit --home-dir /home/smolit --create-home smolit \
  && mkdir -p /var/lib/smolit && chown smolit:smolit /var/lib/smolit

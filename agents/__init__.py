@@ -1,14 +1,17 @@
-"""Agents: the runtime that answers tasks, retrieval through the knowledge store, and knowledge ingestion."""
+"""Agents: the runtime that answers tasks, retrieval through the knowledge store, and knowledge ingestion (with
+the `ocr` pipeline step for images and scanned PDFs)."""
 
 from .catalog import catalog_listener
 from .chunking import chunk_text, split_sentences
 from .documents import JsonlFields, parse_html, parse_pdf, read_documents
 from .ingest import FileError, Ingestor, IngestReport, RawDocument, content_hash, read_text_files
+from .ocr import IMAGE_SUFFIXES, OcrFailed, OcrPolicy, OcrStep, OcrText, build_ocr_step, plausibility
 from .parking import DeadlineSweeper, Draft, ParkingLot
 from .runtime import AgentMetrics, AgentRuntime
 from .subqueries import SubqueryPolicy, merge_answers, plan_consults
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "AgentMetrics",
     "AgentRuntime",
     "DeadlineSweeper",
@@ -17,9 +20,14 @@ __all__ = [
     "IngestReport",
     "Ingestor",
     "JsonlFields",
+    "OcrFailed",
+    "OcrPolicy",
+    "OcrStep",
+    "OcrText",
     "ParkingLot",
     "RawDocument",
     "SubqueryPolicy",
+    "build_ocr_step",
     "catalog_listener",
     "chunk_text",
     "content_hash",
@@ -27,6 +35,7 @@ __all__ = [
     "parse_html",
     "parse_pdf",
     "plan_consults",
+    "plausibility",
     "read_documents",
     "read_text_files",
     "split_sentences",

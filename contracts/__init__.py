@@ -1,6 +1,6 @@
 """Event contracts: envelope, payloads, topics and the wire format. Pure: imports pydantic only."""
 
-from .agents import AgentCard, LLMConfig, RetrievalConfig
+from .agents import INGEST_STEPS, AgentCard, LLMConfig, PipelineConfig, RetrievalConfig
 from .events import (
     EVENT_TYPES,
     AgentCreated,
@@ -40,6 +40,7 @@ from .vectors import pack_vector, unpack_vector
 __all__ = [
     "CONTROL",
     "EVENT_TYPES",
+    "INGEST_STEPS",
     "TOPIC_EVENTS",
     "TREATMENT",
     "AgentCard",
@@ -62,6 +63,7 @@ __all__ = [
     "FeedbackGiven",
     "LLMConfig",
     "Lifecycle",
+    "PipelineConfig",
     "RequestBlocked",
     "RequestReceived",
     "RetrievalConfig",

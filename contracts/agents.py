@@ -42,6 +42,26 @@ class RetrievalConfig(BaseModel):
     """Passages with a lower cosine similarity are not used."""
 
 
+INGEST_STEPS: frozenset[str] = frozenset({"ocr"})
+"""Pipeline steps an agent card may name under `pipeline.ingest` (`ocr`: images and scanned PDF pages to text)."""
+
+
+class PipelineConfig(BaseModel):
+    """The agent's specialised models, per stage. Each step names a model in the registry (`smolit models list`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ingest: tuple[str, ...] = ()
+    """Steps run on documents ingested for this agent, in order (known: `ocr`)."""
+
+    @field_validator("ingest")
+    @classmethod
+    def _known_steps(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if bad := [step for step in value if step not in INGEST_STEPS]:
+            raise ValueError(f"unknown ingest step(s) {bad}; known steps: {sorted(INGEST_STEPS)}")
+        return tuple(dict.fromkeys(value))
+
+
 class AgentCard(BaseModel):
     """One worker agent. Cards are loaded from YAML and announced with `AgentCreated` events."""
 
@@ -63,6 +83,8 @@ class AgentCard(BaseModel):
     """Agents this one may ask a subquery when part of a request belongs to them."""
     tools: tuple[str, ...] = ()
     """Declared tools this agent may call (allow-list; see agents.tools)."""
+    pipeline: PipelineConfig = PipelineConfig()
+    """Specialised model steps, e.g. `pipeline: {ingest: [ocr]}` to read images and scanned PDFs at ingestion."""
     required_scope: str | None = None
     """API-key scope needed to reach this agent and its knowledge (e.g. `sensitive`); `None`: any chat key."""
     version: int = Field(default=1, ge=1)

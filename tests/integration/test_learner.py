@@ -181,7 +181,7 @@ def test_models_cli_lists_promotes_and_rolls_back(
         monkeypatch.setenv(var, value)
     runner = CliRunner()
 
-    listed = runner.invoke(app, ["models", "list", "--json"])
+    listed = runner.invoke(app, ["models", "versions", "--json"])
     assert listed.exit_code == 0, listed.output
     rows = {r["version"]: r for r in json.loads(listed.stdout)}
     assert set(rows["2"]["aliases"]) == {"champion", "challenger"}

@@ -237,6 +237,8 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
     assert dict(final)["ENTRYPOINT"] == '["smolit"]'
     # The model is built into the image (no download or build at container start).
     assert any(word == "RUN" and "OnnxMiniLMEmbedder" in args for word, args in final)
+    # OpenCV (OCR ingest step) loads libGL.so.1 and glib at import; the slim base image has neither.
+    assert any(word == "RUN" and "libgl1" in args and "libglib2.0-0" in args for word, args in final)
 
 
 # ---- CI workflow ------------------------------------------------------------------------------------------------

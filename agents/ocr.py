@@ -1,0 +1,145 @@
+"""The `ocr` ingest step: images and scanned PDF pages to text, with a timeout and a plausibility check.
+
+An agent card opts in with `pipeline: {ingest: [ocr]}`. Each image (each frame of a multi-page TIFF, each image of
+a PDF page without a text layer) is read by an `OcrEngine` within `timeout_s`; the file's text then has to pass
+`plausibility` (enough letters/digits, a high enough mean confidence) or the file fails with the reason, like any
+other unreadable file.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from smolit.infra.ocr import OcrEngine, OcrLine, RapidOcrEngine, to_text
+from smolit.infra.settings import Settings
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+
+
+class OcrFailed(ValueError):
+    """OCR gave no usable text for a file (timeout, engine error, or implausible output)."""
+
+
+@dataclass(frozen=True)
+class OcrPolicy:
+    timeout_s: float = 60.0
+    """Longest OCR of one image; the file fails when it is exceeded."""
+    min_chars: int = 12
+    """Fewest letters and digits a file's OCR text must have."""
+    min_confidence: float = 0.7
+    """Lowest mean recogniser confidence, weighted by each box's characters."""
+
+
+@dataclass(frozen=True)
+class OcrText:
+    """What OCR read from one file."""
+
+    text: str
+    """All images' text, one blank-line separated block per image that had any."""
+    per_image: tuple[str, ...]
+    """Text of each image, in order (empty where nothing was read)."""
+    chars: int
+    """Letters and digits recognised."""
+    mean_confidence: float
+    images: int
+    seconds: float
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        return {
+            "model": model,
+            "chars": self.chars,
+            "mean_confidence": round(self.mean_confidence, 4),
+            "images": self.images,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _alnum(text: str) -> int:
+    return sum(ch.isalnum() for ch in text)
+
+
+def plausibility(lines: Sequence[OcrLine], policy: OcrPolicy) -> tuple[int, float, str | None]:
+    """(characters, mean confidence, reason the output is not plausible or None)."""
+    chars = sum(_alnum(line.text) for line in lines)
+    weight = sum(_alnum(line.text) * line.confidence for line in lines)
+    confidence = weight / chars if chars else 0.0
+    if chars < policy.min_chars:
+        return chars, confidence, f"OCR found too little text ({chars} letters/digits, need {policy.min_chars})"
+    if confidence < policy.min_confidence:
+        return (
+            chars,
+            confidence,
+            f"OCR output is implausible (mean confidence {confidence:.2f} < {policy.min_confidence})",
+        )
+    return chars, confidence, None
+
+
+class OcrStep:
+    """Runs an OCR engine with a per-image timeout; the engine is built on first use (text-only ingests never
+    load the model).
+
+    A timed-out call cannot be interrupted inside ONNX Runtime: its worker thread is abandoned (it finishes in the
+    background) and the next image gets a fresh worker.
+    """
+
+    def __init__(self, engine_factory: Callable[[], OcrEngine], policy: OcrPolicy = OcrPolicy()) -> None:
+        self._factory = engine_factory
+        self._engine: OcrEngine | None = None
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ocr")
+
+    @property
+    def engine(self) -> OcrEngine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = self._factory()
+            return self._engine
+
+    @property
+    def model(self) -> str:
+        return self.engine.name
+
+    def read_images(self, images: Sequence[Image]) -> OcrText:
+        """Text of the images of one file (pages in order, separated by blank lines). Raises OcrFailed."""
+        try:
+            engine = self.engine
+        except Exception as exc:  # e.g. OpenCV without libGL.so.1: every image fails with the reason, text goes on
+            raise OcrFailed(f"OCR model unavailable: {type(exc).__name__}: {exc}") from exc
+        started = time.perf_counter()
+        pages: list[list[OcrLine]] = []
+        for number, image in enumerate(images, start=1):
+            future = self._pool.submit(engine.read, image)
+            try:
+                pages.append(future.result(timeout=self.policy.timeout_s))
+            except FutureTimeout:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="ocr")
+                raise OcrFailed(f"OCR timed out after {self.policy.timeout_s:g} s (image {number})") from None
+            except Exception as exc:  # the engine's own errors (bad pixel data, ONNX Runtime) fail this file only
+                raise OcrFailed(f"OCR failed on image {number}: {type(exc).__name__}: {exc}") from exc
+        lines = [line for page in pages for line in page]
+        chars, confidence, problem = plausibility(lines, self.policy)
+        if problem:
+            raise OcrFailed(problem)
+        texts = tuple(to_text(page) for page in pages)
+        text = "\n\n".join(t for t in texts if t)
+        return OcrText(text, texts, chars, confidence, len(images), time.perf_counter() - started)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def build_ocr_step(settings: Settings) -> OcrStep:
+    """The offline PP-OCRv4 step with the policy and thread count of the settings (model loaded on first image)."""
+    policy = OcrPolicy(settings.ocr_timeout_s, settings.ocr_min_chars, settings.ocr_min_confidence)
+    return OcrStep(lambda: RapidOcrEngine(threads=settings.threads), policy)
