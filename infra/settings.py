@@ -235,6 +235,9 @@ class Settings(BaseSettings):
     last windows and feedback timeouts of a quiet system still close."""
     streams_batch_size: int = 500
     """Most events a stream agent handles at once."""
+    streams_store: Literal["rocksdb", "memory"] = "rocksdb"
+    """Where the stream worker keeps its tables: `rocksdb` on local disk under the data folder (a restart reads only
+    the changelog written since), `memory` (rebuilt from the whole changelog at every start)."""
 
     # --- Logging -----------------------------------------------------------------------------------
     log_level: str = "INFO"

@@ -21,6 +21,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -47,6 +48,8 @@ from .aggregate import AgentWindows, Fact, Pane, WindowSpec
 from .facts import direct_facts, relabel
 from .join import JoinEntry
 from .metrics import StreamMetrics
+from .store import SCHEME as DURABLE_STORE
+from .store import register as register_durable_store
 
 log = structlog.get_logger("smolit.streams")
 _RAW = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -73,6 +76,9 @@ class StreamsConfig:
     """Agent catalogue; facts for other agents count under `unknown`. Empty: every agent is known."""
     fetch_wait_ms: int | None = None
     """From `KafkaProfile.faust_fetch_wait_ms`."""
+    state_dir: Path | None = None
+    """Local folder for durable tables (RocksDB): a restart then reads only the changelog written since. None:
+    tables in memory, rebuilt from the whole changelog at every start."""
 
     @property
     def facts_topic(self) -> str:
@@ -130,7 +136,11 @@ class StreamsApp:
         t = config.topics
         if config.fetch_wait_ms is not None:
             set_fetch_max_wait(config.fetch_wait_ms)
-        self.app = faust.App(config.app_id, topic_partitions=config.partitions, **config.faust_settings)
+        faust_settings = dict(config.faust_settings)
+        if config.state_dir is not None:
+            register_durable_store()
+            faust_settings |= {"store": f"{DURABLE_STORE}://", "datadir": str(config.state_dir)}
+        self.app = faust.App(config.app_id, topic_partitions=config.partitions, **faust_settings)
         app = self.app
         self.inputs = app.topic(t(Topic.DECISIONS), t(Topic.ANSWERS), t(Topic.FEEDBACK), t(Topic.SUBQUERIES), **_RAW)
         # internal=True: faust creates it with our partition count (Tansu would auto-create it with its default).
@@ -153,6 +163,7 @@ class StreamsApp:
     # ---- table access with an explicit changelog partition ----------------------------------------------------
 
     def _put(self, table: Any, partition: int, key: str, value: dict[str, Any] | None) -> None:
+        table.data.write_partition = partition  # read by the durable store; the memory store ignores it
         if value is None:
             table.data.pop(key, None)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from smolit.contracts import TopicNames
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
     from smolit.streams import StreamsConfig
 
 
-def streams_config(settings: Settings, profile: KafkaProfile, known_agents: frozenset[str]) -> StreamsConfig:
+def streams_config(
+    settings: Settings, profile: KafkaProfile, known_agents: frozenset[str], state_dir: Path | None = None
+) -> StreamsConfig:
     """The stream worker's configuration from settings (also used by the benchmark and the tests)."""
     from smolit.streams import StreamsConfig, WindowSpec
 
@@ -40,6 +43,7 @@ def streams_config(settings: Settings, profile: KafkaProfile, known_agents: froz
         batch_size=settings.streams_batch_size,
         known_agents=known_agents,
         fetch_wait_ms=profile.faust_fetch_wait_ms,
+        state_dir=state_dir,
     )
 
 
@@ -64,10 +68,19 @@ def run_streams(w: Wiring, stop: threading.Event) -> None:
     if w.settings.log_level.upper() != "DEBUG":  # faust, mode and aiokafka narrate every start-up step at INFO
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    streams = StreamsApp(streams_config(w.settings, w.profile, known), StreamMetrics.create(w.registry), ready)
+    slot = None
+    if w.settings.streams_store == "rocksdb":
+        from smolit.streams.store import DataSlot
+
+        # Per app id (topic prefix) and per worker on this machine; a restarted worker finds its tables again.
+        slot = DataSlot(w.settings.data_dir / "streams" / f"{w.settings.topic_prefix}-streams")
+    config = streams_config(w.settings, w.profile, known, slot.path if slot else None)
+    streams = StreamsApp(config, StreamMetrics.create(w.registry), ready)
     # faust runs its own event loop in this thread and handles SIGINT/SIGTERM itself (clean stop: flush, commit).
     worker = faust.Worker(streams.app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False)
     try:
         worker.execute_from_commandline()
     finally:
         heartbeat.stop()
+        if slot is not None:
+            slot.release()

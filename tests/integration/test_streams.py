@@ -162,7 +162,9 @@ def _window_view(w: AgentMetricsWindow) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("store", ["rocksdb", "memory"])
 def test_windows_and_training_examples_survive_a_killed_worker(
+    store: str,
     broker: str,
     database_url: str,
     pool: ConnectionPool,
@@ -171,9 +173,12 @@ def test_windows_and_training_examples_survive_a_killed_worker(
     producer: EventProducer,
     tmp_path: Path,
 ) -> None:
-    """A scripted stream yields exact windows and examples, though the worker is SIGKILLed and restarted mid-stream."""
+    """A scripted stream yields exact windows and examples, though the worker is SIGKILLed and restarted mid-stream,
+    with its tables on local disk (the restart reads only the newer changelog) or in memory (it reads all of it)."""
     port = free_port()
     env = dict(os.environ) | {
+        "SMOLIT_DATA_DIR": str(tmp_path / "data"),
+        "SMOLIT_STREAMS_STORE": store,
         "SMOLIT_KAFKA_BOOTSTRAP": broker,
         "SMOLIT_KAFKA_PROFILE": "tansu",
         "SMOLIT_DATABASE_URL": database_url,
@@ -325,3 +330,5 @@ def test_windows_and_training_examples_survive_a_killed_worker(
         0.9,
     )
     assert len(dead) == 1 and isinstance(dead[0], DeadLetter) and "undecodable" in dead[0].error
+    tables = list((tmp_path / "data" / "streams").glob("*/slot-0/v1/tables/*.db"))
+    assert bool(tables) == (store == "rocksdb"), tables
