@@ -7,10 +7,12 @@ from .ingest import FileError, Ingestor, IngestReport, RawDocument, content_hash
 from .parking import DeadlineSweeper, Draft, ParkingLot
 from .runtime import AgentMetrics, AgentRuntime
 from .subqueries import SubqueryPolicy, merge_answers, plan_consults
+from .variants import Choice, Trial, Trials, follow_cards
 
 __all__ = [
     "AgentMetrics",
     "AgentRuntime",
+    "Choice",
     "DeadlineSweeper",
     "Draft",
     "FileError",
@@ -20,9 +22,12 @@ __all__ = [
     "ParkingLot",
     "RawDocument",
     "SubqueryPolicy",
+    "Trial",
+    "Trials",
     "catalog_listener",
     "chunk_text",
     "content_hash",
+    "follow_cards",
     "merge_answers",
     "parse_html",
     "parse_pdf",

@@ -1,6 +1,6 @@
 """Event contracts: envelope, payloads, topics and the wire format. Pure: imports pydantic only."""
 
-from .agents import AgentCard, LLMConfig, RetrievalConfig
+from .agents import VARIANT_FIELDS, AgentCard, LLMConfig, RetrievalConfig, apply_variant
 from .events import (
     EVENT_TYPES,
     AgentCreated,
@@ -31,7 +31,7 @@ from .events import (
     ToolCalled,
     TrainingExample,
 )
-from .experiments import CONTROL, TREATMENT, Experiments, arm
+from .experiments import CONTROL, TREATMENT, Experiments, arm, challenger_trial
 from .lifecycle import Lifecycle
 from .serde import DecodeError, decode, encode, register_upcaster, upcast
 from .topics import TOPIC_EVENTS, Topic, TopicNames
@@ -42,6 +42,7 @@ __all__ = [
     "EVENT_TYPES",
     "TOPIC_EVENTS",
     "TREATMENT",
+    "VARIANT_FIELDS",
     "AgentCard",
     "AgentCreated",
     "AgentFlagged",
@@ -77,7 +78,9 @@ __all__ = [
     "Topic",
     "TopicNames",
     "TrainingExample",
+    "apply_variant",
     "arm",
+    "challenger_trial",
     "decode",
     "encode",
     "pack_vector",

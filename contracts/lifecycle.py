@@ -2,7 +2,9 @@
 
 One fold shared by every reader of the topic (router demotion, learner, CLI, gauges), so they agree on the rules:
 a flag holds until `AgentUnflagged`, `AgentRetired` or a re-creation; an `AgentUpdated` (a new card version, e.g. the
-learner's challenger) keeps the flag, because the new version has not shown better outcomes yet.
+learner's challenger) keeps the flag, because the new version has not shown better outcomes yet. `cards` holds the
+newest card per agent (a challenger included: it is the version being judged); `challengers` the updates that only
+share an agent's traffic (`AgentUpdated.share`) until a card replaces them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Lifecycle:
     cards: dict[str, AgentCard] = field(default_factory=dict)
     flags: dict[str, AgentFlagged] = field(default_factory=dict)
     retired: dict[str, AgentRetired] = field(default_factory=dict)
+    challengers: dict[str, AgentUpdated] = field(default_factory=dict)
 
     @classmethod
     def of(cls, events: Iterable[Event]) -> Lifecycle:
@@ -42,8 +45,13 @@ class Lifecycle:
             self.cards[name] = event.card
             self.retired.pop(name, None)  # re-created: a fresh agent
             self.flags.pop(name, None)
+            self.challengers.pop(name, None)
         elif isinstance(event, AgentUpdated):
             self.cards[event.card.name] = event.card
+            if event.share is not None:
+                self.challengers[event.card.name] = event
+            else:  # a replacing card (promotion, rollback, edit) ends the challenger's trial
+                self.challengers.pop(event.card.name, None)
         elif isinstance(event, AgentFlagged):
             if event.agent not in self.retired:
                 self.flags[event.agent] = event
@@ -52,6 +60,7 @@ class Lifecycle:
         elif isinstance(event, AgentRetired):
             self.retired[event.agent] = event
             self.flags.pop(event.agent, None)
+            self.challengers.pop(event.agent, None)
         else:
             return False
         return True

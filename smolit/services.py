@@ -125,6 +125,18 @@ def follow_lifecycle(w: Wiring, service: str, handler: Handler) -> ConsumerLoop:
     return w.loop(group, [Topic.AGENT_LIFECYCLE], handler, dedupe=False)
 
 
+def follow_topics(w: Wiring, service: str, topics: list[Topic], handler: Handler) -> ConsumerLoop:
+    """`follow_lifecycle` over several topics: each replayed whole into `handler` now, then followed."""
+    from smolit.infra.kafka.reader import TopicMissing, read_topic_events
+
+    for topic in topics:
+        try:
+            handler(read_topic_events(w.profile.consumer(f"{service}-replay"), w.topics(topic)))
+        except TopicMissing:
+            handler([])
+    return w.loop(f"smolit-{service}-lifecycle-{w.instance}", topics, handler, dedupe=False)
+
+
 def connect(settings: Settings, service: str) -> tuple[KafkaProfile, ConnectionPool]:
     """Broker profile and database pool after the start-up checks, each failing as one SetupError line.
 
@@ -410,6 +422,7 @@ def _flag_monitor(w: Wiring) -> Any:
             exempt=frozenset({s.fallback_agent}),
             default_top_k=s.retrieval_top_k,
             retire_rate=s.flag_retire_rate,
+            challenger_share=s.challenger_share if s.challenger_share < 1 else None,
         ),
         FlagMetrics.create(w.registry),
         MlflowAgentVersions(open_registry(s.tracking_uri, s.data_dir, AGENT_EXPERIMENT)),
@@ -441,7 +454,9 @@ def _run_agents(w: Wiring, stop: threading.Event) -> None:
         DeadlineSweeper,
         ParkingLot,
         SubqueryPolicy,
+        Trials,
         catalog_listener,
+        follow_cards,
     )
     from smolit.agents.tools import ToolRunner
     from smolit.infra.knowledge import KnowledgeStore
@@ -480,9 +495,13 @@ def _run_agents(w: Wiring, stop: threading.Event) -> None:
         ),
         embedder=_LazyEmbedder(s) if _tool_calls_possible(s, cards) else None,
         tools=tools,
+        trials=(trials := Trials()),
     )
     catalog = CardCatalog(cards, catalog_listener(runtime, KnowledgeStore(w.pool, s.hnsw_ef_search)))
-    agents = follow_lifecycle(w, "agents", catalog.handle)
+    # Cards and trials (challengers, agent A/B tests) known before the first task: both topics replayed, then followed.
+    agents = follow_topics(
+        w, "agents", [Topic.AGENT_LIFECYCLE, Topic.ROUTER_MODELS], follow_cards(catalog.handle, trials)
+    )
     # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
     loop = w.loop("smolit-agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
     sweeper = DeadlineSweeper(runtime.sweep, runtime.delivered, w.producer, s.subquery_sweep_s)
