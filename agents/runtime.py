@@ -549,6 +549,8 @@ class AgentRuntime:
                 reason=reason,
                 retryable=retryable,
                 card_version=version,
+                experiment_id=choice.experiment_id if choice else None,
+                arm=choice.arm if choice else None,
             )
         return Outgoing(Topic.ANSWERS, str(work.correlation_id), failed)
 

@@ -228,6 +228,9 @@ class TaskFailed(Event):
     retryable: bool = False
     card_version: int | None = None
     """Version of the agent card that failed (`None`: before a card was chosen, or from before versions)."""
+    experiment_id: str | None = None
+    """As in `AnswerProduced`: the trial whose split the conversation was in (a failing variant counts against it)."""
+    arm: str | None = None
 
 
 # ---- feedback, metrics, learning ---------------------------------------------------------------------------

@@ -29,6 +29,8 @@ class Lifecycle:
     flags: dict[str, AgentFlagged] = field(default_factory=dict)
     retired: dict[str, AgentRetired] = field(default_factory=dict)
     challengers: dict[str, AgentUpdated] = field(default_factory=dict)
+    champions: dict[str, AgentCard] = field(default_factory=dict)
+    """The card answering the agent's conversations outside any trial (created or replacing cards only)."""
 
     @classmethod
     def of(cls, events: Iterable[Event]) -> Lifecycle:
@@ -43,6 +45,7 @@ class Lifecycle:
         if isinstance(event, AgentCreated):
             name = event.card.name
             self.cards[name] = event.card
+            self.champions[name] = event.card
             self.retired.pop(name, None)  # re-created: a fresh agent
             self.flags.pop(name, None)
             self.challengers.pop(name, None)
@@ -52,6 +55,7 @@ class Lifecycle:
                 self.challengers[event.card.name] = event
             else:  # a replacing card (promotion, rollback, edit) ends the challenger's trial
                 self.challengers.pop(event.card.name, None)
+                self.champions[event.card.name] = event.card
         elif isinstance(event, AgentFlagged):
             if event.agent not in self.retired:
                 self.flags[event.agent] = event

@@ -114,11 +114,13 @@ def test_an_agent_test_takes_precedence_while_it_runs() -> None:
 
 
 def test_the_lifecycle_fold_tracks_challengers() -> None:
-    """`cards` holds the newest card (the challenger being judged); `challengers` the sharing updates until replaced."""
-    state = Lifecycle.of([_challenger(2, 0.5)])
+    """`cards` holds the newest card (the challenger being judged), `champions` the card answering outside trials,
+    `challengers` the sharing updates until a card replaces them."""
+    state = Lifecycle.of([AgentCreated(correlation_id=uuid.uuid4(), card=CARD), _challenger(2, 0.5)])
     assert state.cards["legal"].version == 2 and "legal" in state.challengers
+    assert state.champions["legal"] == CARD  # what an agent test's variant is built on
     state.apply(_challenger(2, None))
-    assert state.challengers == {}
+    assert state.challengers == {} and state.champions["legal"].version == 2
 
 
 def test_old_payloads_decode_with_the_new_fields_defaulted() -> None:
