@@ -6,8 +6,10 @@ learner challenger (`AgentUpdated.share`) splits and is promoted the same way; b
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +38,13 @@ from smolit.contracts import (
 )
 from smolit.errors import SetupError
 from smolit.infra.catalog import CardCatalog
-from smolit.infra.kafka import EventProducer, KafkaProfile, Outgoing, read_topic_events
+from smolit.infra.kafka import EventProducer, KafkaProfile, Outgoing
 from smolit.infra.knowledge import KnowledgeStore
 from smolit.infra.llm import OpenAILLM
+from smolit.infra.metrics import ConsumerMetrics
 from smolit.infra.registry import open_registry
+from smolit.infra.settings import Settings
+from smolit.services import Wiring, follow_topics
 
 from ..conftest import read_events
 from .openai_server import running_server
@@ -85,9 +90,12 @@ def _cli(env: dict[str, str], *args: str) -> Result:
     return CliRunner().invoke(app, ["ab", *args], env=env)
 
 
-def _worker(pool: ConnectionPool, profile: KafkaProfile, topics: TopicNames, card: AgentCard, url: str) -> Any:
-    """The agents service's runtime and card handler, primed by replaying both topics as `smolit run agents` does at
-    start (smolit.services.follow_topics); returns (runtime, handler)."""
+@contextmanager
+def _worker(
+    pool: ConnectionPool, profile: KafkaProfile, topics: TopicNames, producer: EventProducer, card: AgentCard, url: str
+) -> Iterator[tuple[AgentRuntime, Trials]]:
+    """The agents service's runtime with its card loop wired as `smolit run agents` wires it (`follow_topics`: both
+    topics replayed before the first task, then followed by a running consumer loop)."""
     trials = Trials()
     runtime = AgentRuntime(
         {card.name: card},
@@ -99,9 +107,25 @@ def _worker(pool: ConnectionPool, profile: KafkaProfile, topics: TopicNames, car
         trials=trials,
     )
     handler = follow_cards(CardCatalog({card.name: card}, lambda cards, _: runtime.use_cards(cards)).handle, trials)
-    for topic in (Topic.AGENT_LIFECYCLE, Topic.ROUTER_MODELS):
-        handler(read_topic_events(profile.consumer("agents-replay"), topics(topic)))
-    return runtime, handler
+    registry = CollectorRegistry()
+    wiring = Wiring(
+        Settings(), profile, topics, producer, pool, registry, ConsumerMetrics.create(registry), uuid.uuid4().hex[:8]
+    )
+    loop = follow_topics(wiring, "agents", [Topic.AGENT_LIFECYCLE, Topic.ROUTER_MODELS], handler)
+    thread = loop.start_thread()
+    try:
+        assert loop.assigned.wait(30)
+        yield runtime, trials
+    finally:
+        loop.stop()
+        thread.join(15)
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the running worker did not pick up the event"
+        time.sleep(0.1)
 
 
 def _ask(runtime: AgentRuntime, embedder, conversations: list[str], received: list[dict[str, Any]]) -> list[Any]:
@@ -140,7 +164,14 @@ def test_an_agent_test_answers_the_treatment_arm_with_the_variant(
     assert (event.variant.llm.temperature, event.variant.retrieval.top_k) == (0.7, 2)
     assert event.variant.knowledge_collection == card.knowledge_collection
 
-    runtime, handler = _worker(pool, profile, topics, card, url)
+    with _worker(pool, profile, topics, producer, card, url) as (runtime, trials):
+        _served_and_stopped(runtime, trials, embedder, received, env, profile, topics, producer)
+
+
+def _served_and_stopped(
+    runtime: AgentRuntime, trials: Trials, embedder, received: list[dict[str, Any]], env: dict[str, str],
+    profile: KafkaProfile, topics: TopicNames, producer: EventProducer,
+) -> None:  # fmt: skip
     rows = _ask(runtime, embedder, [f"conv-{i}" for i in range(30)], received)
     assert {answer.arm for _, answer, _ in rows} == {CONTROL, TREATMENT}
     for conversation, answer, prompt in rows:
@@ -175,7 +206,7 @@ def test_an_agent_test_answers_the_treatment_arm_with_the_variant(
     [run_id] = runs.runs_tagged({"experiment_id": "ab-v"})
     assert VARIANT_PROMPT in runs.read_text(run_id, "variant.json")
 
-    handler([events[-1]])  # the running worker's loop follows the stop
+    _wait(lambda: "legal" not in trials.active)  # the running worker's loop follows the stop, no restart
     after = _ask(runtime, embedder, [c for c, _, _ in rows[:8]], received)
     assert {(a.experiment_id, a.arm, p) for _, a, p in after} == {(None, None, CHAMPION_PROMPT)}
 
@@ -192,18 +223,21 @@ def test_a_learner_challenger_shares_the_traffic_until_promoted(
     update = AgentUpdated(correlation_id=uuid.uuid4(), producer="learner", card=challenger, share=0.4)
     producer.send(Outgoing(Topic.AGENT_LIFECYCLE, "legal", update))
     producer.flush()
-    runtime, handler = _worker(pool, profile, topics, card, url)
-    trial = challenger_trial("legal", 2)
-    rows = _ask(runtime, embedder, [f"chat-{i}" for i in range(20)], received)
-    assert {a.arm for _, a, _ in rows} == {CONTROL, TREATMENT}
-    for conversation, answer, prompt in rows:
-        treated = arm(conversation, trial, 0.4) == TREATMENT
-        assert (answer.experiment_id, answer.card_version) == (trial, 2 if treated else 1)
-        assert prompt == (VARIANT_PROMPT if treated else CHAMPION_PROMPT)
+    with _worker(pool, profile, topics, producer, card, url) as (runtime, trials):
+        trial = challenger_trial("legal", 2)
+        rows = _ask(runtime, embedder, [f"chat-{i}" for i in range(20)], received)
+        assert {a.arm for _, a, _ in rows} == {CONTROL, TREATMENT}
+        for conversation, answer, prompt in rows:
+            treated = arm(conversation, trial, 0.4) == TREATMENT
+            assert (answer.experiment_id, answer.card_version) == (trial, 2 if treated else 1)
+            assert prompt == (VARIANT_PROMPT if treated else CHAMPION_PROMPT)
 
-    handler([update.caused(AgentUpdated, producer="learner", card=challenger)])  # promotion
-    after = _ask(runtime, embedder, [c for c, _, _ in rows[:6]], received)
-    assert {(a.experiment_id, a.card_version, p) for _, a, p in after} == {(None, 2, VARIANT_PROMPT)}
+        promotion = update.caused(AgentUpdated, producer="learner", card=challenger)
+        producer.send(Outgoing(Topic.AGENT_LIFECYCLE, "legal", promotion))
+        producer.flush()
+        _wait(lambda: "legal" not in trials.active)
+        after = _ask(runtime, embedder, [c for c, _, _ in rows[:6]], received)
+        assert {(a.experiment_id, a.card_version, p) for _, a, p in after} == {(None, 2, VARIANT_PROMPT)}
 
 
 def test_bad_agent_tests_are_refused_and_publish_nothing(
