@@ -132,7 +132,7 @@ def start(
         registry = _registry(settings)
         if router_version not in {v.version for v in registry.versions(name)}:
             raise SetupError(f"{name} has no version {router_version} (see `smolit models list`); nothing changed")
-    variant_card = _variant_card(settings, agent, variant, overrides) if agent is not None else None
+    variant_card = _variant_card(settings, agent, variant, overrides) if agent and variant else None
     state = Experiments.of(_read(settings, Topic.ROUTER_MODELS))
     if (running := state.running) is not None:
         raise SetupError(
