@@ -41,6 +41,7 @@ from smolit.contracts import (
     TopicNames,
     TrainingExample,
     apply_variant,
+    challenger_trial,
 )
 from smolit.infra.settings import Settings, load_settings
 from smolit.learner.rollback import two_proportion_z
@@ -185,10 +186,19 @@ def _variant_card(settings: Settings, agent: str, path: Path, overrides: object)
     if agent in state.retired:
         raise SetupError(f"agent {agent!r} is retired; nothing changed")
     try:
-        return apply_variant(cards[agent], overrides)
+        variant = apply_variant(cards[agent], overrides)
     except ValueError as exc:
         reason = " ".join(str(exc).split())  # pydantic's message spans lines
         raise SetupError(f"variant file {path} for agent {agent}: {reason}; nothing changed") from exc
+    # A backend the agents service already serves (for this card or by default) is configured: it checked at start.
+    served = {"extractive", cards[agent].llm.backend, cards[agent].llm.fallback_backend, settings.llm_backend}
+    backends = {variant.llm.backend, variant.llm.fallback_backend} - served - {None, settings.llm_fallback_backend}
+    if backends and not (settings.openai_base_url or settings.openai_api_key):
+        raise SetupError(
+            f"variant file {path} asks for the openai backend, which is not configured (set SMOLIT_OPENAI_BASE_URL"
+            " and/or SMOLIT_OPENAI_API_KEY for the agents service); nothing changed"
+        )
+    return variant
 
 
 @ab_app.command()
@@ -197,14 +207,18 @@ def status(
     alpha: Alpha = 0.05,
     min_per_arm: MinPerArm = 30,
 ) -> None:
-    """Every A/B test: running or stopped, per-arm outcomes, z-test and decision (stopped: as logged at stop)."""
+    """Every A/B test: running or stopped, per-arm outcomes, z-test and decision (stopped: as logged at stop); and
+    every learner challenger on trial, compared with its champion the same way."""
     settings = load_settings()
     state = Experiments.of(_read(settings, Topic.ROUTER_MODELS))
+    challengers = Lifecycle.of(_read(settings, Topic.AGENT_LIFECYCLE)).challengers
     rows = []
     decisions: list[Event] = []
     examples: list[Event] = []
+    if state.running is not None or challengers:
+        examples = _read(settings, Topic.TRAINING_EXAMPLES)
     if state.running is not None:
-        decisions, examples = _read(settings, _arm_topic(state.running)), _read(settings, Topic.TRAINING_EXAMPLES)
+        decisions = _read(settings, _arm_topic(state.running))
     for exp_id, started in state.started.items():
         stopped = state.stopped.get(exp_id)
         if stopped is not None:
@@ -220,8 +234,25 @@ def status(
                 "agent": started.agent,
                 "share": started.share,
                 "status": "stopped" if stopped is not None else "running",
+                "tests": _target(started),
             }
             | results
+        )
+    answers = _read(settings, Topic.ANSWERS) if challengers else []
+    for agent, update in challengers.items():
+        trial = challenger_trial(agent, update.card.version)
+        arms = outcomes(trial, answers, examples)
+        rows.append(
+            {
+                "experiment_id": trial,
+                "kind": "challenger",
+                "router_version": None,
+                "agent": agent,
+                "share": update.share,
+                "status": "running",
+                "tests": f"agent {agent} challenger v{update.card.version}",
+            }
+            | compare(arms[CONTROL], arms[TREATMENT], alpha, min_per_arm)
         )
     if as_json:
         out.print_json(json.dumps(rows))
@@ -233,8 +264,7 @@ def status(
     for r in rows:
         cells = [f"{r.get(f'{a}_positive', 0):.0f}/{r.get(f'{a}_judged', 0):.0f}" for a in (CONTROL, TREATMENT)]
         table.add_row(
-            r["experiment_id"], _target(state.started[r["experiment_id"]]), f"{r['share']:g}", r["status"], *cells,
-            str(r["p_value"]), r["decision"],
+            r["experiment_id"], r["tests"], f"{r['share']:g}", r["status"], *cells, str(r["p_value"]), r["decision"],
         )  # fmt: skip
     out.print(table)
 

@@ -212,11 +212,12 @@ def _served_and_stopped(
 
 
 def test_a_learner_challenger_shares_the_traffic_until_promoted(
-    pool, embedder, server, card: AgentCard, profile: KafkaProfile, topics: TopicNames, producer: EventProducer
-) -> None:
+    env: dict[str, str], pool, embedder, server, card: AgentCard, profile: KafkaProfile, topics: TopicNames,
+    producer: EventProducer,
+) -> None:  # fmt: skip
     """An `AgentUpdated` with share 0.4 on the lifecycle topic: a starting worker answers that share of the agent's
-    conversations with the challenger card (version 2) and the rest with version 1; the promotion (no share) makes
-    version 2 answer everyone, without a restart."""
+    conversations with the challenger card (version 2) and the rest with version 1; `ab status` compares the two;
+    the promotion (no share) makes version 2 answer everyone, without a restart."""
     url, received = server
     llm = card.llm.model_copy(update={"system_prompt": VARIANT_PROMPT})
     challenger = card.model_copy(update={"llm": llm, "version": 2})
@@ -231,6 +232,20 @@ def test_a_learner_challenger_shares_the_traffic_until_promoted(
             treated = arm(conversation, trial, 0.4) == TREATMENT
             assert (answer.experiment_id, answer.card_version) == (trial, 2 if treated else 1)
             assert prompt == (VARIANT_PROMPT if treated else CHAMPION_PROMPT)
+            producer.send(Outgoing(Topic.ANSWERS, str(answer.correlation_id), answer))
+            example = TrainingExample(
+                correlation_id=answer.correlation_id, text="q", embedding="", agent="legal", scores={},
+                positive=not treated, card_version=answer.card_version,
+            )  # fmt: skip
+            producer.send(Outgoing(Topic.TRAINING_EXAMPLES, "legal", example))
+        producer.flush()
+        status = _cli(env, "status", "--json", "--min-per-arm", "1")
+        assert status.exit_code == 0, status.output
+        [row] = json.loads(status.stdout)
+        treated_count = sum(a.arm == TREATMENT for _, a, _ in rows)
+        assert (row["experiment_id"], row["kind"], row["share"]) == (trial, "challenger", 0.4)
+        assert (row["treatment_positive"], row["treatment_judged"]) == (0, treated_count)
+        assert (row["control_positive"], row["control_judged"]) == (len(rows) - treated_count,) * 2
 
         promotion = update.caused(AgentUpdated, producer="learner", card=challenger)
         producer.send(Outgoing(Topic.AGENT_LIFECYCLE, "legal", promotion))
@@ -254,6 +269,7 @@ def test_bad_agent_tests_are_refused_and_publish_nothing(
         "unknown.yaml": "llm:\n  prompt: x\n",
         "hot.yaml": "llm:\n  temperature: 9\n",
         "same.yaml": f"llm:\n  system_prompt: '{CHAMPION_PROMPT}'\n",
+        "generative.yaml": "llm:\n  backend: openai\n",
     }
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -265,6 +281,7 @@ def test_bad_agent_tests_are_refused_and_publish_nothing(
         (("--agent", "legal", "--variant", str(tmp_path / "unknown.yaml")), "unknown llm settings: prompt"),
         (("--agent", "legal", "--variant", str(tmp_path / "hot.yaml")), "temperature"),
         (("--agent", "legal", "--variant", str(tmp_path / "same.yaml")), "changes nothing"),
+        (("--agent", "general", "--variant", str(tmp_path / "generative.yaml")), "openai backend, which is not"),
         (("--agent", "legal", "--variant", str(good), "--share", "0"), "--share must be between 0 and 1"),
         (("--agent", "legal", "--variant", str(good), "--share", "1"), "--share must be between 0 and 1"),
         (("--agent", "legal"), "--agent and --variant go together"),
