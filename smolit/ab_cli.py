@@ -198,7 +198,10 @@ def _variant_card(settings: Settings, agent: str, path: Path, overrides: object)
             f"variant file {path} asks for the openai backend, which is not configured (set SMOLIT_OPENAI_BASE_URL"
             " and/or SMOLIT_OPENAI_API_KEY for the agents service); nothing changed"
         )
-    return variant
+    # The next version number, so the variant's answers never count as the champion's (or a challenger's) in the
+    # learner's flag rule, which judges each agent on the answers of its current version only.
+    newest = max(cards[agent].version, state.cards[agent].version if agent in state.cards else 0)
+    return variant.model_copy(update={"version": newest + 1})
 
 
 @ab_app.command()

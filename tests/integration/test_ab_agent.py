@@ -163,6 +163,7 @@ def test_an_agent_test_answers_the_treatment_arm_with_the_variant(
     assert event.variant is not None and event.variant.llm.system_prompt == VARIANT_PROMPT
     assert (event.variant.llm.temperature, event.variant.retrieval.top_k) == (0.7, 2)
     assert event.variant.knowledge_collection == card.knowledge_collection
+    assert event.variant.version == card.version + 1
 
     with _worker(pool, profile, topics, producer, card, url) as (runtime, trials):
         _served_and_stopped(runtime, trials, embedder, received, env, profile, topics, producer)
@@ -176,7 +177,8 @@ def _served_and_stopped(
     assert {answer.arm for _, answer, _ in rows} == {CONTROL, TREATMENT}
     for conversation, answer, prompt in rows:
         expected = arm(conversation, "ab-v", 0.5)
-        assert (answer.experiment_id, answer.arm, answer.card_version) == ("ab-v", expected, 1)
+        assert (answer.experiment_id, answer.arm) == ("ab-v", expected)
+        assert answer.card_version == (2 if expected == TREATMENT else 1)  # the variant is numbered after the card
         assert prompt == (VARIANT_PROMPT if expected == TREATMENT else CHAMPION_PROMPT)
         assert (VARIANT_PROMPT in answer.answer) == (expected == TREATMENT)  # the server quotes the prompt it got
 
