@@ -9,11 +9,13 @@ from .ocr import IMAGE_SUFFIXES, OcrFailed, OcrPolicy, OcrStep, OcrText, build_o
 from .parking import DeadlineSweeper, Draft, ParkingLot
 from .runtime import AgentMetrics, AgentRuntime
 from .subqueries import SubqueryPolicy, merge_answers, plan_consults
+from .variants import Choice, Trial, Trials, follow_cards
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "AgentMetrics",
     "AgentRuntime",
+    "Choice",
     "DeadlineSweeper",
     "Draft",
     "FileError",
@@ -27,10 +29,13 @@ __all__ = [
     "ParkingLot",
     "RawDocument",
     "SubqueryPolicy",
+    "Trial",
+    "Trials",
     "build_ocr_step",
     "catalog_listener",
     "chunk_text",
     "content_hash",
+    "follow_cards",
     "merge_answers",
     "parse_html",
     "parse_pdf",

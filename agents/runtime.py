@@ -42,6 +42,7 @@ from . import smalltalk
 from .parking import Draft, ParkingLot
 from .subqueries import Consult, SubqueryPolicy, SubResult, merge_answers, plan_consults, subanswer_passages
 from .tools import ToolRunner, openai_specs, triggered
+from .variants import Choice, Trials
 
 log = structlog.get_logger("smolit.agents")
 PRODUCER = "agents"
@@ -127,8 +128,11 @@ class AgentRuntime:
         policy: SubqueryPolicy | None = None,
         embedder: TextEmbedder | None = None,
         tools: ToolRunner | None = None,
+        trials: Trials | None = None,
     ) -> None:
         self._cards = dict(cards)
+        # Variant cards on trial (learner challengers, agent A/B tests); without it the champion answers everything.
+        self._trials = trials
         self._store = store
         self._llms = llms
         self._default_backend = default_backend
@@ -156,6 +160,14 @@ class AgentRuntime:
         """Answer for these agents from now on (agents created or updated at runtime); one reference swap."""
         self._cards = dict(cards)
 
+    def choose(self, work: Work) -> Choice | None:
+        """The card that answers `work` (None: unknown agent). Deterministic for a conversation while the trials do
+        not change, so a parked answer is finished with the card that started it."""
+        card = self._cards.get(work.agent)
+        if card is None or self._trials is None or not isinstance(work, TaskAssigned):
+            return None if card is None else Choice(card)
+        return self._trials.choose(card, work.conversation_id)
+
     def handle(self, events: Sequence[Event]) -> list[Outgoing]:
         outputs: list[Outgoing] = []
         for event in events:
@@ -175,11 +187,12 @@ class AgentRuntime:
         started = time.time()
         if isinstance(work, SubqueryRequested):
             self._metrics.subqueries.labels(work.agent, "received").inc()
-        card = self._cards.get(work.agent)
+        choice = self.choose(work)
         audits: list[Event] = []  # ToolCalled events, published even when the answer fails afterwards
         try:
-            if card is None:
+            if choice is None:
                 raise _Failed(f"unknown agent {work.agent!r}: no card with that name is loaded")
+            card = choice.card
             if isinstance(work, SubqueryRequested) and work.agent in work.chain:
                 raise _Failed(f"loop guard: agent {work.agent!r} is already in the chain {' -> '.join(work.chain)}")
             if work.deadline is not None and work.deadline <= datetime.now(UTC):
@@ -197,7 +210,7 @@ class AgentRuntime:
                 draft = draft.model_copy(update={"rewrite": True})
             draft = draft.model_copy(update={"subqueries": len(consults)})
         except _Failed as failed:
-            return [*_audit(audits), self._fail(work, failed.reason, failed.retryable)]
+            return [*_audit(audits), self._fail(work, failed.reason, failed.retryable, choice)]
         if not consults:
             return [*_audit(audits), self._final(work, draft, [])]
         return _audit(audits) + self._ask(card, work, draft, consults)
@@ -469,6 +482,7 @@ class AgentRuntime:
                 cost_usd=cost,
             )
         else:
+            choice = self.choose(work)
             answer = work.caused(
                 AnswerProduced,
                 producer=PRODUCER,
@@ -483,16 +497,20 @@ class AgentRuntime:
                 latency_ms=elapsed * 1000,
                 cache_hit=draft.cache_hit,
                 subqueries=draft.subqueries,
+                card_version=choice.card.version if choice else None,
+                experiment_id=choice.experiment_id if choice else None,
+                arm=choice.arm if choice else None,
             )
         return Outgoing(Topic.ANSWERS, str(work.correlation_id), answer)
 
     def _rewrite(self, work: Work, draft: Draft, results: Sequence[SubResult]) -> Draft:
         """When the LLM asked for the subqueries, it writes the final answer from its passages plus the subanswers'
         (numbered after its own, so citations match the joint source list). If that fails, the answers are quoted."""
-        card = self._cards.get(work.agent)
+        choice = self.choose(work)
         answered = [r.answer for r in results if r.answer is not None and not r.answer.error]
-        if not draft.rewrite or card is None:
+        if not draft.rewrite or choice is None:
             return draft.model_copy(update={"rewrite": False})
+        card = choice.card
         passages = list(draft.passages) + [p for a in answered for p in subanswer_passages(a)]
         try:
             completion, _ = self._generate(card, draft.question, passages)
@@ -508,7 +526,7 @@ class AgentRuntime:
             }
         )
 
-    def _fail(self, work: Work, reason: str, retryable: bool = False) -> Outgoing:
+    def _fail(self, work: Work, reason: str, retryable: bool = False, choice: Choice | None = None) -> Outgoing:
         self._metrics.failures.labels(work.agent).inc()
         log.warning("task failed", request_id=str(work.correlation_id), agent=work.agent, reason=reason)
         if isinstance(work, SubqueryRequested):
@@ -523,7 +541,17 @@ class AgentRuntime:
                 error=reason,
             )
         else:
-            failed = work.caused(TaskFailed, producer=PRODUCER, agent=work.agent, reason=reason, retryable=retryable)
+            version = choice.card.version if choice else None
+            failed = work.caused(
+                TaskFailed,
+                producer=PRODUCER,
+                agent=work.agent,
+                reason=reason,
+                retryable=retryable,
+                card_version=version,
+                experiment_id=choice.experiment_id if choice else None,
+                arm=choice.arm if choice else None,
+            )
         return Outgoing(Topic.ANSWERS, str(work.correlation_id), failed)
 
     def _record(self, agent: str, seconds: float, prompt: int, completion: int, cost: float) -> None:

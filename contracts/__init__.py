@@ -1,6 +1,6 @@
 """Event contracts: envelope, payloads, topics and the wire format. Pure: imports pydantic only."""
 
-from .agents import INGEST_STEPS, AgentCard, LLMConfig, PipelineConfig, RetrievalConfig
+from .agents import INGEST_STEPS, VARIANT_FIELDS, AgentCard, LLMConfig, PipelineConfig, RetrievalConfig, apply_variant
 from .events import (
     EVENT_TYPES,
     AgentCreated,
@@ -31,7 +31,7 @@ from .events import (
     ToolCalled,
     TrainingExample,
 )
-from .experiments import CONTROL, TREATMENT, Experiments, arm
+from .experiments import CONTROL, TREATMENT, Experiments, arm, challenger_trial
 from .lifecycle import Lifecycle
 from .serde import DecodeError, decode, encode, register_upcaster, upcast
 from .topics import TOPIC_EVENTS, Topic, TopicNames
@@ -43,6 +43,7 @@ __all__ = [
     "INGEST_STEPS",
     "TOPIC_EVENTS",
     "TREATMENT",
+    "VARIANT_FIELDS",
     "AgentCard",
     "AgentCreated",
     "AgentFlagged",
@@ -79,7 +80,9 @@ __all__ = [
     "Topic",
     "TopicNames",
     "TrainingExample",
+    "apply_variant",
     "arm",
+    "challenger_trial",
     "decode",
     "encode",
     "pack_vector",

@@ -114,3 +114,37 @@ class AgentCard(BaseModel):
     @property
     def knowledge_collection(self) -> str:
         return self.collection or self.name
+
+
+#: Card fields an A/B variant file may override (`smolit ab start --agent A --variant FILE`): how the agent answers,
+#: never what it is (name, description, collection, tools stay the agent's).
+VARIANT_FIELDS: dict[str, frozenset[str]] = {
+    "llm": frozenset(LLMConfig.model_fields),
+    "retrieval": frozenset(RetrievalConfig.model_fields),
+}
+
+
+def apply_variant(card: AgentCard, overrides: object) -> AgentCard:
+    """`card` with a variant's overrides (`{"llm": {...}, "retrieval": {...}}`), validated by the card model.
+
+    Raises ValueError naming the offending key or value: not a mapping, a field outside `VARIANT_FIELDS`, an
+    invalid value, or no change at all.
+    """
+    if not isinstance(overrides, dict) or not overrides:
+        raise ValueError("a variant is a mapping with `llm:` and/or `retrieval:` settings")
+    update: dict[str, object] = {}
+    for section, values in overrides.items():
+        if section not in VARIANT_FIELDS:
+            allowed = ", ".join(sorted(VARIANT_FIELDS))
+            raise ValueError(f"a variant may only override {allowed}; not {section!r}")
+        if not isinstance(values, dict):
+            raise ValueError(f"`{section}` must be a mapping of settings")
+        if unknown := sorted(set(values) - VARIANT_FIELDS[section]):
+            raise ValueError(f"unknown {section} settings: {', '.join(map(str, unknown))}")
+        current = getattr(card, section).model_dump()
+        update[section] = current | values
+    data = card.model_dump() | update
+    variant = AgentCard.model_validate(data)  # raises pydantic.ValidationError, a ValueError
+    if variant == card:
+        raise ValueError("the variant changes nothing: its settings equal the agent's card")
+    return variant

@@ -196,6 +196,12 @@ class AnswerProduced(Event):
     """The LLM completion came from the cache of identical calls."""
     subqueries: int = 0
     """Subqueries this answer asked of other agents."""
+    card_version: int | None = None
+    """Version of the agent card that answered (`None`: from before versions were recorded)."""
+    experiment_id: str | None = None
+    """The agent test (`smolit ab start --agent`) or learner challenger trial whose split this conversation was in."""
+    arm: str | None = None
+    """`control` (the champion card answered) or `treatment` (the variant or challenger card answered)."""
 
 
 class SubqueryAnswered(Event):
@@ -220,6 +226,11 @@ class TaskFailed(Event):
     reason: str
     """Human-readable cause."""
     retryable: bool = False
+    card_version: int | None = None
+    """Version of the agent card that failed (`None`: before a card was chosen, or from before versions)."""
+    experiment_id: str | None = None
+    """As in `AnswerProduced`: the trial whose split the conversation was in (a failing variant counts against it)."""
+    arm: str | None = None
 
 
 # ---- feedback, metrics, learning ---------------------------------------------------------------------------
@@ -296,6 +307,9 @@ class TrainingExample(Event):
     """Corrective feedback: the agent that should have answered."""
     model_version: str | None = None
     """Router model that made the decision (live quality per champion, for automatic rollback)."""
+    card_version: int | None = None
+    """Agent card version that answered (from `AnswerProduced`/`TaskFailed`), so each version of an agent is judged
+    on its own outcomes while a challenger shares its traffic."""
 
 
 class RouterModelPromoted(Event):
@@ -319,10 +333,14 @@ class RolledBack(Event):
 class ExperimentStarted(Event):
     type: Literal["ExperimentStarted"] = "ExperimentStarted"
     experiment_id: str
-    kind: Literal["router"] = "router"
-    """What is tested; only router model versions so far."""
-    router_version: str
-    """Registry version serving the treatment arm (the champion serves control)."""
+    kind: Literal["router", "agent"] = "router"
+    """What is tested: a router model version, or an agent card variant."""
+    router_version: str | None = None
+    """Registry version serving the treatment arm (the champion serves control); router tests only."""
+    agent: str | None = None
+    """Agent whose conversations are split; agent tests only."""
+    variant: AgentCard | None = None
+    """The card answering the treatment arm (the agent's card with the variant file's overrides); agent tests only."""
     registry_name: str = "smolit-router"
     share: float = Field(gt=0, lt=1)
     """Fraction of conversations in the treatment arm."""
@@ -373,6 +391,10 @@ class AgentProposed(Event):
 class AgentUpdated(Event):
     type: Literal["AgentUpdated"] = "AgentUpdated"
     card: AgentCard
+    share: float | None = Field(default=None, gt=0, lt=1)
+    """Set: `card` is a challenger that answers this hash-chosen share of the agent's conversations next to the
+    current card (the champion). `None`: `card` replaces the agent's card (edit, promotion, rollback) and ends any
+    challenger."""
 
 
 class AgentFlagged(Event):

@@ -48,6 +48,16 @@ class Experiments:
 
     @property
     def running(self) -> ExperimentStarted | None:
-        """The running router test (one at a time: `smolit ab start` refuses a second)."""
+        """The running test, router or agent (one at a time: `smolit ab start` refuses a second)."""
         live = [e for i, e in self.started.items() if i not in self.stopped]
         return live[-1] if live else None
+
+    def running_of(self, kind: str) -> ExperimentStarted | None:
+        """The running test when it is of this kind (`router` or `agent`), else None."""
+        running = self.running
+        return running if running is not None and running.kind == kind else None
+
+
+def challenger_trial(agent: str, version: int) -> str:
+    """Experiment id of a learner challenger's trial: the split is stable for that (agent, card version)."""
+    return f"challenger-{agent}-v{version}"

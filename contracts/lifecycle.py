@@ -2,7 +2,9 @@
 
 One fold shared by every reader of the topic (router demotion, learner, CLI, gauges), so they agree on the rules:
 a flag holds until `AgentUnflagged`, `AgentRetired` or a re-creation; an `AgentUpdated` (a new card version, e.g. the
-learner's challenger) keeps the flag, because the new version has not shown better outcomes yet.
+learner's challenger) keeps the flag, because the new version has not shown better outcomes yet. `cards` holds the
+newest card per agent (a challenger included: it is the version being judged); `challengers` the updates that only
+share an agent's traffic (`AgentUpdated.share`) until a card replaces them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ class Lifecycle:
     cards: dict[str, AgentCard] = field(default_factory=dict)
     flags: dict[str, AgentFlagged] = field(default_factory=dict)
     retired: dict[str, AgentRetired] = field(default_factory=dict)
+    challengers: dict[str, AgentUpdated] = field(default_factory=dict)
+    champions: dict[str, AgentCard] = field(default_factory=dict)
+    """The card answering the agent's conversations outside any trial (created or replacing cards only)."""
 
     @classmethod
     def of(cls, events: Iterable[Event]) -> Lifecycle:
@@ -40,10 +45,17 @@ class Lifecycle:
         if isinstance(event, AgentCreated):
             name = event.card.name
             self.cards[name] = event.card
+            self.champions[name] = event.card
             self.retired.pop(name, None)  # re-created: a fresh agent
             self.flags.pop(name, None)
+            self.challengers.pop(name, None)
         elif isinstance(event, AgentUpdated):
             self.cards[event.card.name] = event.card
+            if event.share is not None:
+                self.challengers[event.card.name] = event
+            else:  # a replacing card (promotion, rollback, edit) ends the challenger's trial
+                self.challengers.pop(event.card.name, None)
+                self.champions[event.card.name] = event.card
         elif isinstance(event, AgentFlagged):
             if event.agent not in self.retired:
                 self.flags[event.agent] = event
@@ -52,6 +64,7 @@ class Lifecycle:
         elif isinstance(event, AgentRetired):
             self.retired[event.agent] = event
             self.flags.pop(event.agent, None)
+            self.challengers.pop(event.agent, None)
         else:
             return False
         return True

@@ -174,6 +174,9 @@ class Settings(BaseSettings):
     """Normal quantile of the one-sided Wilson bounds (2.326 = 99 %)."""
     flag_retire_rate: float = Field(default=0.6, gt=0, le=1)
     """A first flag whose lower bound reaches this also proposes retiring the agent."""
+    challenger_share: float = Field(default=0.5, gt=0, le=1)
+    """Share of a flagged agent's conversations its challenger card answers (hash of the conversation id) while the
+    current card answers the rest; 1: the challenger replaces the card for everyone."""
     flag_demotion: float = Field(default=0.5, ge=0, le=1)
     """The router multiplies a flagged agent's (positive) score by this; 0 excludes it unless asked for by name or
     no other agent is left."""

@@ -47,6 +47,9 @@ class MonitorConfig:
     """Retrieval top-k of cards that do not set one (the challenger doubles it)."""
     retire_rate: float = 0.6
     """A first flag whose lower bound reaches this also proposes retirement (far worse than acceptable)."""
+    challenger_share: float | None = 0.5
+    """Share of the agent's conversations the challenger answers next to the current card (`AgentUpdated.share`);
+    None: the challenger replaces the card for everyone."""
 
 
 class FlagMetrics(NamedTuple):
@@ -92,7 +95,7 @@ class FlagMonitor:
         touched: dict[str, TrainingExample] = {}
         for event in events:
             if isinstance(event, TrainingExample):
-                if self._tracked(event.agent) and (good := is_good(event)) is not None:
+                if self._tracked(event.agent) and self._current(event) and (good := is_good(event)) is not None:
                     self.windows.add(event.agent, not good)
                     touched[event.agent] = event
             else:
@@ -101,6 +104,11 @@ class FlagMonitor:
         for agent, cause in touched.items():
             out += self._judge(agent, cause)
         return out
+
+    def _current(self, example: TrainingExample) -> bool:
+        """Answered by the version being judged (a challenger's champion keeps answering its share meanwhile);
+        examples from before versions were recorded count for the current one."""
+        return example.card_version is None or example.card_version == self.state.cards[example.agent].version
 
     def _tracked(self, agent: str) -> bool:
         return agent in self.state.cards and agent not in self.state.retired and agent not in self.config.exempt
@@ -128,7 +136,7 @@ class FlagMonitor:
         if flag is not None:
             verdict = judge(rule, *counts, flagged=True)
             if verdict.action == "unflag":
-                return [self._unflag(agent, verdict, cause)]
+                return self._unflag(agent, verdict, cause)
             if not stale:
                 return []
         verdict = judge(rule, *counts, flagged=False)
@@ -159,14 +167,16 @@ class FlagMonitor:
         self._record(card, "flagged", verdict.evidence)
         out = [Outgoing(Topic.AGENT_LIFECYCLE, card.name, flag)]
         if challenger is not None:
-            update = flag.caused(AgentUpdated, producer=PRODUCER, card=challenger)
+            update = flag.caused(AgentUpdated, producer=PRODUCER, card=challenger, share=self.config.challenger_share)
             self._lifecycle(update)
             self._metrics.challengers.labels(card.name).inc()
             self._record(challenger, f"challenger of version {card.version}", {})
             out.append(Outgoing(Topic.AGENT_LIFECYCLE, card.name, update))
         return out
 
-    def _unflag(self, agent: str, verdict: Verdict, cause: TrainingExample) -> Outgoing:
+    def _unflag(self, agent: str, verdict: Verdict, cause: TrainingExample) -> list[Outgoing]:
+        """Clear the flag; a challenger on trial whose own outcomes cleared it is promoted (answers everyone)."""
+        challenger = self.state.challengers.get(agent)
         event = AgentUnflagged(
             correlation_id=uuid.uuid4(),
             causation_id=cause.event_id,
@@ -178,7 +188,13 @@ class FlagMonitor:
         self.state.apply(event)
         self._metrics.unflags.labels(agent).inc()
         log.info("agent unflagged", agent=agent, reason=verdict.reason)
-        return Outgoing(Topic.AGENT_LIFECYCLE, agent, event)
+        out = [Outgoing(Topic.AGENT_LIFECYCLE, agent, event)]
+        if challenger is not None:
+            promoted = event.caused(AgentUpdated, producer=PRODUCER, card=challenger.card)
+            self._lifecycle(promoted)
+            log.info("challenger promoted", agent=agent, version=challenger.card.version)
+            out.append(Outgoing(Topic.AGENT_LIFECYCLE, agent, promoted))
+        return out
 
     def _record(self, card: AgentCard, reason: str, metrics: Mapping[str, float]) -> None:
         """Best effort: the lifecycle event is the record; a registry outage must not lose or repeat the flag."""

@@ -409,12 +409,12 @@ class ModelWatcher:
     def _follow_experiments(self, events: Sequence[Event]) -> None:
         if self._load_version is None:
             return
-        before = self.experiments.running
+        before = self.experiments.running_of("router")
         self.experiments.apply(events)
-        running = self.experiments.running
+        running = self.experiments.running_of("router")
         if (running and running.experiment_id) == (before and before.experiment_id):
             return  # no change (also when the loop re-reads what the start-up replay already applied)
-        if running is None:
+        if running is None or running.router_version is None:
             self._router.use_experiment(None)
             return
         try:

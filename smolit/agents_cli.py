@@ -97,11 +97,15 @@ def agents(
             out.print("   " + ", ".join(f"{k}={v:g}" for k, v in flag["evidence"].items()))
         if r["retired"]:
             out.print(f"[red]retired {r['agent']}[/]: {r['retired']['reason']}")
+        if r["challenger"]:
+            trial = r["challenger"]
+            out.print(f"↳ {r['agent']}: challenger v{trial['version']} answers {trial['share']:.0%} of conversations")
 
 
 def _row(card: AgentCard, stats: Any, state: Lifecycle | None) -> dict[str, Any]:
     flag = state.flags.get(card.name) if state else None
     retired = state.retired.get(card.name) if state else None
+    trial = state.challengers.get(card.name) if state else None
     status = None if state is None else "retired" if retired else "flagged" if flag else "active"
     return {
         "agent": card.name,
@@ -122,6 +126,8 @@ def _row(card: AgentCard, stats: Any, state: Lifecycle | None) -> dict[str, Any]
             "flagged_at": flag.occurred_at.isoformat(),
         },
         "retired": None if retired is None else {"reason": retired.reason, "at": retired.occurred_at.isoformat()},
+        # A learner challenger sharing the agent's traffic (`version` above is its version, being judged).
+        "challenger": None if trial is None else {"version": trial.card.version, "share": trial.share},
     }
 
 

@@ -39,7 +39,7 @@ class JoinEntry:
     """Event time of the first event (epoch s); the TTL counts from the decision when there is one."""
     decision: dict[str, Any] | None = None
     outcome: dict[str, Any] | None = None
-    """`{"answered": latency_ms}` or `{"failed": reason}`."""
+    """`{"answered": latency_ms}` or `{"failed": reason}`, with the answering `card_version`."""
     ratings: dict[str, list[Any]] = field(default_factory=dict)
     """User key → [rating, event time, positive (True/False/None), preferred agent], in arrival order; the first
     rating of each user wins. (Entries stored before the last two fields existed hold two items.)"""
@@ -69,10 +69,10 @@ class JoinEntry:
                 }
         elif isinstance(event, AnswerProduced):
             if self.outcome is None:
-                self.outcome = {"answered": event.latency_ms}
+                self.outcome = {"answered": event.latency_ms, "card_version": event.card_version}
         elif isinstance(event, TaskFailed):
             if self.outcome is None:
-                self.outcome = {"failed": event.reason}
+                self.outcome = {"failed": event.reason, "card_version": event.card_version}
         elif isinstance(event, FeedbackGiven):
             user = f"user:{event.user}" if event.user else f"event:{event.event_id}"
             positive = {"positive": True, "negative": False}.get(event.sentiment)
@@ -138,6 +138,7 @@ class JoinEntry:
             positive=positive,
             preferred_agent=first[3] if len(first) > 3 else None,
             model_version=self.decision.get("model_version"),
+            card_version=self.outcome.get("card_version"),  # entries stored before versions: None
         )
 
     # ---- serialisation -------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from .gateway import run_gateway
 from .learner import discovery_config, flag_monitor, run_learner
 from .router import run_router
 from .streams import run_streams, streams_config
-from .wiring import Wiring, connect, limit_threads, redact, wiring
+from .wiring import Wiring, connect, follow_topics, limit_threads, redact, wiring
 
 Service = Literal["router", "agents", "streams", "gateway", "learner"]
 SERVICES: tuple[Service, ...] = ("router", "agents", "streams", "gateway", "learner")
@@ -41,6 +41,7 @@ __all__ = [
     "connect",
     "discovery_config",
     "flag_monitor",
+    "follow_topics",
     "redact",
     "run_service",
     "streams_config",

@@ -12,7 +12,7 @@ from smolit.infra.catalog import CardCatalog
 from smolit.infra.settings import Settings
 
 from ..errors import SetupError
-from .wiring import Wiring, follow_lifecycle, run_consumers
+from .wiring import Wiring, follow_topics, run_consumers
 
 
 def run_agents(w: Wiring, stop: threading.Event) -> None:
@@ -22,7 +22,9 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
         DeadlineSweeper,
         ParkingLot,
         SubqueryPolicy,
+        Trials,
         catalog_listener,
+        follow_cards,
     )
     from smolit.agents.tools import ToolRunner
     from smolit.infra.knowledge import KnowledgeStore
@@ -61,9 +63,13 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
         ),
         embedder=LazyEmbedder(s) if tool_calls_possible(s, cards) else None,
         tools=tools,
+        trials=(trials := Trials()),
     )
     catalog = CardCatalog(cards, catalog_listener(runtime, KnowledgeStore(w.pool, s.hnsw_ef_search)))
-    agents = follow_lifecycle(w, "agents", catalog.handle)
+    # Cards and trials (challengers, agent A/B tests) known before the first task: both topics replayed, then followed.
+    agents = follow_topics(
+        w, "agents", [Topic.AGENT_LIFECYCLE, Topic.ROUTER_MODELS], follow_cards(catalog.handle, trials)
+    )
     # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
     loop = w.loop("smolit-agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
     sweeper = DeadlineSweeper(runtime.sweep, runtime.delivered, w.producer, s.subquery_sweep_s)

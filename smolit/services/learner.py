@@ -120,6 +120,7 @@ def flag_monitor(w: Wiring) -> Any:
             exempt=frozenset({s.fallback_agent}),
             default_top_k=s.retrieval_top_k,
             retire_rate=s.flag_retire_rate,
+            challenger_share=s.challenger_share if s.challenger_share < 1 else None,
         ),
         FlagMetrics.create(w.registry),
         MlflowAgentVersions(open_registry(s.tracking_uri, s.data_dir, AGENT_EXPERIMENT)),

@@ -103,6 +103,18 @@ def follow_lifecycle(w: Wiring, service: str, handler: Handler) -> ConsumerLoop:
     return w.loop(group, [Topic.AGENT_LIFECYCLE], handler, dedupe=False)
 
 
+def follow_topics(w: Wiring, service: str, topics: list[Topic], handler: Handler) -> ConsumerLoop:
+    """`follow_lifecycle` over several topics: each replayed whole into `handler` now, then followed."""
+    from smolit.infra.kafka.reader import TopicMissing, read_topic_events
+
+    for topic in topics:
+        try:
+            handler(read_topic_events(w.profile.consumer(f"{service}-replay"), w.topics(topic)))
+        except TopicMissing:
+            handler([])
+    return w.loop(f"smolit-{service}-lifecycle-{w.instance}", topics, handler, dedupe=False)
+
+
 def connect(settings: Settings, service: str) -> tuple[KafkaProfile, ConnectionPool]:
     """Broker profile and database pool after the start-up checks, each failing as one SetupError line.
 

@@ -97,13 +97,13 @@ def _models(profile: KafkaProfile, topics: TopicNames, expect: int = 100) -> lis
 def test_bad_input_is_refused_and_publishes_nothing(
     env: dict[str, str], profile: KafkaProfile, topics: TopicNames
 ) -> None:
-    """A missing version, a share outside (0, 1), an agent test or a stop without a test: clear error, non-zero exit,
-    nothing on the router-models topic."""
+    """A missing version, a share outside (0, 1), an agent without a variant or a stop without a test: clear error,
+    non-zero exit, nothing on the router-models topic."""
     for args, words in (
         (("start", "--router-version", "7"), "has no version 7"),
         (("start", "--router-version", "1", "--share", "0"), "--share must be between 0 and 1"),
         (("start", "--router-version", "1", "--share", "1.5"), "--share must be between 0 and 1"),
-        (("start", "--agent", "legal", "--variant", "x.yaml"), "not supported yet"),
+        (("start", "--agent", "legal"), "--agent and --variant go together"),
         (("stop",), "no running A/B test"),
     ):
         result = _cli(env, *args)

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from smolit.cli import app
-from smolit.contracts import AgentFlagged, AgentRetired, AgentUnflagged, Topic, TopicNames
+from smolit.contracts import AgentCard, AgentFlagged, AgentRetired, AgentUnflagged, AgentUpdated, Topic, TopicNames
 from smolit.infra.kafka import EventProducer, KafkaProfile, Outgoing
 
 from ..conftest import read_events
@@ -77,24 +77,30 @@ def test_flags_are_listed_with_evidence_and_operators_unflag_and_retire(
         proposed_actions=("challenger",),
     )
     producer.send(Outgoing(Topic.AGENT_LIFECYCLE, "legal", flag))
+    challenger = AgentCard(name="legal", description="legal questions.", version=2)
+    trial = flag.caused(AgentUpdated, producer="learner", card=challenger, share=0.5)
+    producer.send(Outgoing(Topic.AGENT_LIFECYCLE, "legal", trial))
     producer.flush()
     listed = {r["agent"]: r for r in json.loads(_cli(env, "--json").stdout)}
+    assert listed["legal"]["challenger"] == {"version": 2, "share": 0.5} and listed["general"]["challenger"] is None
     assert listed["general"]["status"] == "active"
     assert listed["legal"]["status"] == "flagged"
     assert listed["legal"]["flag"]["evidence"]["lower_bound"] == 0.45
     assert listed["legal"]["flag"]["proposed_actions"] == ["challenger"]
     table = _cli(env)
     assert table.exit_code == 0 and "14/20 negative outcomes" in table.stdout
+    assert "challenger v2 answers 50% of conversations" in table.stdout
 
     assert _cli(env, "unflag", "legal").exit_code == 0
     assert json.loads(_cli(env, "--json").stdout)[1]["status"] == "active"
     assert _cli(env, "retire", "legal").exit_code == 0
     assert json.loads(_cli(env, "--json").stdout)[1]["status"] == "retired"
+    assert json.loads(_cli(env, "--json").stdout)[1]["challenger"] is None  # retirement ends the trial
     again = _cli(env, "retire", "legal")
     assert again.exit_code != 0 and "already retired" in str(again.exception)
 
     events = _lifecycle(profile, topics)
-    operator = [(type(e), e.reason, e.producer) for e in events if not isinstance(e, AgentFlagged)]
+    operator = [(type(e), e.reason, e.producer) for e in events if not isinstance(e, AgentFlagged | AgentUpdated)]
     assert operator == [(AgentUnflagged, "operator", "cli"), (AgentRetired, "operator", "cli")]
 
 

@@ -155,6 +155,7 @@ def test_kb_search_ranks_chunks_and_agents_counts_them(env: dict[str, str], tmp_
             "status": None,  # no broker in this test: flags are unknown, not absent
             "flag": None,
             "retired": None,
+            "challenger": None,
         }
     ]
 

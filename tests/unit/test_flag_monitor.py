@@ -36,11 +36,19 @@ def _monitor(versions: RecordedVersions | None = None) -> FlagMonitor:
     return FlagMonitor(CARDS, config, FlagMetrics.create(CollectorRegistry()), versions)
 
 
-def _examples(agent: str, pattern: str) -> list[TrainingExample]:
-    """`pattern`: `-` a negative outcome, `+` a positive one, `.` no judgement."""
+def _examples(agent: str, pattern: str, version: int | None = None) -> list[TrainingExample]:
+    """`pattern`: `-` a negative outcome, `+` a positive one, `.` no judgement; `version`: the answering card."""
     sign = {"-": False, "+": True, ".": None}
     return [
-        TrainingExample(correlation_id=uuid.uuid4(), text="q", embedding="", agent=agent, scores={}, positive=sign[c])
+        TrainingExample(
+            correlation_id=uuid.uuid4(),
+            text="q",
+            embedding="",
+            agent=agent,
+            scores={},
+            positive=sign[c],
+            card_version=version,
+        )
         for c in pattern
     ]
 
@@ -82,15 +90,30 @@ def test_a_challenger_that_stays_bad_gets_retirement_proposed_once() -> None:
     assert out[0].card_version == 2  # type: ignore[attr-defined]
 
 
-def test_a_challenger_that_does_well_is_unflagged() -> None:
-    """Good outcomes of the challenger bring the upper bound under the unflag threshold: AgentUnflagged."""
+def test_a_challenger_that_does_well_is_unflagged_and_promoted() -> None:
+    """Good outcomes of the challenger (which answers half the conversations) bring the upper bound under the unflag
+    threshold: AgentUnflagged, then the challenger card without a share (promoted: it answers everyone)."""
+    monitor = _monitor()
+    _feed(monitor, _examples("finance", "+" * 30))
+    trial = [e for e in _feed(monitor, _examples("legal", "-" * 20)) if isinstance(e, AgentUpdated)]
+    assert [(u.card.version, u.share) for u in trial] == [(2, 0.5)]
+    out = _feed(monitor, _examples("legal", "+" * 30, version=2))
+    assert [type(e) for e in out] == [AgentUnflagged, AgentUpdated]
+    assert "upper bound" in out[0].reason  # type: ignore[attr-defined]
+    assert (out[1].card, out[1].share) == (trial[0].card, None)  # type: ignore[attr-defined]
+    assert "legal" not in monitor.state.flags and "legal" not in monitor.state.challengers
+
+
+def test_a_challenger_is_judged_on_its_own_answers_only() -> None:
+    """While the challenger (version 2) shares the traffic, the champion's (version 1) outcomes do not count for it;
+    outcomes without a version (older events) still do."""
     monitor = _monitor()
     _feed(monitor, _examples("finance", "+" * 30))
     _feed(monitor, _examples("legal", "-" * 20))
-    out = _feed(monitor, _examples("legal", "+" * 30))
-    assert [type(e) for e in out] == [AgentUnflagged]
-    assert "upper bound" in out[0].reason  # type: ignore[attr-defined]
-    assert "legal" not in monitor.state.flags
+    assert _feed(monitor, _examples("legal", "+" * 40, version=1)) == []
+    assert monitor.windows.recent("legal") == (0, 0)
+    _feed(monitor, _examples("legal", "+" * 3))
+    assert monitor.windows.recent("legal") == (0, 3)
 
 
 def test_the_fallback_agent_and_unjudged_outcomes_are_never_flagged() -> None:

@@ -113,10 +113,13 @@ def test_join_emits_once_decision_answer_and_first_feedback_are_known_in_any_ord
     entry.apply(_decision(rid))
     entry.apply(FeedbackGiven(correlation_id=rid, rating=1, user="u"))
     assert len(entry.feedback_facts()) == 1
-    entry.apply(AnswerProduced(correlation_id=rid, agent="legal", answer="a", backend="x", latency_ms=42))
+    entry.apply(
+        AnswerProduced(correlation_id=rid, agent="legal", answer="a", backend="x", latency_ms=42, card_version=2)
+    )
     assert entry.ready()
     example = entry.example()
     assert (example.rating, example.failed, example.latency_ms, example.propensity) == (4, False, 42, 0.5)
+    assert example.card_version == 2  # the answering card version travels on, to judge each version apart
     assert example.event_id == training_example_id(rid) and not entry.ready()
 
 
