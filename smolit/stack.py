@@ -157,6 +157,7 @@ class Stack:
             "SMOLIT_KAFKA_BOOTSTRAP": self.bootstrap,
             "SMOLIT_DATABASE_URL": self.database_url,
             "SMOLIT_KAFKA_PROFILE": "tansu" if self.settings.tansu_profile else "kafka",
+            "SMOLIT_KAFKA_STORAGE": self.settings.kafka_storage,  # the services size their fetch wait by it
             "SMOLIT_DATA_DIR": str(self.data_dir),
             "SMOLIT_LOG_JSON": "true",
         }

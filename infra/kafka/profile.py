@@ -15,6 +15,8 @@ from typing import Any
 class KafkaProfile:
     bootstrap: str
     embedded: bool
+    fetch_wait_ms: int = 10
+    """Embedded broker only: how long a fetch may be held (see `Settings.kafka_fetch_wait_ms`)."""
 
     def common(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.bootstrap, "client.id": "smolit"}
@@ -37,9 +39,9 @@ class KafkaProfile:
             "partition.assignment.strategy": "range",
         }
         if self.embedded:
-            # Tansu holds an empty fetch for the whole fetch.wait.max.ms even when records arrive meanwhile,
-            # which adds that wait to every hop; a short wait keeps a hop in milliseconds.
-            conf |= {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 10}
+            # Tansu holds a fetch for the whole fetch.wait.max.ms even when records arrive meanwhile, which adds
+            # that wait to every hop; on s3 storage it also reads more records the longer the fetch may take.
+            conf |= {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": self.fetch_wait_ms}
         return conf
 
     def admin(self) -> dict[str, Any]:
@@ -48,7 +50,7 @@ class KafkaProfile:
     @property
     def faust_fetch_wait_ms(self) -> int | None:
         """faust's consumer fetch wait to set with `faust_patch.set_fetch_max_wait` (None: faust's 1500 ms)."""
-        return 10 if self.embedded else None
+        return self.fetch_wait_ms if self.embedded else None
 
     def faust(self) -> dict[str, Any]:
         """faust-streaming (aiokafka) app settings for this broker kind.

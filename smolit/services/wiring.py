@@ -128,7 +128,7 @@ def connect(settings: Settings, service: str) -> tuple[KafkaProfile, ConnectionP
             f"`smolit run {service}` needs SMOLIT_KAFKA_BOOTSTRAP and SMOLIT_DATABASE_URL"
             " (or use `smolit up`, which starts the embedded broker and database)"
         )
-    profile = KafkaProfile(bootstrap, embedded=settings.tansu_profile)
+    profile = KafkaProfile(bootstrap, embedded=settings.tansu_profile, fetch_wait_ms=settings.tansu_fetch_wait_ms)
     try:
         check_broker(profile.admin(), timeout_s=10)
     except Exception as exc:

@@ -184,3 +184,16 @@ def test_payloads_without_the_new_fields_still_decode() -> None:
     del window["window_kind"]
     decoded = decode(json.dumps(window).encode())
     assert isinstance(decoded, AgentMetricsWindow) and decoded.window_kind == "tumbling"
+
+
+def test_fetch_wait_follows_the_embedded_storage() -> None:
+    """On s3 storage Tansu reads more records per fetch the longer it may hold it: 50 ms there, 10 ms in memory."""
+    from smolit.infra.kafka import KafkaProfile
+    from smolit.infra.settings import Settings
+
+    assert Settings(kafka_storage="s3").tansu_fetch_wait_ms == 50
+    assert Settings(kafka_storage="memory").tansu_fetch_wait_ms == 10
+    assert Settings(kafka_storage="s3", kafka_fetch_wait_ms=120).tansu_fetch_wait_ms == 120
+    profile = KafkaProfile("127.0.0.1:9092", embedded=True, fetch_wait_ms=50)
+    assert profile.consumer("g")["fetch.wait.max.ms"] == 50 and profile.faust_fetch_wait_ms == 50
+    assert "fetch.wait.max.ms" not in KafkaProfile("a:1", embedded=False, fetch_wait_ms=50).consumer("g")
