@@ -1,6 +1,6 @@
 """Event contracts: envelope, payloads, topics and the wire format. Pure: imports pydantic only."""
 
-from .agents import INGEST_STEPS, AgentCard, LLMConfig, PipelineConfig, RetrievalConfig
+from .agents import INGEST_STEPS, STEP_CANDIDATES, AgentCard, LLMConfig, PipelineConfig, RetrievalConfig
 from .events import (
     EVENT_TYPES,
     AgentCreated,
@@ -18,6 +18,7 @@ from .events import (
     ExperimentStarted,
     ExperimentStopped,
     FeedbackGiven,
+    ModelOutcomeRecorded,
     RequestBlocked,
     RequestReceived,
     RolledBack,
@@ -41,6 +42,7 @@ __all__ = [
     "CONTROL",
     "EVENT_TYPES",
     "INGEST_STEPS",
+    "STEP_CANDIDATES",
     "TOPIC_EVENTS",
     "TREATMENT",
     "AgentCard",
@@ -63,6 +65,7 @@ __all__ = [
     "FeedbackGiven",
     "LLMConfig",
     "Lifecycle",
+    "ModelOutcomeRecorded",
     "PipelineConfig",
     "RequestBlocked",
     "RequestReceived",
