@@ -20,6 +20,7 @@ from smolit.contracts import ModelOutcomeRecorded
 from smolit.infra.ocr import OCR_VARIANTS, OcrEngine, OcrVariant, RapidOcrEngine
 from smolit.infra.settings import Settings
 
+from .checks import amounts_consistent
 from .ocr import OcrFailed, OcrPolicy, OcrStep, OcrText
 from .selection import Candidate, Choice, ModelMemory, PageFeatures, page_features, select
 
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 Embed = Callable[[list[str]], np.ndarray]
+
+
+def output_checks(text: str) -> dict[str, bool]:
+    """The post-processing checks that apply to an OCR text, with their results."""
+    amounts = amounts_consistent(text)
+    return {} if amounts is None else {"amounts": amounts}
 
 
 def candidate(variant: OcrVariant) -> Candidate:
@@ -91,7 +98,9 @@ class SelectingOcrStep(OcrStep):
         except OcrFailed as exc:
             self._record(choice.model, features, False, exc.confidence, time.perf_counter() - started, source)
             raise OcrFailed(f"{exc} (model {choice.model})", exc.confidence) from exc
-        self._record(choice.model, features, True, read.mean_confidence, read.seconds, source)
+        checks = output_checks(read.text)
+        self._record(choice.model, features, all(checks.values()), read.mean_confidence, read.seconds, source, checks)
+        selection["checks"] = checks
         return OcrText(
             read.text,
             read.per_image,
@@ -111,6 +120,7 @@ class SelectingOcrStep(OcrStep):
         confidence: float | None,
         seconds: float,
         source: str | None,
+        checks: dict[str, bool] | None = None,
     ) -> None:
         event = ModelOutcomeRecorded(
             correlation_id=uuid.uuid4(),
@@ -120,6 +130,7 @@ class SelectingOcrStep(OcrStep):
             agent=self.agent,
             features=features.buckets(),
             success=success,
+            checks=checks or {},
             confidence=None if confidence is None else round(confidence, 4),
             seconds=round(seconds, 3),
             source=source,

@@ -470,7 +470,9 @@ class ModelOutcomeRecorded(Event):
     features: dict[str, str] = Field(default_factory=dict)
     """Task features the selector buckets on (e.g. `font`: `small`, `orientation`: `upside-down`, `format`: `png`)."""
     success: bool = False
-    """Validation outcome: the output passed the step's plausibility check."""
+    """Validation outcome: the output passed the step's plausibility check and every applicable check."""
+    checks: dict[str, bool] = Field(default_factory=dict)
+    """Post-processing checks that applied and their result (e.g. `amounts`: an invoice's lines add up)."""
     confidence: float | None = None
     """The model's own mean confidence on this input (OCR: character-weighted recogniser confidence)."""
     seconds: float | None = None

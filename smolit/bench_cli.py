@@ -78,8 +78,6 @@ def bench_pipelines(
     names = tuple(dict.fromkeys(n.strip() for n in candidates.split(",") if n.strip()))
     if bad := [n for n in names if n not in STEP_CANDIDATES["ocr"]]:
         raise typer.BadParameter(f"unknown OCR candidate(s) {bad}; known: {list(STEP_CANDIDATES['ocr'])}")
-    if record and not images:
-        raise typer.BadParameter("--record needs --images > 0")
     settings = load_settings()
     step = None if as_json else (lambda text: console.print(f"[dim]{text}[/]"))
     result: dict[str, Any] = run_pipelines_bench(settings, images, seed, on_step=step) if images else {}

@@ -79,7 +79,7 @@ def run_selection_bench(
 ) -> dict[str, Any]:
     from smolit.agents import plausibility
     from smolit.agents.ocr import OcrPolicy
-    from smolit.agents.ocr_selection import candidate
+    from smolit.agents.ocr_selection import candidate, output_checks
     from smolit.agents.selection import ModelMemory, page_features, select
     from smolit.contracts import ModelOutcomeRecorded
     from smolit.infra.embedder import OnnxMiniLMEmbedder
@@ -108,6 +108,7 @@ def run_selection_bench(
             ms = (time.perf_counter() - t0) * 1000
             text = to_text(lines)
             _, confidence, problem = plausibility(lines, policy)
+            checks = output_checks(text)
             amount = extract_total(text)
             per[name] = {
                 "model": name,
@@ -115,7 +116,7 @@ def run_selection_bench(
                 "exact": amount == invoice.total,
                 "digits": digits(amount) == digits(invoice.total),
                 "cer": cer(truth, text),
-                "success": problem is None,
+                "success": problem is None and all(checks.values()),
                 "confidence": confidence,
             }
         readings.append(per)
@@ -167,6 +168,24 @@ def run_selection_bench(
             ),
         },
         "per_candidate": {name: _summary([per[name] for per in readings]) for name in candidates},
+        "exact_rate_per_kind": {
+            kind: {
+                name: round(
+                    float(
+                        np.mean(
+                            [per[name]["exact"] for per, (k, _, _) in zip(readings, pages, strict=True) if k == kind]
+                        )
+                    ),
+                    4,
+                )
+                for name in candidates
+            }
+            for kind in KINDS
+            if any(k == kind for k, _, _ in pages)
+        },
+        "validation_agrees_with_truth": round(
+            float(np.mean([r["success"] == r["exact"] for per in readings for r in per.values()])), 4
+        ),
         "first": _summary(first),
         "selector": _summary(selected, [a + b for a, b in zip(feature_ms, select_ms, strict=True)]),
         "selector_no_memory": _summary(no_memory, [a + b for a, b in zip(feature_ms, no_memory_ms, strict=True)]),

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from smolit.agents.checks import amounts_consistent
 from smolit.agents.ocr import OcrFailed, OcrPolicy
 from smolit.agents.ocr_selection import SelectingOcrStep, candidate
 from smolit.agents.selection import Candidate, ModelMemory, PageFeatures, page_features, select
@@ -189,3 +190,18 @@ def test_selecting_step_reads_with_the_chosen_candidate_and_records_its_outcome(
     assert recorded[1].features["orientation"] == "upside-down" and recorded[1].confidence == 0.4
     assert step.memory.outcomes() == 2
     step.close()
+
+
+def test_amounts_check_tells_misread_invoices_and_skips_other_texts() -> None:
+    """Generated invoices add up; a total read with a dot for the thousands comma or a wrong digit does not; a
+    text without a total line or without other amounts is not checked."""
+    rng = random.Random(9)
+    invoices = [random_invoice(rng) for _ in range(50)]
+    assert all(amounts_consistent("\n".join(inv.lines())) is True for inv in invoices)
+    big = next(inv for inv in invoices if "," in inv.total)
+    text = "\n".join(big.lines())
+    assert amounts_consistent(text.replace(big.total, big.total.replace(",", "."))) is False
+    assert amounts_consistent(text.replace(big.total, big.total[:-1] + ("1" if big.total[-1] != "1" else "2"))) is False
+    assert amounts_consistent("Totaldue:EUR1,200.00\nPaper x 2  EUR1,000.00\nVAT  EUR200.00") is True
+    assert amounts_consistent("Meeting notes\nnothing to add") is None
+    assert amounts_consistent("Total due: EUR 12.00") is None
