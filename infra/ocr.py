@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -128,6 +128,7 @@ class RapidOcrEngine:
     ) -> None:
         self.variant = variant or OCR_VARIANTS["smolit-ocr"]
         self.name = "ppocr-v4-onnx" if self.variant.name == "smolit-ocr" else self.variant.name
+        self._ocr: Any
         if shared is not None:
             self._ocr = shared._ocr
             return
@@ -141,7 +142,8 @@ class RapidOcrEngine:
         if v.scale != 1.0:
             from PIL import Image as PILImage
 
-            image = image.resize((round(image.width * v.scale), round(image.height * v.scale)), PILImage.LANCZOS)
+            size = (round(image.width * v.scale), round(image.height * v.scale))
+            image = image.resize(size, PILImage.Resampling.LANCZOS)
         rgb = np.asarray(image.convert("RGB"))
         result, _ = self._ocr(  # the library expects OpenCV's BGR order
             np.ascontiguousarray(rgb[:, :, ::-1]),

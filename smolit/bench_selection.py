@@ -153,7 +153,18 @@ def run_selection_bench(
     selected, select_ms = run_selector(True)
     no_memory, no_memory_ms = run_selector(False)
     oracle = [max(per.values(), key=lambda r: (r["exact"], r["digits"], -r["cer"])) for per in readings]
-    result = {
+
+    def exact_rate(name: str, kind: str) -> float:
+        hits = [per[name]["exact"] for per, page in zip(readings, pages, strict=True) if page[0] == kind]
+        return round(float(np.mean(hits)), 4)
+
+    summaries = {
+        "first": _summary(first),
+        "selector": _summary(selected, [a + b for a, b in zip(feature_ms, select_ms, strict=True)]),
+        "selector_no_memory": _summary(no_memory, [a + b for a, b in zip(feature_ms, no_memory_ms, strict=True)]),
+        "oracle": _summary(oracle),
+    }
+    result: dict[str, Any] = {
         "images": images,
         "seed": seed,
         "kinds": {kind: sum(k == kind for k, _, _ in pages) for kind in KINDS},
@@ -169,32 +180,19 @@ def run_selection_bench(
         },
         "per_candidate": {name: _summary([per[name] for per in readings]) for name in candidates},
         "exact_rate_per_kind": {
-            kind: {
-                name: round(
-                    float(
-                        np.mean(
-                            [per[name]["exact"] for per, (k, _, _) in zip(readings, pages, strict=True) if k == kind]
-                        )
-                    ),
-                    4,
-                )
-                for name in candidates
-            }
+            kind: {name: exact_rate(name, kind) for name in candidates}
             for kind in KINDS
             if any(k == kind for k, _, _ in pages)
         },
         "validation_agrees_with_truth": round(
             float(np.mean([r["success"] == r["exact"] for per in readings for r in per.values()])), 4
         ),
-        "first": _summary(first),
-        "selector": _summary(selected, [a + b for a, b in zip(feature_ms, select_ms, strict=True)]),
-        "selector_no_memory": _summary(no_memory, [a + b for a, b in zip(feature_ms, no_memory_ms, strict=True)]),
-        "oracle": _summary(oracle),
+        **summaries,
+        "gain_exact_over_first": round(
+            summaries["selector"]["amount_exact_rate"] - summaries["first"]["amount_exact_rate"], 4
+        ),
+        "gain_digits_over_first": round(
+            summaries["selector"]["amount_digits_rate"] - summaries["first"]["amount_digits_rate"], 4
+        ),
     }
-    result["gain_exact_over_first"] = round(
-        result["selector"]["amount_exact_rate"] - result["first"]["amount_exact_rate"], 4
-    )
-    result["gain_digits_over_first"] = round(
-        result["selector"]["amount_digits_rate"] - result["first"]["amount_digits_rate"], 4
-    )
     return result

@@ -64,8 +64,13 @@ def ingest_ocr_step(settings: Settings, card: AgentCard | None) -> tuple[OcrStep
 
     def close() -> None:
         step.close()
-        if producer is not None:
+        if producer is None:
+            return
+        try:  # the documents are read either way: losing outcomes must not fail the ingest
             producer.flush(10)
-            producer.close()
+        except Exception as exc:
+            console.print(f"model outcomes not recorded ({type(exc).__name__}: {exc})")
+        finally:
+            producer.close(1)
 
     return step, close

@@ -205,3 +205,33 @@ def test_amounts_check_tells_misread_invoices_and_skips_other_texts() -> None:
     assert amounts_consistent("Totaldue:EUR1,200.00\nPaper x 2  EUR1,000.00\nVAT  EUR200.00") is True
     assert amounts_consistent("Meeting notes\nnothing to add") is None
     assert amounts_consistent("Total due: EUR 12.00") is None
+
+
+def test_ingest_builds_the_selector_only_for_cards_with_candidates(tmp_path: Path) -> None:
+    """No `ocr` step: no OCR; the pool or a card without candidates: the single default model; several candidates
+    and no running Smolit: a selecting step with an empty memory."""
+    from smolit.agents import OcrStep
+    from smolit.infra.settings import Settings
+    from smolit.ocr_ingest import ingest_ocr_step
+
+    settings = Settings(data_dir=tmp_path)
+    cards = {
+        "none": AgentCard.model_validate({"name": "none", "description": "d"}),
+        "one": AgentCard.model_validate({"name": "one", "description": "d", "pipeline": {"ingest": ["ocr"]}}),
+        "many": AgentCard.model_validate(
+            {
+                "name": "many",
+                "description": "d",
+                "pipeline": {"ingest": ["ocr"], "candidates": {"ocr": ["smolit-ocr-fast", "smolit-ocr"]}},
+            }
+        ),
+    }
+    assert ingest_ocr_step(settings, cards["none"])[0] is None
+    for card in (None, cards["one"]):
+        step, close = ingest_ocr_step(settings, card)
+        assert type(step) is OcrStep
+        close()
+    step, close = ingest_ocr_step(settings, cards["many"])
+    assert isinstance(step, SelectingOcrStep) and [c.name for c in step.candidates] == ["smolit-ocr-fast", "smolit-ocr"]
+    assert step.memory.outcomes() == 0 and step.agent == "many"
+    close()
