@@ -188,6 +188,10 @@ def run_selection_bench(
             float(np.mean([r["success"] == r["exact"] for per in readings for r in per.values()])), 4
         ),
         **summaries,
+        "selector_trace": [  # page by page: what the selector chose and what it learned from
+            {"kind": page[0], "model": r["model"], "validated": r["success"], "exact": r["exact"]}
+            for page, r in zip(pages, selected, strict=True)
+        ],
         "gain_exact_over_first": round(
             summaries["selector"]["amount_exact_rate"] - summaries["first"]["amount_exact_rate"], 4
         ),
