@@ -79,8 +79,17 @@ class SelectingOcrStep(OcrStep):
                 self._vectors = {c.name: vectors[i] for i, c in enumerate(self.candidates)}
             task_vector = self._embed([features.describe(self.domain)])[0]
         return select(
-            self.candidates, features, task_vector=task_vector, candidate_vectors=self._vectors, memory=self.memory
+            self.candidates,
+            features,
+            task_vector=task_vector,
+            candidate_vectors=self._vectors,
+            memory=self.memory,
+            context=self._context,
         )
+
+    @property
+    def _context(self) -> dict[str, str]:
+        return {"domain": self.domain} if self.domain else {}
 
     def read_images(self, images: Sequence[Image], fmt: str = "png", source: str | None = None) -> OcrText:
         if not images:
@@ -128,7 +137,7 @@ class SelectingOcrStep(OcrStep):
             model=model,
             step="ocr",
             agent=self.agent,
-            features=features.buckets(),
+            features=features.buckets() | self._context,
             success=success,
             checks=checks or {},
             confidence=None if confidence is None else round(confidence, 4),

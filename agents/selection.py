@@ -198,14 +198,17 @@ def select(
     task_vector: np.ndarray | None = None,
     candidate_vectors: Mapping[str, np.ndarray] | None = None,
     memory: ModelMemory | None = None,
+    context: Mapping[str, str] | None = None,
     weights: SelectionWeights = SelectionWeights(),
 ) -> Choice:
-    """The candidate with the highest weighted fit + similarity + memory (earlier candidates win ties)."""
+    """The candidate with the highest weighted fit + similarity + memory (earlier candidates win ties).
+
+    `context` adds task properties the memory matches on besides the page's (e.g. the agent's `domain`)."""
     if not candidates:
         raise ValueError("no candidates to select from")
     if len(candidates) == 1:
         return Choice(candidates[0].name, {candidates[0].name: 0.0}, "only candidate")
-    buckets = features.buckets()
+    buckets = features.buckets() | dict(context or {})
     scores: dict[str, float] = {}
     parts: dict[str, tuple[float, float, float]] = {}
     for c in candidates:

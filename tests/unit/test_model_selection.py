@@ -138,6 +138,8 @@ def test_memory_sends_inputs_to_the_model_that_did_well_on_similar_ones() -> Non
     assert select([a, b], SMALL).model == "a"
     assert select([a, b], SMALL, memory=memory).model == "b"
     assert select([a, b], PLAIN, memory=memory).model == "a"
+    # In another domain the record still counts, as the nearest evidence (4 of 5 features shared).
+    assert select([a, b], SMALL, memory=memory, context={"domain": "legal"}).model == "b"
 
 
 def test_memory_weighs_evidence_and_counts_each_event_once() -> None:
@@ -174,7 +176,11 @@ def test_selecting_step_reads_with_the_chosen_candidate_and_records_its_outcome(
     engines = {"smolit-ocr-fast": _Engine("fast", 0.99), "smolit-ocr": _Engine("cls", 0.4)}
     recorded: list[ModelOutcomeRecorded] = []
     step = SelectingOcrStep(
-        {name: (lambda e=e: e) for name, e in engines.items()}, OcrPolicy(), agent="inv", on_outcome=recorded.append
+        {name: (lambda e=e: e) for name, e in engines.items()},
+        OcrPolicy(),
+        agent="inv",
+        domain="invoices",
+        on_outcome=recorded.append,
     )
     upright = render(random_invoice(random.Random(2)), size=24)
     read = step.read_images([upright], "png", "a.png")
@@ -188,6 +194,7 @@ def test_selecting_step_reads_with_the_chosen_candidate_and_records_its_outcome(
         ("smolit-ocr", False, "inv", "b.png"),
     ]
     assert recorded[1].features["orientation"] == "upside-down" and recorded[1].confidence == 0.4
+    assert recorded[1].features["domain"] == "invoices"
     assert step.memory.outcomes() == 2
     step.close()
 
