@@ -131,7 +131,7 @@ def read_pdf(path: Path, ocr: OcrStep | None = None) -> tuple[str | None, str, d
     if ocr is not None and (scanned := {i: imgs for i, imgs in scans.items() if imgs}):
         numbers = sorted(i + 1 for i in scanned)
         try:  # one OCR call per file, so the plausibility check sees all scanned pages together
-            read = ocr.read_images([img for imgs in scanned.values() for img in imgs])
+            read = ocr.read_images([img for imgs in scanned.values() for img in imgs], "pdf-page", path.name)
         except OcrFailed as exc:
             if not any(pages):
                 raise UnreadableDocument(f"scanned PDF: {exc}") from exc
@@ -160,7 +160,7 @@ def read_image(path: Path, ocr: OcrStep) -> tuple[str, dict[str, Any]]:
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UnreadableDocument(f"unreadable image ({type(exc).__name__}: {exc})") from exc
     try:
-        read = ocr.read_images(frames)
+        read = ocr.read_images(frames, path.suffix.lstrip(".").lower(), path.name)
     except OcrFailed as exc:
         raise UnreadableDocument(str(exc)) from exc
     return read.text, read.metadata(ocr.model)

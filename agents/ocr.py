@@ -28,6 +28,10 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 class OcrFailed(ValueError):
     """OCR gave no usable text for a file (timeout, engine error, or implausible output)."""
 
+    def __init__(self, message: str, confidence: float | None = None) -> None:
+        super().__init__(message)
+        self.confidence = confidence
+
 
 @dataclass(frozen=True)
 class OcrPolicy:
@@ -52,10 +56,15 @@ class OcrText:
     mean_confidence: float
     images: int
     seconds: float
+    model: str | None = None
+    """The candidate that read it, when a selector chose among several."""
+    selection: dict[str, Any] | None = None
+    """Why that candidate: the page features and each candidate's score."""
 
     def metadata(self, model: str) -> dict[str, Any]:
-        return {
-            "model": model,
+        extra = {"selection": self.selection} if self.selection else {}
+        return extra | {
+            "model": self.model or model,
             "chars": self.chars,
             "mean_confidence": round(self.mean_confidence, 4),
             "images": self.images,
@@ -109,12 +118,17 @@ class OcrStep:
     def model(self) -> str:
         return self.engine.name
 
-    def read_images(self, images: Sequence[Image]) -> OcrText:
-        """Text of the images of one file (pages in order, separated by blank lines). Raises OcrFailed."""
+    def read_images(self, images: Sequence[Image], fmt: str = "png", source: str | None = None) -> OcrText:
+        """Text of the images of one file (pages in order, separated by blank lines). Raises OcrFailed.
+
+        `fmt` and `source` describe the file for steps that select a model per input."""
         try:
             engine = self.engine
         except Exception as exc:  # e.g. OpenCV without libGL.so.1: every image fails with the reason, text goes on
             raise OcrFailed(f"OCR model unavailable: {type(exc).__name__}: {exc}") from exc
+        return self._read_with(engine, images)
+
+    def _read_with(self, engine: OcrEngine, images: Sequence[Image]) -> OcrText:
         started = time.perf_counter()
         pages: list[list[OcrLine]] = []
         for number, image in enumerate(images, start=1):
@@ -130,7 +144,7 @@ class OcrStep:
         lines = [line for page in pages for line in page]
         chars, confidence, problem = plausibility(lines, self.policy)
         if problem:
-            raise OcrFailed(problem)
+            raise OcrFailed(problem, confidence)
         texts = tuple(to_text(page) for page in pages)
         text = "\n\n".join(t for t in texts if t)
         return OcrText(text, texts, chars, confidence, len(images), time.perf_counter() - started)

@@ -1,6 +1,15 @@
 """Event contracts: envelope, payloads, topics and the wire format. Pure: imports pydantic only."""
 
-from .agents import INGEST_STEPS, VARIANT_FIELDS, AgentCard, LLMConfig, PipelineConfig, RetrievalConfig, apply_variant
+from .agents import (
+    INGEST_STEPS,
+    STEP_CANDIDATES,
+    VARIANT_FIELDS,
+    AgentCard,
+    LLMConfig,
+    PipelineConfig,
+    RetrievalConfig,
+    apply_variant,
+)
 from .events import (
     EVENT_TYPES,
     AgentCreated,
@@ -18,6 +27,7 @@ from .events import (
     ExperimentStarted,
     ExperimentStopped,
     FeedbackGiven,
+    ModelOutcomeRecorded,
     RequestBlocked,
     RequestReceived,
     RolledBack,
@@ -41,6 +51,7 @@ __all__ = [
     "CONTROL",
     "EVENT_TYPES",
     "INGEST_STEPS",
+    "STEP_CANDIDATES",
     "TOPIC_EVENTS",
     "TREATMENT",
     "VARIANT_FIELDS",
@@ -64,6 +75,7 @@ __all__ = [
     "FeedbackGiven",
     "LLMConfig",
     "Lifecycle",
+    "ModelOutcomeRecorded",
     "PipelineConfig",
     "RequestBlocked",
     "RequestReceived",

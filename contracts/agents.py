@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -46,6 +46,12 @@ INGEST_STEPS: frozenset[str] = frozenset({"ocr"})
 """Pipeline steps an agent card may name under `pipeline.ingest` (`ocr`: images and scanned PDF pages to text)."""
 
 
+STEP_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "ocr": ("smolit-ocr", "smolit-ocr-fast", "smolit-ocr-upscale", "smolit-ocr-faint"),
+}
+"""Registered models a card may list under `pipeline.candidates.<step>` (the first of each is the step's default)."""
+
+
 class PipelineConfig(BaseModel):
     """The agent's specialised models, per stage. Each step names a model in the registry (`smolit models list`)."""
 
@@ -60,6 +66,35 @@ class PipelineConfig(BaseModel):
         if bad := [step for step in value if step not in INGEST_STEPS]:
             raise ValueError(f"unknown ingest step(s) {bad}; known steps: {sorted(INGEST_STEPS)}")
         return tuple(dict.fromkeys(value))
+
+    candidates: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """Candidate models per step, e.g. `{ocr: [smolit-ocr-fast, smolit-ocr, smolit-ocr-upscale]}`: with more than
+    one, a selector picks per input (task properties, description similarity, model memory); the first is the
+    fallback."""
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_candidates(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for step, models in value.items():
+            if step not in STEP_CANDIDATES:
+                raise ValueError(
+                    f"candidates for unknown step {step!r}; steps with candidates: {sorted(STEP_CANDIDATES)}"
+                )
+            if not models:
+                raise ValueError(f"candidates.{step} is empty; list at least one of {list(STEP_CANDIDATES[step])}")
+            if bad := [m for m in models if m not in STEP_CANDIDATES[step]]:
+                raise ValueError(f"unknown {step} candidate(s) {bad}; known: {list(STEP_CANDIDATES[step])}")
+        return {step: tuple(dict.fromkeys(models)) for step, models in value.items()}
+
+    @model_validator(mode="after")
+    def _candidates_need_step(self) -> PipelineConfig:
+        if missing := [step for step in self.candidates if step not in self.ingest]:
+            raise ValueError(f"candidates given for step(s) {missing} that are not in `ingest` {list(self.ingest)}")
+        return self
+
+    def candidates_for(self, step: str) -> tuple[str, ...]:
+        """The step's candidate models (the step's default model when the card lists none)."""
+        return self.candidates.get(step) or STEP_CANDIDATES[step][:1]
 
 
 class AgentCard(BaseModel):

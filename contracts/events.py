@@ -475,6 +475,36 @@ class DeadLetter(Event):
     headers: dict[str, str] = Field(default_factory=dict)
 
 
+class ModelOutcomeRecorded(Event):
+    """How one candidate model of an agent's pipeline did on one input (the "model memory" of model selection).
+
+    Written when a pipeline step has run (e.g. OCR at ingestion); the selector's projection keeps a success rate
+    per (model, task features) so later inputs that look alike go to the model that did well on them.
+    """
+
+    type: Literal["ModelOutcomeRecorded"] = "ModelOutcomeRecorded"
+    model: str
+    """Registered model name of the candidate that ran (e.g. `smolit-ocr-upscale`)."""
+    step: str = "ocr"
+    """Pipeline subtask the model ran for."""
+    agent: str | None = None
+    """Agent whose pipeline ran it (`None`: the knowledge pool)."""
+    features: dict[str, str] = Field(default_factory=dict)
+    """Task features the selector buckets on (e.g. `font`: `small`, `orientation`: `upside-down`, `format`: `png`)."""
+    success: bool = False
+    """Validation outcome: the output passed the step's plausibility check and every applicable check."""
+    checks: dict[str, bool] = Field(default_factory=dict)
+    """Post-processing checks that applied and their result (e.g. `amounts`: an invoice's lines add up)."""
+    confidence: float | None = None
+    """The model's own mean confidence on this input (OCR: character-weighted recogniser confidence)."""
+    seconds: float | None = None
+    """How long the model took on this input."""
+    source: str | None = None
+    """The input it ran on (file name), for audit."""
+    selected_by: str = "selector"
+    """Why this model ran: `selector`, `only-candidate`, or `bench` (a benchmark ran every candidate)."""
+
+
 AnyEvent = Annotated[
     RequestReceived
     | RoutingDecided
@@ -498,6 +528,7 @@ AnyEvent = Annotated[
     | AgentRetired
     | RequestBlocked
     | ToolCalled
+    | ModelOutcomeRecorded
     | DeadLetter,
     Field(discriminator="type"),
 ]
@@ -527,6 +558,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         AgentRetired,
         RequestBlocked,
         ToolCalled,
+        ModelOutcomeRecorded,
         DeadLetter,
     )
 }

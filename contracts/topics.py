@@ -20,6 +20,7 @@ class Topic(StrEnum):
     ROUTER_MODELS = "router-models"
     AGENT_LIFECYCLE = "agent-lifecycle"
     AUDIT = "audit"
+    MODEL_OUTCOMES = "model-outcomes"
     DLQ = "dlq"
 
 
@@ -38,6 +39,7 @@ TOPIC_EVENTS: dict[Topic, frozenset[str]] = {
         {"AgentCreated", "AgentProposed", "AgentUpdated", "AgentFlagged", "AgentUnflagged", "AgentRetired"}
     ),
     Topic.AUDIT: frozenset({"RequestBlocked", "ToolCalled"}),
+    Topic.MODEL_OUTCOMES: frozenset({"ModelOutcomeRecorded"}),
     Topic.DLQ: frozenset({"DeadLetter"}),
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -52,24 +52,109 @@ def ocr_package_version() -> str:
     return metadata.version(OCR_PACKAGE)
 
 
+@dataclass(frozen=True)
+class OcrVariant:
+    """One OCR configuration registered as its own candidate model: the same PP-OCRv4 weights run differently."""
+
+    name: str
+    """Registered model name (`smolit models list`)."""
+    description: str
+    """What it is good at, in words (the selector embeds it and compares it with the task's description)."""
+    use_cls: bool = True
+    """Run the text-angle classifier (0/180 degrees) on every box: needed for upside-down scans, costs time."""
+    scale: float = 1.0
+    """Upscale the page by this factor (Lanczos) before detection and recognition: small print gets readable."""
+    box_thresh: float = 0.5
+    """Detector box score threshold (lower finds fainter text, and more noise)."""
+    unclip_ratio: float = 1.6
+    """How far detected boxes are grown before recognition."""
+    font_px: tuple[float, float] = (0.0, 1e9)
+    """Estimated text height (pixels) the variant is meant for."""
+    orientations: frozenset[str] = frozenset({"upright"})
+    """Page orientations it reads (`upright`, `upside-down`)."""
+    contrast: frozenset[str] = frozenset({"normal"})
+    """Ink contrast it is meant for (`normal`, `faint`)."""
+
+
+OCR_VARIANTS: dict[str, OcrVariant] = {
+    v.name: v
+    for v in (
+        OcrVariant(
+            "smolit-ocr",
+            "General scanned document OCR with the text-angle classifier: upright or upside-down pages, "
+            "normal print size and contrast.",
+            orientations=frozenset({"upright", "upside-down"}),
+            font_px=(13.0, 1e9),
+        ),
+        OcrVariant(
+            "smolit-ocr-fast",
+            "Fast OCR for clean upright scans with normal size print; no angle classifier, so upside-down or "
+            "rotated pages come out as garbage.",
+            use_cls=False,
+            font_px=(13.0, 1e9),
+        ),
+        OcrVariant(
+            "smolit-ocr-upscale",
+            "OCR for small print and fine text: the page is upscaled twice before detection and recognition; "
+            "slower, with the angle classifier.",
+            scale=2.0,
+            font_px=(0.0, 13.0),
+            orientations=frozenset({"upright", "upside-down"}),
+        ),
+        OcrVariant(
+            "smolit-ocr-faint",
+            "OCR for faint, low-contrast or grey print: a lower detector threshold and wider boxes, with the "
+            "angle classifier.",
+            box_thresh=0.3,
+            unclip_ratio=2.0,
+            font_px=(10.0, 1e9),
+            orientations=frozenset({"upright", "upside-down"}),
+            contrast=frozenset({"normal", "faint"}),
+        ),
+    )
+}
+"""The OCR candidates a card may list under `pipeline.candidates.ocr` (`smolit-ocr` is the default step)."""
+
+
 class RapidOcrEngine:
-    """PP-OCRv4 on ONNX Runtime through `rapidocr-onnxruntime`; one intra-op pool of `threads`."""
+    """PP-OCRv4 on ONNX Runtime through `rapidocr-onnxruntime`; one intra-op pool of `threads`.
 
-    name = "ppocr-v4-onnx"
+    `variant` picks the configuration; `shared` reuses another engine's loaded models (variants differ only in
+    per-call options and pre-processing, so one set of ONNX sessions serves them all).
+    """
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(
+        self, threads: int = 1, variant: OcrVariant | None = None, shared: RapidOcrEngine | None = None
+    ) -> None:
+        self.variant = variant or OCR_VARIANTS["smolit-ocr"]
+        self.name = "ppocr-v4-onnx" if self.variant.name == "smolit-ocr" else self.variant.name
+        self._ocr: Any
+        if shared is not None:
+            self._ocr = shared._ocr
+            return
         from rapidocr_onnxruntime import RapidOCR
 
         # One pool per process (ARCHITECTURE §5b): the library default (-1) takes every core.
         self._ocr = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
 
     def read(self, image: Image) -> list[OcrLine]:
+        v = self.variant
+        if v.scale != 1.0:
+            from PIL import Image as PILImage
+
+            size = (round(image.width * v.scale), round(image.height * v.scale))
+            image = image.resize(size, PILImage.Resampling.LANCZOS)
         rgb = np.asarray(image.convert("RGB"))
-        result, _ = self._ocr(np.ascontiguousarray(rgb[:, :, ::-1]))  # the library expects OpenCV's BGR order
+        result, _ = self._ocr(  # the library expects OpenCV's BGR order
+            np.ascontiguousarray(rgb[:, :, ::-1]),
+            use_cls=v.use_cls,
+            box_thresh=v.box_thresh,
+            unclip_ratio=v.unclip_ratio,
+        )
         lines = []
         for box, text, score in result or []:
-            ys = [float(point[1]) for point in box]
-            xs = [float(point[0]) for point in box]
+            ys = [float(point[1]) / v.scale for point in box]
+            xs = [float(point[0]) / v.scale for point in box]
             lines.append(OcrLine(str(text), float(score), min(ys), max(ys), min(xs)))
         return [line for row in rows(lines) for line in row]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -54,19 +54,35 @@ def bench_pipeline(
 
 @bench_app.command("pipelines")
 def bench_pipelines(
-    images: Annotated[int, typer.Option(min=1, help="Generated invoice images to read.")] = 20,
+    images: Annotated[int, typer.Option(min=0, help="Generated invoice images to read (0: skip).")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the invoice generator.")] = 7,
+    selection_images: Annotated[
+        int, typer.Option(min=0, help="Mixed-difficulty invoices for the model-selection comparison (0: skip).")
+    ] = 12,
+    selection_seed: Annotated[int, typer.Option(help="Seed of the selection invoices.")] = 11,
+    candidates: Annotated[
+        str, typer.Option(help="OCR candidates compared by the selection part, card order (first = baseline).")
+    ] = "smolit-ocr-fast,smolit-ocr,smolit-ocr-upscale",
     record: Annotated[
         bool, typer.Option("--record", help="Log the numbers as metrics of the registered model versions.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Agent model pipelines: OCR and embedding latency, OCR character error rate and amount extraction."""
-    from .bench_pipelines import record_metrics, run_pipelines_bench
+    """Agent model pipelines: OCR and embedding latency, OCR character error rate and amount extraction, and the
+    accuracy gain of OCR model selection over always the first candidate (`selection`)."""
+    from smolit.contracts import STEP_CANDIDATES
 
+    from .bench_pipelines import record_metrics, run_pipelines_bench
+    from .bench_selection import run_selection_bench
+
+    names = tuple(dict.fromkeys(n.strip() for n in candidates.split(",") if n.strip()))
+    if bad := [n for n in names if n not in STEP_CANDIDATES["ocr"]]:
+        raise typer.BadParameter(f"unknown OCR candidate(s) {bad}; known: {list(STEP_CANDIDATES['ocr'])}")
     settings = load_settings()
     step = None if as_json else (lambda text: console.print(f"[dim]{text}[/]"))
-    result = run_pipelines_bench(settings, images, seed, on_step=step)
+    result: dict[str, Any] = run_pipelines_bench(settings, images, seed, on_step=step) if images else {}
+    if selection_images:
+        result["selection"] = run_selection_bench(settings, selection_images, selection_seed, names, on_step=step)
     if record:
         result["recorded_versions"] = record_metrics(settings, result)
     out.print_json(json.dumps(result)) if as_json else out.print(result)

@@ -245,27 +245,40 @@ def run_pipelines_bench(
 
 
 def record_metrics(settings: Settings, result: dict[str, Any]) -> dict[str, str]:
-    """Log the measured numbers on the registered OCR and embedding versions (shown by `smolit models list`)."""
+    """Log the measured numbers on the registered OCR, OCR candidate and embedding versions (shown by
+    `smolit models list`)."""
     from smolit.infra.registry import open_registry
 
     from .models import EMBEDDER_MODEL, OCR_MODEL, register_shipped_models
 
     registry = open_registry(settings.tracking_uri, settings.data_dir, "smolit-models")
     versions = register_shipped_models(registry)
-    registry.log_metrics(
-        OCR_MODEL,
-        versions[OCR_MODEL],
-        {
-            "cer": result["ocr_cer"],
-            "cer_ignoring_spaces": result["ocr_cer_ignoring_spaces"],
-            "amount_exact_rate": result["amount_exact_rate"],
-            "p50_ms": result["ocr_ms_per_image"]["p50"],
-            "p95_ms": result["ocr_ms_per_image"]["p95"],
-        },
-    )
-    registry.log_metrics(
-        EMBEDDER_MODEL,
-        versions[EMBEDDER_MODEL],
-        {"p50_ms_per_document": result["embed_ms_per_document"]["p50"]},
-    )
+    if "ocr_cer" in result:
+        registry.log_metrics(
+            OCR_MODEL,
+            versions[OCR_MODEL],
+            {
+                "cer": result["ocr_cer"],
+                "cer_ignoring_spaces": result["ocr_cer_ignoring_spaces"],
+                "amount_exact_rate": result["amount_exact_rate"],
+                "p50_ms": result["ocr_ms_per_image"]["p50"],
+                "p95_ms": result["ocr_ms_per_image"]["p95"],
+            },
+        )
+        registry.log_metrics(
+            EMBEDDER_MODEL,
+            versions[EMBEDDER_MODEL],
+            {"p50_ms_per_document": result["embed_ms_per_document"]["p50"]},
+        )
+    # The selection part's mixed-difficulty set is another data set: its numbers get their own metric names.
+    for name, summary in result.get("selection", {}).get("per_candidate", {}).items():
+        registry.log_metrics(
+            name,
+            versions[name],
+            {
+                "mixed_amount_exact_rate": summary["amount_exact_rate"],
+                "mixed_cer": summary["cer"],
+                "mixed_ms_per_image": summary["ms_per_image"],
+            },
+        )
     return versions

