@@ -75,13 +75,7 @@ def shipped_models() -> list[ShippedModel]:
             package=OCR_PACKAGE,
             folder=ocr_files["rec"].parent,
             files=tuple(ocr_files.values()),
-            tags={
-                "task_type": "ocr",
-                "input_format": "image (png, jpg, tif, bmp) or scanned PDF page",
-                "domain": "documents",
-                "framework": "onnxruntime",
-                "description": v.description,
-            },
+            tags=_ocr_tags(v.description),
             params={
                 "architecture": "PP-OCRv4 det + " + ("cls + " if v.use_cls else "") + "rec",
                 "use_cls": str(v.use_cls),
@@ -100,13 +94,7 @@ def shipped_models() -> list[ShippedModel]:
             package=OCR_PACKAGE,
             folder=ocr_files["rec"].parent,
             files=tuple(ocr_files.values()),
-            tags={
-                "task_type": "ocr",
-                "input_format": "image (png, jpg, tif, bmp) or scanned PDF page",
-                "domain": "documents",
-                "framework": "onnxruntime",
-                "description": OCR_VARIANTS[OCR_MODEL].description,
-            },
+            tags=_ocr_tags(OCR_VARIANTS[OCR_MODEL].description),
             params={"architecture": "PP-OCRv4 det + cls + rec"} | {role: p.name for role, p in ocr_files.items()},
         ),
         ShippedModel(
@@ -324,3 +312,14 @@ def _announce(settings: Settings, event: Event) -> None:
         producer.flush(10)
     finally:
         producer.close()
+
+
+def _ocr_tags(description: str) -> dict[str, str]:
+    """Registry tags shared by every OCR configuration."""
+    return {
+        "task_type": "ocr",
+        "input_format": "image (png, jpg, tif, bmp) or scanned PDF page",
+        "domain": "documents",
+        "framework": "onnxruntime",
+        "description": description,
+    }
