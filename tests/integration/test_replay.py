@@ -23,13 +23,13 @@ def _log(embedder, producer: EventProducer) -> int:
     """Per question: a decision (alternating agents), an answer, and thumbs from the user (good when right)."""
     questions = [(q, "finance") for q in FINANCE] + [(q, "health") for q in HEALTH]
     vectors = embedder.embed([q for q, _ in questions])
-    # Decision ids decide the holdout split: seeded, so the holdout always holds examples with a known right agent.
+    # Request ids decide the holdout split (an example's id derives from its request's): seeded, so the holdout
+    # always holds examples with a known right agent.
     ids = random.Random(11)
     for i, ((text, domain), vector) in enumerate(zip(questions, vectors, strict=True)):
-        request = uuid.uuid4()
+        request = uuid.UUID(int=ids.getrandbits(128), version=4)
         agent = "finance" if i % 2 == 0 else "health"
         decided = RoutingDecided(
-            event_id=uuid.UUID(int=ids.getrandbits(128), version=4),
             correlation_id=request,
             agent=agent,
             scores={"finance": 0.3, "health": 0.3},
