@@ -52,7 +52,7 @@ class DiscoveryConfig:
     (measured: two halves of one cooking burst 0.58, cooking vs travel vs finance 0.19-0.26)."""
     every: int = 4
     """Re-cluster after this many new requests."""
-    examples: int = 6
+    examples: int = 12
     """Example requests a proposal carries (those nearest the centroid)."""
     terms: int = 3
     """Top terms in the name and description."""

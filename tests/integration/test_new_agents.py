@@ -58,9 +58,11 @@ class System:
     registry: CollectorRegistry
     database_url: str
 
-    def ask(self, texts: Sequence[str]) -> list[RequestReceived]:
+    def ask(self, texts: Sequence[str], conversation: str | None = None) -> list[RequestReceived]:
+        """Publish one request per text; with `conversation` all share one key, so one partition keeps their order."""
         requests = [
-            RequestReceived(correlation_id=uuid.uuid4(), conversation_id=f"c{i}", text=t) for i, t in enumerate(texts)
+            RequestReceived(correlation_id=uuid.uuid4(), conversation_id=conversation or f"c{i}", text=t)
+            for i, t in enumerate(texts)
         ]
         for r in requests:
             self.producer.send(Outgoing(Topic.REQUESTS, r.conversation_id, r))
@@ -160,7 +162,9 @@ def test_a_new_domain_becomes_one_agent_that_routes_and_answers(
     for path, text in POOL_DOCUMENTS.items():
         ingestor.ingest(POOL_COLLECTION, RawDocument(f"{tag}/{path}", text, path))
     with running(profile, topics, producer, pool, embedder) as system:
-        system.ask(COOKING)
+        # One partition: the proposer sees the burst in order, so the cluster (and the new card's examples) is the
+        # same in every run; across partitions the first ten members, and so the card, depended on timing.
+        system.ask(COOKING, conversation=f"cooking-{tag}")
         decisions = read_events(profile, topics, Topic.DECISIONS, len(COOKING))
         low = sum(isinstance(d, RoutingDecided) and d.low_confidence for d in decisions)
         assert low >= len(COOKING) - 2  # a cooking question may score one agent above the threshold by chance
@@ -197,7 +201,7 @@ def test_a_new_domain_becomes_one_agent_that_routes_and_answers(
         for d in read_events(profile, topics, Topic.DECISIONS, len(COOKING) + 1)
         if d.correlation_id == request.correlation_id
     )
-    assert decision.agent == name and not decision.low_confidence  # type: ignore[attr-defined]
+    assert decision.agent == name and not decision.low_confidence, decision.scores  # type: ignore[attr-defined]
     [answer] = [a for a in answers if a.correlation_id == request.correlation_id]
     assert isinstance(answer, AnswerProduced) and answer.agent == name
     assert answer.sources and answer.sources[0].source == f"{tag}/cooking/bread.md"
