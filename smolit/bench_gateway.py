@@ -14,10 +14,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from smolit.contracts import Topic, TopicNames
@@ -42,13 +44,27 @@ DOCS = (
 )
 
 
+@dataclass(frozen=True)
+class Gateways:
+    """Two gateway apps on one pipeline: `open` without security, `secured` with what `smolit up` runs off loopback
+    (API key required, per-key rate limit, prompt filter: rules + MiniLM similarity)."""
+
+    open: str
+    secured: str
+    token: str
+
+
 @contextmanager
-def _pipeline(settings: Settings, tmp: Path) -> Iterator[str]:
-    """Gateway URL of an in-process pipeline (broker, database, router, agents, gateway)."""
+def _pipeline(settings: Settings, tmp: Path) -> Iterator[Gateways]:
+    """Gateway URLs of an in-process pipeline (broker, database, router, agents, two gateway apps)."""
     import uvicorn
 
     from smolit.agents import AgentMetrics, AgentRuntime, Ingestor, RawDocument
     from smolit.gateway import AnswerProjection, GatewayDeps, PendingRequests, create_app
+    from smolit.gateway.auth import Authenticator
+    from smolit.gateway.guard import GuardMetrics, PromptGuard
+    from smolit.gateway.prompt_filter import PromptFilter
+    from smolit.gateway.ratelimit import RateLimiter
     from smolit.infra.cards import load_cards
     from smolit.infra.db import migrate, open_pool
     from smolit.infra.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
@@ -61,6 +77,7 @@ def _pipeline(settings: Settings, tmp: Path) -> Iterator[str]:
         PostgresDeduper,
         ensure_topics,
     )
+    from smolit.infra.keys import KeyStore
     from smolit.infra.knowledge import KnowledgeStore
     from smolit.infra.llm import ExtractiveLLM
     from smolit.infra.metrics import ConsumerMetrics
@@ -110,20 +127,37 @@ def _pipeline(settings: Settings, tmp: Path) -> Iterator[str]:
             loop("bench-agents", [Topic.TASKS], runtime.handle),
             loop("bench-gateway", [Topic.DECISIONS, Topic.ANSWERS], AnswerProjection(pool, pending).handle, False),
         ]
-        app = create_app(
-            GatewayDeps(
+
+        def app(secured: bool) -> Any:
+            registry = CollectorRegistry()
+            deps = GatewayDeps(
                 producer=producer,
                 pool=pool,
                 pending=pending,
                 cards=cards,
-                registry=CollectorRegistry(),
+                registry=registry,
                 broker_check=lambda: None,
                 request_timeout_s=settings.request_timeout_s,
                 max_request_chars=settings.max_request_chars,
             )
-        )
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+            if secured:  # as smolit/services/gateway.py wires it with SMOLIT_AUTH=required, SMOLIT_PROMPT_FILTER=on
+                deps.auth = Authenticator.for_settings(
+                    mode="required",
+                    host="127.0.0.1",
+                    keys=KeyStore(pool),
+                    limiter=RateLimiter(1e6, 10**6),  # the bucket is checked, never empty: its cost, not throttling
+                    cards=cards,
+                )
+                flt = PromptFilter(embedder, threshold=settings.prompt_filter_threshold)
+                deps.guard = PromptGuard(flt, producer, GuardMetrics.create(registry))
+            return create_app(deps)
+
+        _, token = KeyStore(pool).create(f"bench-{time.time_ns()}", ("chat",))
+        servers = []
+        for secured in (False, True):
+            config = uvicorn.Config(app(secured), host="127.0.0.1", port=free_port(), log_level="warning")
+            config.access_log = False
+            servers.append(uvicorn.Server(config))
         stop = threading.Event()
 
         def poll() -> None:
@@ -131,18 +165,22 @@ def _pipeline(settings: Settings, tmp: Path) -> Iterator[str]:
                 producer.poll(0.05)
 
         threads = [lp.start_thread() for lp in loops]
-        threads += [threading.Thread(target=poll, daemon=True), threading.Thread(target=server.run, daemon=True)]
-        for thread in threads[-2:]:
+        extra = [threading.Thread(target=poll, daemon=True)]
+        extra += [threading.Thread(target=server.run, daemon=True) for server in servers]
+        for thread in extra:
             thread.start()
+        threads += extra
         try:
             for lp in loops:
                 if not lp.assigned.wait(60):
                     raise RuntimeError(f"consumer group {lp.config.group} did not join in 60 s")
-            while not server.started:
+            while not all(server.started for server in servers):
                 time.sleep(0.02)
-            yield f"http://127.0.0.1:{port}"
+            plain, secure = (f"http://127.0.0.1:{server.config.port}" for server in servers)
+            yield Gateways(plain, secure, token)
         finally:
-            server.should_exit = True
+            for server in servers:
+                server.should_exit = True
             for lp in loops:
                 lp.stop()
             stop.set()
@@ -150,11 +188,13 @@ def _pipeline(settings: Settings, tmp: Path) -> Iterator[str]:
                 thread.join(15)
 
 
-def _chat(http: httpx.Client, url: str, question: str, stream: bool) -> dict[str, Any]:
+def _chat(
+    http: httpx.Client, url: str, question: str, stream: bool, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     body = {"model": "smolit", "messages": [{"role": "user", "content": question}], "stream": stream}
     t0 = time.perf_counter()
     if not stream:
-        r = http.post(f"{url}/v1/chat/completions", json=body)
+        r = http.post(f"{url}/v1/chat/completions", json=body, headers=headers)
         r.raise_for_status()
         done = time.perf_counter()
         return {"total_ms": (done - t0) * 1000, "ext": r.json()["smolit"], "done": done}
@@ -183,13 +223,22 @@ def run_gateway_bench(requests: int = 200, settings: Settings | None = None) -> 
     questions = _questions(settings, requests + 10)
     with (
         tempfile.TemporaryDirectory(prefix="smolit-bench-gw-") as tmp,
-        _pipeline(settings, Path(tmp)) as url,
+        _pipeline(settings, Path(tmp)) as gateways,
         httpx.Client(timeout=60) as http,
     ):
+        url, auth = gateways.open, {"Authorization": f"Bearer {gateways.token}"}
         for q in questions[:10]:  # warm-up: first encodes, first pool connections
             _chat(http, url, q, stream=False)
+            _chat(http, gateways.secured, q, stream=False, headers=auth)
         plain = [_chat(http, url, q, stream=False) for q in questions[10 : 10 + requests]]
         streamed = [_chat(http, url, q, stream=True) for q in questions[10 : 10 + requests // 2]]
+        # Security on vs off: the same questions through both gateways, alternating (which one goes first too),
+        # so load changes on this shared machine hit both alike.
+        pairs = []
+        for n, q in enumerate(questions[10 : 10 + requests]):
+            sides = [("open", url, None), ("secured", gateways.secured, auth)]
+            runs = {name: _chat(http, u, q, stream=False, headers=h) for name, u, h in sides[:: 1 if n % 2 else -1]}
+            pairs.append(runs)
     gateway = [t["ext"]["gateway_ms"] for t in plain]
     pipeline = [(t["ext"]["routing_ms"] or 0) + (t["ext"]["agent_ms"] or 0) for t in plain]
     total = [t["total_ms"] for t in plain]
@@ -209,4 +258,26 @@ def run_gateway_bench(requests: int = 200, settings: Settings | None = None) -> 
         ),
         "stream_time_to_first_token_ms": _percentiles([t["ttft_ms"] for t in streamed]),
         "stream_total_ms": _percentiles([t["total_ms"] for t in streamed]),
+        "security": _security(pairs),
     }
+
+
+def _security(pairs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """End-to-end cost of auth + rate limit + prompt filter: the filter's MiniLM vector travels with the request
+    and the router does not encode it again, so the encode moves from the router to the gateway."""
+    out: dict[str, Any] = {
+        "note": "same questions through an open and a secured gateway (API key, rate limit, "
+        "prompt filter rules + similarity) on one pipeline, alternating"
+    }
+    for side in ("open", "secured"):
+        runs = [p[side] for p in pairs]
+        total = [r["total_ms"] for r in runs]
+        out[side] = {
+            "end_to_end_ms": _percentiles(total),
+            "gateway_ms": _percentiles([r["ext"]["gateway_ms"] for r in runs]),
+            "routing_ms": _percentiles([r["ext"]["routing_ms"] or 0 for r in runs]),
+            "requests_per_s_sequential": round(len(total) / (sum(total) / 1000), 1),
+        }
+    added = [p["secured"]["total_ms"] - p["open"]["total_ms"] for p in pairs]
+    out["added_end_to_end_ms_p50"] = round(float(np.median(added)), 2)
+    return out
