@@ -26,3 +26,8 @@ def test_bench_gateway_prints_overhead_and_time_to_first_token() -> None:
     assert (out["benchmark"], out["requests"], out["streamed"]) == ("gateway", 4, 2)
     assert 0 < out["gateway_overhead_ms"]["p50"] < out["end_to_end_ms"]["p50"]
     assert out["stream_time_to_first_token_ms"]["p50"] > 0
+    security = out["security"]
+    assert security["open"]["requests_per_s_sequential"] > 0 and security["secured"]["requests_per_s_sequential"] > 0
+    assert isinstance(security["added_end_to_end_ms_p50"], float)
+    # The secured gateway's prompt filter sends its vector along: the router scores without encoding again.
+    assert security["secured"]["routing_ms"]["p50"] < security["open"]["routing_ms"]["p50"]
