@@ -127,7 +127,10 @@ class Settings(BaseSettings):
     learner_holdout_share: float = Field(default=0.2, gt=0, lt=1)
     """Share of examples kept out of training for the rolling holdout (chosen by event id, reproducibly)."""
     learner_holdout_size: int = Field(default=2000, ge=10)
-    """Most recent holdout examples kept."""
+    """Most recent holdout examples kept (an older one joins training)."""
+    learner_holdout_rounds: int = Field(default=3, ge=0)
+    """Candidate evaluations a holdout example serves before it joins training, oldest first, while at least
+    `learner_min_holdout` examples stay held out (0: holdout examples never train)."""
     learner_min_holdout: int = Field(default=50, ge=1)
     """Smallest holdout on which a candidate may be promoted."""
     learner_promotion_margin: float = Field(default=0.01, ge=0)

@@ -38,6 +38,8 @@ class LearnerConfig:
     steps_per_example: int = 1
     holdout_share: float = 0.2
     holdout_size: int = 2000
+    holdout_rounds: int = 3
+    """Candidate evaluations a holdout example serves before it joins training (0: it never does)."""
     min_holdout: int = 50
     promotion_margin: float = 0.01
     target_precision: float = 0.8
@@ -91,7 +93,9 @@ class Learner:
         self.metrics = metrics
         self._clock = clock
         self._features = features
-        self.holdout: deque[Outcome] = deque(maxlen=config.holdout_size)
+        # Oldest first; `_rounds[i]` counts the candidate evaluations `holdout[i]` has served.
+        self.holdout: deque[Outcome] = deque()
+        self._rounds: deque[int] = deque()
         self._pending = 0
         self._last_candidate = clock()
         self._lock = threading.Lock()  # the consumer thread and the timer share the trainer
@@ -161,18 +165,38 @@ class Learner:
                 self.live.add(event.model_version, outcome.good)
             if in_holdout(event.event_id, self.config.holdout_share, self.config.seed):
                 self.holdout.append(outcome)
+                self._rounds.append(0)
                 self.metrics.examples.labels("holdout").inc()
+                if len(self.holdout) > self.config.holdout_size:  # a full window: the oldest example trains
+                    self._rounds.popleft()
+                    self._learn(self.holdout.popleft(), "graduated")
                 continue
-            if self.trainer.add([outcome]):
-                self.trainer.train(self.config.steps_per_example)
-                self._pending += 1
-                self.metrics.examples.labels("train").inc()
-            else:
-                self.metrics.examples.labels("skipped").inc()
+            self._learn(outcome, "train")
         rolled = self._check_rollback()
         if self._due():
             return rolled + self.candidate()
         return rolled
+
+    def _learn(self, outcome: Outcome, use: str) -> None:
+        if self.trainer.add([outcome]):
+            self.trainer.train(self.config.steps_per_example)
+            self._pending += 1
+            self.metrics.examples.labels(use).inc()
+        else:
+            self.metrics.examples.labels("skipped").inc()
+
+    def _graduate(self) -> None:
+        """Holdout examples that served `holdout_rounds` evaluations join training (oldest first), so the final
+        model learns from every example while each gate still compares on examples neither model trained on:
+        the graduates leave the holdout. It never shrinks below `min_holdout`, so slow traffic can still promote."""
+        rounds = self.config.holdout_rounds
+        if rounds <= 0:
+            return
+        for i in range(len(self._rounds)):
+            self._rounds[i] += 1
+        while len(self._rounds) > self.config.min_holdout and self._rounds[0] >= rounds:
+            self._rounds.popleft()
+            self._learn(self.holdout.popleft(), "graduated")
 
     def _check_rollback(self) -> list[Outgoing]:
         """Restore the previous champion when the live outcomes of the current one are significantly worse."""
@@ -251,9 +275,9 @@ class Learner:
         if theirs.accuracy is not None:
             self.metrics.holdout_accuracy.labels("champion").set(theirs.accuracy)
         log.info("candidate evaluated", version=version, promoted=promote, reason=reason, **metrics)
-        if not promote:
-            return []
-        return [self._promote(version)]
+        promoted = [self._promote(version)] if promote else []
+        self._graduate()  # after the promotion, which froze the network this holdout evaluated
+        return promoted
 
     def _promote(self, version: str) -> Outgoing:
         previous = self.champion_version

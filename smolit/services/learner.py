@@ -41,6 +41,7 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
             steps_per_example=s.learner_steps_per_example,
             holdout_share=s.learner_holdout_share,
             holdout_size=s.learner_holdout_size,
+            holdout_rounds=s.learner_holdout_rounds,
             min_holdout=s.learner_min_holdout,
             promotion_margin=s.learner_promotion_margin,
             target_precision=s.learner_target_precision,

@@ -287,3 +287,25 @@ def test_hot_swap_under_load_loses_no_request(world: World, tmp_path: Path, prof
     versions = [d.model_version for d in sorted(decisions, key=lambda d: sent.index(d.correlation_id))]
     assert versions[0] == "similarity-v1" and versions[-1] == version
     assert versions == sorted(versions, key=lambda v: v == version)  # one switch, never back
+
+
+def test_holdout_examples_join_training_after_their_rounds(world: World, tmp_path: Path) -> None:
+    """An example held out for two candidate evaluations then trains; the newest `min_holdout` stay held out, and
+    the graduates are never evaluated on again."""
+    router = _router(world)
+    learner = _learner(world, router, tmp_path, train_every=100, holdout_rounds=2, min_holdout=10, seed=3)
+    learner.handle(world.bandit_examples(130))  # one candidate
+    first = list(learner.holdout)
+    seen, trained = learner.trainer.seen, learner.metrics.examples.labels("train")._value.get()
+    assert len(first) > 10
+    learner.handle(world.bandit_examples(130))  # a second candidate: the first batch served two rounds
+    graduated = [o for o in first if all(o is not h for h in learner.holdout)]
+    assert len(graduated) == len(first)  # all of them: the second batch alone keeps the holdout above 10
+    assert len(learner.holdout) >= 10
+    assert learner.metrics.examples.labels("graduated")._value.get() == len(graduated)
+    trained = learner.metrics.examples.labels("train")._value.get() - trained
+    assert learner.trainer.seen == seen + trained + len(graduated)
+
+    kept = _learner(world, router, tmp_path / "never", train_every=100, holdout_rounds=0, seed=3)
+    kept.handle(world.bandit_examples(260))
+    assert kept.metrics.examples.labels("graduated")._value.get() == 0
