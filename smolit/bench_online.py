@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import httpx
 import numpy as np
+import structlog
 import yaml
 
 from smolit.infra.registry import open_registry
@@ -29,6 +30,8 @@ from smolit.router.features import AgentFeatures
 from smolit.router.network import NetworkScorer
 
 from .stack import Stack
+
+log = structlog.get_logger(__name__)
 
 
 class Row(Protocol):
@@ -125,6 +128,7 @@ def run_online(
         "last_candidate_accuracy": curve[-1][1],
         "versions": len(curve) - 1,
         "answered": sent["answered"],
+        "transport_errors": sent["transport_errors"],
         "feedback_events": sent["feedback"],
         "pipeline_routing_batch_ms": latencies,
         "route_ms": route_ms,
@@ -137,28 +141,35 @@ async def _send(url: str, rows: Sequence[Row], domains: Sequence[str], mode: str
     queue: asyncio.Queue[Row] = asyncio.Queue()
     for row in rows:
         queue.put_nowait(row)
-    counts = {"answered": 0, "feedback": 0}
+    counts = {"answered": 0, "feedback": 0, "transport_errors": 0}
     route_ms: list[float] = []
 
     async def client(http: httpx.AsyncClient) -> None:
         while not queue.empty():
             row = queue.get_nowait()
-            r = await http.post(f"{url}/v1/requests", json={"text": row.text})
-            if r.status_code != 200 or r.json().get("status") != "answered":
-                continue
-            body = r.json()
-            counts["answered"] += 1
-            if isinstance(body.get("routing_ms"), int | float):
-                route_ms.append(float(body["routing_ms"]))
-            feedback: dict[str, Any] = {
-                "request_id": body["request_id"],
-                "rating": 1 if body["agent"] == row.domain else -1,
-                "user": "bench",
-            }
-            if mode == "corrective":
-                feedback["preferred_agent"] = row.domain
-            f = await http.post(f"{url}/v1/feedback", json=feedback)
-            counts["feedback"] += f.status_code in (200, 201)
+            try:
+                await one(http, row)
+            except httpx.TransportError as exc:  # e.g. a kept-alive connection the server closed meanwhile
+                counts["transport_errors"] += 1
+                log.warning("bench request failed", error=repr(exc))
+
+    async def one(http: httpx.AsyncClient, row: Row) -> None:
+        r = await http.post(f"{url}/v1/requests", json={"text": row.text})
+        if r.status_code != 200 or r.json().get("status") != "answered":
+            return
+        body = r.json()
+        counts["answered"] += 1
+        if isinstance(body.get("routing_ms"), int | float):
+            route_ms.append(float(body["routing_ms"]))
+        feedback: dict[str, Any] = {
+            "request_id": body["request_id"],
+            "rating": 1 if body["agent"] == row.domain else -1,
+            "user": "bench",
+        }
+        if mode == "corrective":
+            feedback["preferred_agent"] = row.domain
+        f = await http.post(f"{url}/v1/feedback", json=feedback)
+        counts["feedback"] += f.status_code in (200, 201)
 
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=concurrency + 4)) as http:
         await asyncio.gather(*(client(http) for _ in range(concurrency)))

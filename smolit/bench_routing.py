@@ -310,6 +310,7 @@ def _online(
         result[f"online_curve_{mode}"] = run["curve"]
         result[f"online_final_accuracy_{mode}"] = run["final_accuracy"]
         result[f"online_wall_s_{mode}"] = run["wall_s"]
+        result[f"online_transport_errors_{mode}"] = run["transport_errors"]
         latencies.append(run["pipeline_routing_batch_ms"])
         learn_rates.append(run["learn_events_per_s"])
     result["online_curve"] = result["online_curve_corrective"]
