@@ -128,9 +128,9 @@ class Settings(BaseSettings):
     """Share of examples kept out of training for the rolling holdout (chosen by event id, reproducibly)."""
     learner_holdout_size: int = Field(default=2000, ge=10)
     """Most recent holdout examples kept (an older one joins training)."""
-    learner_holdout_rounds: int = Field(default=3, ge=0)
+    learner_holdout_rounds: int = Field(default=0, ge=0)
     """Candidate evaluations a holdout example serves before it joins training, oldest first, while at least
-    `learner_min_holdout` examples stay held out (0: holdout examples never train)."""
+    `learner_min_holdout` examples stay held out (0, the default: holdout examples never train; README: why)."""
     learner_min_holdout: int = Field(default=50, ge=1)
     """Smallest holdout on which a candidate may be promoted."""
     learner_promotion_margin: float = Field(default=0.01, ge=0)

@@ -38,7 +38,7 @@ class LearnerConfig:
     steps_per_example: int = 1
     holdout_share: float = 0.2
     holdout_size: int = 2000
-    holdout_rounds: int = 3
+    holdout_rounds: int = 0
     """Candidate evaluations a holdout example serves before it joins training (0: it never does)."""
     min_holdout: int = 50
     promotion_margin: float = 0.01

@@ -306,6 +306,6 @@ def test_holdout_examples_join_training_after_their_rounds(world: World, tmp_pat
     trained = learner.metrics.examples.labels("train")._value.get() - trained
     assert learner.trainer.seen == seen + trained + len(graduated)
 
-    kept = _learner(world, router, tmp_path / "never", train_every=100, holdout_rounds=0, seed=3)
+    kept = _learner(world, router, tmp_path / "never", train_every=100, seed=3)  # the default: never
     kept.handle(world.bandit_examples(260))
     assert kept.metrics.examples.labels("graduated")._value.get() == 0
