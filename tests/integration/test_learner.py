@@ -293,12 +293,15 @@ def test_holdout_examples_join_training_after_their_rounds(world: World, tmp_pat
     """An example held out for two candidate evaluations then trains; the newest `min_holdout` stay held out, and
     the graduates are never evaluated on again."""
     router = _router(world)
-    learner = _learner(world, router, tmp_path, train_every=100, holdout_rounds=2, min_holdout=10, seed=3)
-    learner.handle(world.bandit_examples(130))  # one candidate
+    # Candidates only when the test asks: how many examples a random holdout split leaves must not matter.
+    learner = _learner(world, router, tmp_path, train_every=10**6, holdout_rounds=2, min_holdout=10, seed=3)
+    learner.handle(world.bandit_examples(130))
+    learner.candidate()  # round one
     first = list(learner.holdout)
     seen, trained = learner.trainer.seen, learner.metrics.examples.labels("train")._value.get()
     assert len(first) > 10
-    learner.handle(world.bandit_examples(130))  # a second candidate: the first batch served two rounds
+    learner.handle(world.bandit_examples(130))
+    learner.candidate()  # round two: the first batch graduates
     graduated = [o for o in first if all(o is not h for h in learner.holdout)]
     assert len(graduated) == len(first)  # all of them: the second batch alone keeps the holdout above 10
     assert len(learner.holdout) >= 10
@@ -306,6 +309,8 @@ def test_holdout_examples_join_training_after_their_rounds(world: World, tmp_pat
     trained = learner.metrics.examples.labels("train")._value.get() - trained
     assert learner.trainer.seen == seen + trained + len(graduated)
 
-    kept = _learner(world, router, tmp_path / "never", train_every=100, seed=3)  # the default: never
+    kept = _learner(world, router, tmp_path / "never", train_every=10**6, seed=3)  # the default: never
     kept.handle(world.bandit_examples(260))
-    assert kept.metrics.examples.labels("graduated")._value.get() == 0
+    kept.candidate()
+    kept.candidate()
+    assert kept.metrics.examples.labels("graduated")._value.get() == 0 and len(kept.holdout) > 20
