@@ -47,6 +47,7 @@ from smolit.infra.settings import Settings, load_settings
 from smolit.learner.rollback import two_proportion_z
 
 from .errors import SetupError
+from .services.wiring import open_model_registry
 
 console = Console(stderr=True)
 out = Console()
@@ -130,7 +131,7 @@ def start(
     settings = load_settings()
     name = settings.router_registry_name
     if router_version is not None:
-        registry = _registry(settings)
+        registry = open_model_registry(settings)
         if router_version not in {v.version for v in registry.versions(name)}:
             raise SetupError(f"{name} has no version {router_version} (see `smolit models versions`); nothing changed")
     variant_card = _variant_card(settings, agent, variant, overrides) if agent and variant else None
@@ -292,7 +293,7 @@ def stop(
     decision = results.pop("decision")
     metrics = {k: float(v) for k, v in results.items() if v is not None}
     try:
-        run_id = _registry(settings, MLFLOW_EXPERIMENT).log_run(
+        run_id = open_model_registry(settings, MLFLOW_EXPERIMENT).log_run(
             {
                 "kind": running.kind,
                 "target": f"agent:{running.agent}"
@@ -325,17 +326,6 @@ def stop(
 def _arm_topic(test: ExperimentStarted) -> Topic:
     """Where a test's arms are recorded: routing decisions for router tests, answers for agent tests."""
     return Topic.ANSWERS if test.kind == "agent" else Topic.DECISIONS
-
-
-def _registry(settings: Settings, experiment: str = "smolit-router") -> Any:
-    from smolit.infra.registry import open_registry
-
-    try:
-        return open_registry(settings.tracking_uri, settings.data_dir, experiment)
-    except Exception as exc:
-        raise SetupError(
-            f"model registry at {settings.tracking_uri} is not usable (setting SMOLIT_MLFLOW_TRACKING_URI): {exc}"
-        ) from exc
 
 
 def _profile(settings: Settings) -> Any:

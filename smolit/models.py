@@ -23,10 +23,11 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from smolit.contracts import AgentCard, Event, RolledBack, RouterModelPromoted, Topic, TopicNames
-from smolit.infra.registry import CHAMPION, PREVIOUS, ModelRegistry, RegisteredModel, open_registry
+from smolit.infra.registry import CHAMPION, PREVIOUS, ModelRegistry, RegisteredModel
 from smolit.infra.settings import Settings, load_settings
 
 from .errors import SetupError
+from .services.wiring import open_model_registry
 
 console = Console(stderr=True)
 out = Console()
@@ -138,15 +139,6 @@ def users(cards: dict[str, AgentCard], settings: Settings) -> dict[str, list[str
     return used
 
 
-def _registry(settings: Settings, experiment: str = "smolit-router") -> ModelRegistry:
-    try:
-        return open_registry(settings.tracking_uri, settings.data_dir, experiment)
-    except Exception as exc:
-        raise SetupError(
-            f"model registry at {settings.tracking_uri} is not usable (setting SMOLIT_MLFLOW_TRACKING_URI): {exc}"
-        ) from exc
-
-
 def _cards(settings: Settings) -> dict[str, AgentCard]:
     from smolit.infra.cards import CardError, load_cards
 
@@ -184,7 +176,7 @@ def model_rows(models: list[RegisteredModel], used: dict[str, list[str]], router
 def list_models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every registered model: task type, input format, domain, latest version, aliases, metrics, users."""
     settings = load_settings()
-    registry = _registry(settings, "smolit-models")
+    registry = open_model_registry(settings, "smolit-models")
     register_shipped_models(registry)
     rows = model_rows(registry.models(), users(_cards(settings), settings), settings.router_registry_name)
     if as_json:
@@ -213,7 +205,7 @@ def list_versions(
     """Every version of one model (default the router) with its aliases and holdout metrics."""
     settings = load_settings()
     name = name or settings.router_registry_name
-    versions = _registry(settings).versions(name)
+    versions = open_model_registry(settings).versions(name)
     rows: list[dict[str, Any]] = [
         {
             "version": v.version,
@@ -245,7 +237,7 @@ def list_versions(
 def promote(version: Annotated[str, typer.Argument(help="Registry version to make champion.")]) -> None:
     """Make VERSION the champion (the current one becomes `previous`)."""
     settings = load_settings()
-    registry = _registry(settings)
+    registry = open_model_registry(settings)
     name = settings.router_registry_name
     _require(registry, name, version)
     current = registry.version_for(name, CHAMPION)
@@ -268,7 +260,7 @@ def rollback(
 ) -> None:
     """Restore the previous champion (or --to VERSION)."""
     settings = load_settings()
-    registry = _registry(settings)
+    registry = open_model_registry(settings)
     name = settings.router_registry_name
     current = registry.version_for(name, CHAMPION)
     target = to or registry.version_for(name, PREVIOUS)

@@ -34,6 +34,7 @@ from ..errors import SetupError
 
 if TYPE_CHECKING:
     from smolit.agents import DeadlineSweeper
+    from smolit.infra.registry import ModelRegistry
 
 log = structlog.get_logger("smolit.services")
 
@@ -232,6 +233,18 @@ def check_broker_quickly(profile: KafkaProfile) -> None:
 def poll_forever(producer: EventProducer, stop: threading.Event) -> None:
     while not stop.is_set():
         producer.poll(0.1)
+
+
+def open_model_registry(settings: Settings, experiment: str = "smolit-router") -> ModelRegistry:
+    """The MLflow registry the settings name, or one SetupError line for the CLI."""
+    from smolit.infra.registry import open_registry
+
+    try:
+        return open_registry(settings.tracking_uri, settings.data_dir, experiment)
+    except Exception as exc:
+        raise SetupError(
+            f"model registry at {settings.tracking_uri} is not usable (setting SMOLIT_MLFLOW_TRACKING_URI): {exc}"
+        ) from exc
 
 
 def redact(url: str) -> str:
