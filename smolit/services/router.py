@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -14,9 +15,10 @@ from smolit.infra.kafka import Outgoing
 from smolit.infra.settings import Settings
 
 from ..errors import SetupError
-from .wiring import Wiring, follow_lifecycle, run_consumers
+from .wiring import Wiring, follow_lifecycle, log, run_consumers
 
 if TYPE_CHECKING:
+    from smolit.infra.registry import ModelRegistry
     from smolit.router import Router
     from smolit.router.network import NetworkScorer
 
@@ -49,8 +51,15 @@ def run_router(w: Wiring, stop: threading.Event) -> None:
         return states.handle(events)  # flags and retirements (demotion)
 
     agents = follow_lifecycle(w, "router", lifecycle)  # replayed before the first request, then followed
-    watcher = ModelWatcher(router, champion_loader(w.settings, router), version_loader(w.settings, router))
-    watcher.refresh()  # route with the registry's champion from the first request, if there is one
+    cache = ChampionCache(w.settings)
+    watcher = ModelWatcher(router, champion_loader(w.settings, router, cache), version_loader(w.settings, router))
+    known, cached = cache.load(router)
+    if known:
+        # A restart routes with the champion it last loaded (or none, as then) without opening MLflow (seconds of
+        # start-up); a promotion or rollback since then is on the models topic, which the models loop reads.
+        router.use_network(cached)
+    else:
+        watcher.refresh()  # route with the registry's champion from the first request, if there is one
     # A running A/B test is known before the first request (its group may have committed past `ExperimentStarted`).
     with contextlib.suppress(TopicMissing):
         watcher.handle(read_topic_events(w.profile.consumer("router-experiments"), w.topics(Topic.ROUTER_MODELS)))
@@ -60,29 +69,81 @@ def run_router(w: Wiring, stop: threading.Event) -> None:
     run_consumers(w, "router", [loop, models, agents], stop, w.settings.router_metrics_port)
 
 
-def champion_loader(settings: Settings, router: Router) -> Callable[[], NetworkScorer | None]:
-    from smolit.infra.registry import CHAMPION, open_registry
+class ChampionCache:
+    """The champion the router last loaded (or that there was none), on local disk (`<data dir>/router/
+    champion.pt`), for a fast restart. Keyed by the registry (tracking URI and model name): a cache written for
+    another registry is ignored."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = settings.data_dir / "router" / "champion.pt"
+        self.registry = f"{settings.tracking_uri}#{settings.router_registry_name}"
+
+    def save(self, version: str | None, payload: dict[str, object] | None) -> None:
+        import torch
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(f".{os.getpid()}.tmp")  # router instances may share the data dir
+        torch.save({"registry": self.registry, "version": version, "payload": payload}, partial)
+        partial.replace(self.path)
+
+    def load(self, router: Router) -> tuple[bool, NetworkScorer | None]:
+        """(False, None): nothing usable cached; (True, None): no champion then; (True, scorer): that champion."""
+        import torch
+
+        from smolit.router.network import NetworkScorer
+
+        if not self.path.exists():
+            return False, None
+        try:
+            saved = torch.load(self.path, weights_only=True)
+            if saved.get("registry") != self.registry:
+                return False, None
+            if saved["version"] is None:
+                return True, None
+            return True, NetworkScorer(saved["payload"], router.features, str(saved["version"]))
+        except Exception as exc:  # unreadable or from an older format: the registry is the truth anyway
+            log.warning("router champion cache not usable", path=str(self.path), error=repr(exc))
+            return False, None
+
+
+def champion_loader(settings: Settings, router: Router, cache: ChampionCache) -> Callable[[], NetworkScorer | None]:
     from smolit.router.network import NetworkScorer
 
-    registry = open_registry(settings.tracking_uri, settings.data_dir)
     name = settings.router_registry_name
+    opened: list[ModelRegistry] = []
 
     def load() -> NetworkScorer | None:
+        from smolit.infra.registry import CHAMPION, open_registry
+
+        if not opened:  # at the first promotion event, not at start-up when the cache answers
+            opened.append(open_registry(settings.tracking_uri, settings.data_dir))
+        registry = opened[0]
         version = registry.version_for(name, CHAMPION)
         if version is None:
+            cache.save(None, None)
             return None
         if router.network is not None and router.network.version == version:
             return router.network
-        return NetworkScorer(registry.load(name, version), router.features, version)
+        payload = registry.load(name, version)
+        scorer = NetworkScorer(payload, router.features, version)
+        cache.save(version, payload)
+        return scorer
 
     return load
 
 
 def version_loader(settings: Settings, router: Router) -> Callable[[str], NetworkScorer]:
     """Loads one registry version over the router's current agents (an A/B test's treatment arm)."""
-    from smolit.infra.registry import open_registry
     from smolit.router.network import NetworkScorer
 
-    registry = open_registry(settings.tracking_uri, settings.data_dir)
     name = settings.router_registry_name
-    return lambda version: NetworkScorer(registry.load(name, version), router.features, version)
+    opened: list[ModelRegistry] = []
+
+    def load(version: str) -> NetworkScorer:
+        from smolit.infra.registry import open_registry
+
+        if not opened:  # only when an A/B test needs a version: MLflow is not opened at start-up
+            opened.append(open_registry(settings.tracking_uri, settings.data_dir))
+        return NetworkScorer(opened[0].load(name, version), router.features, version)
+
+    return load

@@ -314,3 +314,33 @@ def test_holdout_examples_join_training_after_their_rounds(world: World, tmp_pat
     kept.candidate()
     kept.candidate()
     assert kept.metrics.examples.labels("graduated")._value.get() == 0 and len(kept.holdout) > 20
+
+
+def test_the_router_restarts_with_its_cached_champion(world: World, tmp_path: Path) -> None:
+    """The champion the router loaded from the registry is cached on disk; a restarted router scores with it exactly
+    as with the registry's copy, without opening MLflow. A cache of another registry, or a damaged one, is ignored."""
+    from smolit.infra.settings import Settings
+    from smolit.services.router import ChampionCache, champion_loader
+
+    router = _router(world)
+    learner = _learner(world, router, tmp_path)
+    assert learner.handle(world.bandit_examples(500))  # promoted
+    settings = Settings(data_dir=tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    cache = ChampionCache(settings)
+    assert cache.load(router) == (False, None)
+    loaded = champion_loader(settings, router, cache)()  # from the registry, and written to the cache
+    assert loaded is not None and loaded.version == learner.champion_version
+
+    restarted = _router(world)
+    known, cached = ChampionCache(settings).load(restarted)
+    assert known and cached is not None and cached.version == loaded.version
+    x = world.embed([world.request(d) for d in (0, 1, 2)])
+    assert np.array_equal(cached.score(x), loaded.score(x))
+
+    other = Settings(data_dir=tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path}/elsewhere.db")
+    assert ChampionCache(other).load(restarted) == (False, None)
+    fresh = Settings(data_dir=tmp_path / "fresh")  # a registry without a champion: that is cached too
+    assert champion_loader(fresh, restarted, ChampionCache(fresh))() is None
+    assert ChampionCache(fresh).load(restarted) == (True, None)
+    cache.path.write_bytes(b"not a torch file")
+    assert cache.load(restarted) == (False, None)
