@@ -465,6 +465,7 @@ def _report(
             "routed_to": dict(Counter(str(r["agent"]) for r in tally.results if r["domain"] == new_domain)),
         },
         "new_domain_test_routed_to": dict(Counter(str(r["agent"]) for r in new_rows)),
+        "bad_agent_domain_test_routed_to": dict(Counter(str(r["agent"]) for r in finals if r["domain"] == bad_agent)),
         "lifecycle": [_summary(e) for e in events],
         "settings": {
             "discovery": "auto",
