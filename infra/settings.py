@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     learner_target_precision: float = Field(default=0.8, gt=0, lt=1)
     """The fitted confidence threshold is the lowest top probability at which holdout routing reaches this
     precision; below it the fallback agent answers."""
+    learner_min_confidence: float = Field(default=0.4, ge=0, lt=1)
+    """The confidence threshold is at least this: a request whose best agent's probability of a good outcome is
+    lower (more likely bad than good with every agent, e.g. a domain no agent serves) goes to the fallback agent as
+    low-confidence, where new-domain discovery sees it. 0: the fitted threshold alone. Keep it below
+    SMOLIT_FLAG_DEMOTION times a clear request's probability (0.5 x ~0.9), or a flagged agent gets no traffic and
+    its challenger no evidence (at 0.5 it got none in `smolit bench adaptation`)."""
     learner_rollback_min_outcomes: int = Field(default=50, ge=5)
     """Judged live outcomes needed under both the new and the previous champion before a rollback is considered."""
     learner_rollback_alpha: float = Field(default=0.05, gt=0, lt=0.5)

@@ -1,7 +1,9 @@
 """Improvement steps for a flagged agent, and agent versions recorded as MLflow runs.
 
-The step taken automatically is small and honest: a challenger card with a wider retrieval (`top_k` doubled, at
-most 50), announced as `AgentUpdated` with the next card version. Retirement is only proposed (an operator runs
+The step taken automatically is small and honest: a challenger card, announced as `AgentUpdated` with the next card
+version. When the flagged version replaced an earlier one that was not flagged (an edit, a deployment), the
+challenger is that earlier version's settings (a rollback on trial); otherwise it is the current card with a wider
+retrieval (`top_k` doubled, at most 50). Retirement is only proposed (an operator runs
 `smolit agents retire`). Every card version the learner touches is an MLflow run in the `smolit-agents`
 experiment (params = the card's settings, tags `agent`/`version`, artifact `card.json`), so versions can be
 compared and an earlier card restored from its run.
@@ -30,6 +32,14 @@ def challenger_card(card: AgentCard, default_top_k: int) -> AgentCard | None:
         return None
     retrieval = card.retrieval.model_copy(update={"top_k": wider})
     return card.model_copy(update={"retrieval": retrieval, "version": card.version + 1})
+
+
+def rollback_card(card: AgentCard, earlier: AgentCard | None) -> AgentCard | None:
+    """The settings of `earlier` (a version that was replaced while not flagged) as the next card version; None when
+    there is none or it equals the current card apart from the version number."""
+    if earlier is None or earlier.model_copy(update={"version": card.version}) == card:
+        return None
+    return earlier.model_copy(update={"version": card.version + 1})
 
 
 def card_params(card: AgentCard) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from smolit.infra.kafka import Outgoing
 
 from .dataset import is_good
 from .flags import RULE, FlagRule, OutcomeWindows, Verdict, judge
-from .improvement import VersionLog, challenger_card
+from .improvement import VersionLog, challenger_card, rollback_card
 
 log = structlog.get_logger("smolit.learner.flags")
 PRODUCER = "learner"
@@ -85,11 +85,13 @@ class FlagMonitor:
         self.windows = OutcomeWindows(config.rule.window)
         self._metrics = metrics
         self._versions = versions
+        self._replaced: dict[str, AgentCard] = {}
+        """Per agent, the card its current version replaced while it was not flagged (the rollback challenger)."""
 
     def prime(self, events: Iterable[Event]) -> None:
         """Restore the lifecycle state from the topic at start (flags survive a restart; outcome windows do not)."""
         for event in sorted(events, key=lambda e: e.occurred_at):
-            self.state.apply(event)
+            self._lifecycle(event)
 
     def handle(self, events: Sequence[Event]) -> list[Outgoing]:
         touched: dict[str, TrainingExample] = {}
@@ -116,13 +118,17 @@ class FlagMonitor:
     def _lifecycle(self, event: Event) -> None:
         name = event.card.name if isinstance(event, AgentCreated | AgentUpdated) else getattr(event, "agent", "")
         before = self.state.cards.get(name)
+        was_flagged = name in self.state.flags
         if not self.state.apply(event):
             return
         if isinstance(event, AgentCreated | AgentRetired):
             self.windows.forget(name)
+            self._replaced.pop(name, None)
         elif isinstance(event, AgentUpdated):
             if before is None or before.version != event.card.version:
                 self.windows.restart(event.card.name)  # a new version is judged on its own outcomes
+                if before is not None and event.share is None and not was_flagged:
+                    self._replaced[name] = before
         elif isinstance(event, AgentUnflagged) and event.producer != PRODUCER:
             self.windows.restart(event.agent)  # an operator's decision: gather fresh evidence before re-flagging
 
@@ -145,7 +151,8 @@ class FlagMonitor:
         return self._flag(card, verdict, cause, first=flag is None)
 
     def _flag(self, card: AgentCard, verdict: Verdict, cause: TrainingExample, *, first: bool) -> list[Outgoing]:
-        challenger = challenger_card(card, self.config.default_top_k) if first else None
+        rollback = rollback_card(card, self._replaced.get(card.name)) if first else None
+        challenger = rollback or (challenger_card(card, self.config.default_top_k) if first else None)
         actions: list[str] = ["challenger"] if challenger else []
         if not first or challenger is None or verdict.evidence["lower_bound"] >= self.config.retire_rate:
             actions.append("retire")
@@ -170,7 +177,8 @@ class FlagMonitor:
             update = flag.caused(AgentUpdated, producer=PRODUCER, card=challenger, share=self.config.challenger_share)
             self._lifecycle(update)
             self._metrics.challengers.labels(card.name).inc()
-            self._record(challenger, f"challenger of version {card.version}", {})
+            kind = f"rollback to version {self._replaced[card.name].version}'s settings" if rollback else "challenger"
+            self._record(challenger, f"{kind} of version {card.version}", {})
             out.append(Outgoing(Topic.AGENT_LIFECYCLE, card.name, update))
         return out
 

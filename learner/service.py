@@ -43,6 +43,7 @@ class LearnerConfig:
     min_holdout: int = 50
     promotion_margin: float = 0.01
     target_precision: float = 0.8
+    min_confidence: float = 0.4
     seed: int = 42
     rollback_min_outcomes: int = 50
     rollback_alpha: float = 0.05
@@ -246,7 +247,8 @@ class Learner:
         holdout = list(self.holdout)
         mine = self.trainer.evaluate(holdout)
         theirs = (self.champion or self._baseline()).evaluate(holdout)
-        threshold = self.trainer.fitted_threshold(holdout, self.config.target_precision)
+        fitted = self.trainer.fitted_threshold(holdout, self.config.target_precision)
+        threshold = max(fitted, self.config.min_confidence)
         promote, reason = self._gate(mine, theirs, len(holdout))
         center = self.trainer.features.center  # the router must measure priors exactly as training did
         payload = export(self.trainer.net, center=None if center is None else center.tolist(), threshold=threshold)
@@ -255,6 +257,7 @@ class Learner:
             "examples_seen": float(self.trainer.seen),
             "holdout_size": float(len(holdout)),
             "threshold": threshold,
+            "fitted_threshold": fitted,
             "train_time_s": time.perf_counter() - started,
         }
         params = {

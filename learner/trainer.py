@@ -157,13 +157,28 @@ class Trainer:
         return [self.features.agents[i] for i in self.probabilities(embeddings).argmax(axis=1)]
 
     def fitted_threshold(self, holdout: Sequence[Outcome], target_precision: float) -> float:
-        """Confidence threshold fitted on the held-out outcomes that name the right agent (`fit_threshold`)."""
-        labelled = [o for o in holdout if o.label is not None and o.label in self._agent_index]
-        if not labelled:
+        """Confidence threshold fitted on the held-out outcomes that say whether the network's pick is right
+        (`fit_threshold`): those naming the right agent, and negative ones without a name whose answering agent is
+        the network's pick (a request no agent serves, e.g. a new domain, is a wrong route wherever it goes)."""
+        judged = [
+            o
+            for o in holdout
+            if (o.label is not None and o.label in self._agent_index) or (o.good is False and o.preferred is None)
+        ]
+        if not judged:
             return 0.5
-        probs = self.probabilities(np.stack([o.embedding for o in labelled]))
-        correct = [self.features.agents[int(row.argmax())] == o.label for row, o in zip(probs, labelled, strict=True)]
-        return fit_threshold(probs.max(axis=1).tolist(), correct, target_precision)
+        probs = self.probabilities(np.stack([o.embedding for o in judged]))
+        tops, correct = [], []
+        for row, o in zip(probs, judged, strict=True):
+            pick = self.features.agents[int(row.argmax())]
+            if o.label is not None:
+                correct.append(pick == o.label)
+            elif pick == o.agent:
+                correct.append(False)
+            else:
+                continue  # the pick was not tried: no evidence either way
+            tops.append(float(row.max()))
+        return fit_threshold(tops, correct, target_precision) if tops else 0.5
 
     def evaluate(self, holdout: Sequence[Outcome]) -> Evaluation:
         if not holdout:

@@ -251,3 +251,71 @@ def bench_filter(
     result["rules_only"] = rules_only
     result["threads"] = settings.threads
     out.print_json(json.dumps(result, ensure_ascii=False))
+
+
+@bench_app.command("adaptation")
+def bench_adaptation(
+    train: Annotated[Path, typer.Option("--train", exists=True, dir_okay=False, help="JSONL rows {text, domain}.")],
+    test: Annotated[Path, typer.Option("--test", exists=True, dir_okay=False, help="JSONL rows {text, domain}.")],
+    initial_domains: Annotated[str, typer.Option("--initial-domains", help="Comma-separated: agents at the start.")],
+    new_domain: Annotated[str, typer.Option("--new-domain", help="The domain with no agent at the start.")],
+    bad_agent: Annotated[
+        str | None, typer.Option("--bad-agent", help="Initial agent that gets a bad version part-way.")
+    ] = None,
+    descriptions: Annotated[
+        Path | None, typer.Option("--descriptions", exists=True, dir_okay=False, help="JSON: domain -> sentence.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=20, help="At most this many stream requests (proportional).")] = None,
+    test_limit: Annotated[
+        int | None, typer.Option(min=1, help="At most this many test rows of the new and of the bad agent's domain.")
+    ] = None,
+    warmup: Annotated[int, typer.Option(min=0, help="Initial-domain requests before the new domain appears.")] = 150,
+    knowledge_rows: Annotated[
+        int, typer.Option(min=10, help="Train rows per domain used as knowledge (at most 30 %).")
+    ] = 150,
+    bad_at: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share of the mixed stream sent before the bad version.")
+    ] = 0.4,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight at once.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """New domain → new agent, bad agent version → flagged and recovered, through a fresh running system."""
+    from smolit.infra.embedder import build_embedder
+
+    from .bench_adaptation import run_adaptation_bench
+    from .bench_routing import read_rows
+
+    initial = [d.strip() for d in initial_domains.split(",") if d.strip()]
+    try:
+        rows = read_rows(train), read_rows(test)
+        desc = json.loads(descriptions.read_text()) if descriptions else None
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if desc is not None and not isinstance(desc, dict):
+        raise typer.BadParameter("--descriptions must hold a JSON object: domain -> description")
+    if len(set(initial)) != len(initial) or len(initial) < 2:
+        raise typer.BadParameter("--initial-domains needs at least two distinct domains")
+    if new_domain in initial:
+        raise typer.BadParameter(f"--new-domain {new_domain!r} is also an initial domain")
+    if bad_agent is not None and bad_agent not in initial:
+        raise typer.BadParameter(f"--bad-agent {bad_agent!r} is not one of the initial domains {initial}")
+    known = {r.domain for r in rows[0]}
+    if missing := [d for d in [*initial, new_domain] if d not in known]:
+        raise typer.BadParameter(f"no train rows for domain(s) {missing}")
+    step = (lambda text: console.log(text)) if not as_json else (lambda text: console.print(f"[dim]{text}[/]"))
+    result = run_adaptation_bench(
+        build_embedder(load_settings()),
+        *rows,
+        initial,
+        new_domain,
+        bad_agent,
+        desc,
+        limit=limit,
+        test_limit=test_limit,
+        warmup=warmup,
+        knowledge_rows=knowledge_rows,
+        bad_at=bad_at,
+        concurrency=concurrency,
+        on_step=step,
+    )
+    out.print_json(json.dumps(result)) if as_json else out.print(result)

@@ -155,7 +155,10 @@ def retrain(
             export(
                 best.trainer.net,
                 center=None,
-                threshold=best.trainer.fitted_threshold(holdout, settings.learner_target_precision),
+                threshold=max(
+                    best.trainer.fitted_threshold(holdout, settings.learner_target_precision),
+                    settings.learner_min_confidence,
+                ),
             ),
             params=params_dict(best.params) | {"seed": settings.learner_seed, "source": "replay"},
             metrics=metrics,

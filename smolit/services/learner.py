@@ -45,6 +45,7 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
             min_holdout=s.learner_min_holdout,
             promotion_margin=s.learner_promotion_margin,
             target_precision=s.learner_target_precision,
+            min_confidence=s.learner_min_confidence,
             seed=s.learner_seed,
             rollback_min_outcomes=s.learner_rollback_min_outcomes,
             rollback_alpha=s.learner_rollback_alpha,

@@ -140,3 +140,32 @@ def test_flags_primed_from_the_log_are_not_repeated_after_a_restart() -> None:
     monitor = _monitor()
     monitor.prime([AgentFlagged(correlation_id=uuid.uuid4(), agent="legal", reason="earlier", card_version=1)])
     assert [e for e in _feed(monitor, _examples("legal", "-" * 40)) if isinstance(e, AgentFlagged)] == []
+
+
+def test_a_bad_replacement_gets_the_card_it_replaced_as_challenger() -> None:
+    """A card change that makes `legal` bad (another collection) is flagged; its challenger is the replaced
+    version's settings as version 3 (a rollback on trial), recorded as such, and promoted once its outcomes are good.
+    The monitor remembers the replaced card across a restart (primed from the lifecycle log)."""
+    bad = CARDS["legal"].model_copy(update={"collection": "finance", "version": 2})
+    update = AgentUpdated(correlation_id=uuid.uuid4(), producer="bench", card=bad)
+    versions = RecordedVersions()
+    monitor = _monitor(versions)
+    monitor.prime([update])  # as after a restart: the change is in the log, not seen live
+    _feed(monitor, _examples("finance", "+" * 30))
+    out = _feed(monitor, _examples("legal", "-" * 20, version=2))
+    [challenger] = [e for e in out if isinstance(e, AgentUpdated)]
+    assert challenger.card == CARDS["legal"].model_copy(update={"version": 3})
+    assert challenger.card.knowledge_collection == "legal" and challenger.share == 0.5
+    assert versions.runs[("legal", 3)] == "rollback to version 1's settings of version 2"
+    promoted = _feed(monitor, _examples("legal", "+" * 30, version=3))
+    assert [type(e) for e in promoted] == [AgentUnflagged, AgentUpdated]
+    assert promoted[1].card.knowledge_collection == "legal"  # type: ignore[attr-defined]
+
+
+def test_a_flag_on_an_unchanged_card_still_widens_retrieval() -> None:
+    """No earlier version (or one the agent was flagged on) gives the wider-retrieval challenger, not a rollback."""
+    monitor = _monitor()
+    _feed(monitor, _examples("finance", "+" * 30))
+    out = _feed(monitor, _examples("legal", "-" * 20))
+    [challenger] = [e for e in out if isinstance(e, AgentUpdated)]
+    assert (challenger.card.version, challenger.card.retrieval.top_k, challenger.card.collection) == (2, 8, None)

@@ -115,3 +115,26 @@ def test_replaying_the_same_outcomes_gives_the_same_model(world: dict) -> None:
         return trainer.probabilities(np.stack([o.embedding for o in outcomes[:20]]))
 
     np.testing.assert_array_equal(train(), train())
+
+
+def test_the_threshold_counts_unnamed_bad_outcomes_of_the_networks_pick(world: dict) -> None:
+    """Requests of a domain no agent serves (negative feedback, no agent named) raise the fitted threshold, so such
+    requests fall below it (low confidence, for discovery); without them the labelled outcomes alone set it."""
+    trainer = new_trainer(_features(world), DIM, hidden=32, seed=1)
+    rng = world["rng"]
+    for _ in range(300):
+        domain = int(rng.integers(3))
+        trainer.add([Outcome(_requests(world, domain, 1)[0], "a", good=domain == 0, preferred="abcd"[domain])])
+    trainer.train(300)
+    known = [Outcome(e, t, good=True) for e, t in _test_set(world)]
+    unserved = _requests(world, 3, 150)
+    picks = trainer.predict(unserved)
+    strays = [Outcome(e, p, good=False) for e, p in zip(unserved, picks, strict=True)]
+    base = trainer.fitted_threshold(known, 0.8)
+    raised = trainer.fitted_threshold(known + strays, 0.8)
+    assert raised > base
+    top = trainer.probabilities(unserved).max(axis=1)
+    assert np.mean(top < raised) > np.mean(top < base)
+    # Unnamed bad outcomes of an agent the network would not pick say nothing about its pick.
+    elsewhere = [Outcome(o.embedding, next(a for a in "abc" if a != o.agent), good=False) for o in strays]
+    assert trainer.fitted_threshold(known + elsewhere, 0.8) == base
