@@ -52,7 +52,7 @@ from .aggregate import AgentWindows, Fact, Pane, WindowSpec
 from .facts import direct_facts, relabel
 from .join import JoinEntry
 from .metrics import StreamMetrics
-from .store import MEMORY_SCHEME, PACK_KEY, encode_packs
+from .store import MEMORY_SCHEME, PACK_KEY, PartitionedRocksStore, encode_packs
 from .store import SCHEME as DURABLE_STORE
 from .store import register as register_stores
 
@@ -172,8 +172,8 @@ class StreamsApp:
         self._deadlines: dict[int, list[tuple[float, str]]] = {}
         """Input partition → heap of (feedback deadline, request id)."""
         self._indexed = False
-        self._changes: dict[tuple[str, int], dict[str, Any]] = {}
-        """(table name, partition) → {key: value or None} written since the last `_flush_changelog`."""
+        self._changes: dict[tuple[str, int], dict[str, str | None]] = {}
+        """(table name, partition) → {key: value as JSON, or None} written since the last `_flush_changelog`."""
         self._cache_generation: int | None = None
         self._pane_cache: dict[str, tuple[int, Pane]] = {}
         """Decoded panes by key (the table holds their JSON); valid while the partition assignment is unchanged."""
@@ -189,12 +189,18 @@ class StreamsApp:
 
     def _put(self, table: Any, partition: int, key: str, value: dict[str, Any] | None) -> None:
         """Write locally now; the changelog gets the key's latest value at the next `_flush_changelog`."""
-        table.data.write_partition = partition  # read by the durable store; the memory store ignores it
+        store = table.data
+        store.write_partition = partition  # read by the durable store; the memory store ignores it
+        encoded = None
         if value is None:
-            table.data.pop(key, None)
+            store.pop(key, None)
         else:
-            table.data[key] = value
-        self._changes.setdefault((table.name, partition), {})[key] = value
+            encoded = json.dumps(value, separators=(",", ":"))
+            if isinstance(store, PartitionedRocksStore):  # one JSON encoding for the store and the changelog
+                store._set(store._encode_key(key), encoded.encode())
+            else:
+                store[key] = value
+        self._changes.setdefault((table.name, partition), {})[key] = encoded
 
     def _flush_changelog(self) -> None:
         """One packed changelog record (or a few, if large) per (table, partition) written since the last flush.

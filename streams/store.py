@@ -41,13 +41,14 @@ PACK_KEY = b'"__pack__"'
 PACK_MAX_BYTES = 512 * 1024
 
 
-def encode_packs(changes: Mapping[str, Any], max_bytes: int = PACK_MAX_BYTES) -> list[bytes]:
-    """The changelog values for `changes` ({key: value or None}): JSON objects of at most ~`max_bytes` each."""
+def encode_packs(changes: Mapping[str, str | None], max_bytes: int = PACK_MAX_BYTES) -> list[bytes]:
+    """The changelog values for `changes` ({key: value as JSON text, or None}): JSON objects of at most
+    ~`max_bytes` each (a single larger value makes a pack of its own)."""
     packs: list[bytes] = []
     items: list[str] = []
     size = 0
     for key, value in changes.items():
-        item = f"{json.dumps(key)}:{json.dumps(value, separators=(',', ':'))}"
+        item = f"{json.dumps(key)}:{'null' if value is None else value}"
         if items and size + len(item) > max_bytes:
             packs.append(("{" + ",".join(items) + "}").encode())
             items, size = [], 0
