@@ -296,6 +296,7 @@ def run_streams_bench(events: int, rate: float, rate_seconds: float, progress: b
             producer.flush()
             port = free_port()
             env = dict(os.environ) | {
+                "SMOLIT_DATA_DIR": str(data),  # the worker's RocksDB tables: fresh, not left by an earlier run
                 "SMOLIT_KAFKA_BOOTSTRAP": bootstrap,
                 "SMOLIT_KAFKA_PROFILE": "tansu",
                 "SMOLIT_DATABASE_URL": database_url,
