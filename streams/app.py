@@ -58,6 +58,8 @@ from .store import register as register_stores
 
 log = structlog.get_logger("smolit.streams")
 _RAW = {"key_serializer": "raw", "value_serializer": "raw"}
+_SEND_WINDOW = 64
+"""Sends awaited together (see `_send_all`)."""
 
 
 @dataclass(frozen=True)
@@ -216,9 +218,11 @@ class StreamsApp:
         await self._out[topic].send(key=key.encode(), value=value, headers=headers)
 
     async def _send_all(self, sends: Sequence[Any]) -> None:
-        """Await several sends together: each waits only for its own partition's queue slot (see the docstring)."""
-        if sends:
-            await asyncio.gather(*sends)
+        """Await several sends together: each waits only for its own partition's queue slot (see the docstring).
+        At most `_SEND_WINDOW` at a time: aiokafka wakes every waiter of a partition whenever its batch leaves, so
+        tens of thousands of waiters (a TTL expiring a whole backlog at once) stalled the worker for minutes."""
+        for i in range(0, len(sends), _SEND_WINDOW):
+            await asyncio.gather(*sends[i : i + _SEND_WINDOW])
 
     # ---- stage 1: decode, join, re-key facts by agent -------------------------------------------------------
 
