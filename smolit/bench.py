@@ -293,9 +293,11 @@ def run_streams_bench(events: int, rate: float, rate_seconds: float, progress: b
             say(f"producing a backlog of {len(backlog)} events")
             for out in backlog:
                 producer.send(out)
-            producer.flush()
+            # One record per producer batch on the embedded broker: a 200k backlog takes minutes to acknowledge.
+            producer.flush(timeout_s=max(30.0, len(backlog) / 500))
             port = free_port()
             env = dict(os.environ) | {
+                "SMOLIT_DATA_DIR": str(data),  # the worker's RocksDB tables: fresh, not left by an earlier run
                 "SMOLIT_KAFKA_BOOTSTRAP": bootstrap,
                 "SMOLIT_KAFKA_PROFILE": "tansu",
                 "SMOLIT_DATABASE_URL": database_url,

@@ -67,6 +67,8 @@ class Pane:
     """Source `topic:partition` → highest offset applied (replay detection)."""
     ids: list[str] = field(default_factory=list)
     """Ids of applied facts that have no source offset."""
+    _id_set: set[str] = field(default_factory=set, repr=False, compare=False)
+    """`ids` as a set, for the membership test (rebuilt when `ids` was filled elsewhere)."""
 
     def add(self, fact: Fact) -> bool:
         """Apply a fact once; False when it was applied before (a replay)."""
@@ -99,9 +101,12 @@ class Pane:
             self.applied[tp] = offset
             return True
         fact_id = fact["id"]
-        if fact_id in self.ids:
+        if len(self._id_set) != len(self.ids):
+            self._id_set = set(self.ids)
+        if fact_id in self._id_set:
             return False
         self.ids.append(fact_id)
+        self._id_set.add(fact_id)
         return True
 
     def merge(self, other: Pane) -> Pane:
@@ -168,12 +173,15 @@ class Pane:
 
     def to_dict(self) -> dict[str, Any]:
         d = self.__dict__.copy()
+        del d["_id_set"]
         d["latency"] = {str(k): v for k, v in self.latency.items()}  # JSON keys are strings
+        d["applied"], d["ids"] = dict(self.applied), list(self.ids)  # a snapshot: the pane lives on in a cache
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Pane:
-        return cls(**{**d, "latency": {int(k): v for k, v in d.get("latency", {}).items()}})
+        latency = {int(k): v for k, v in d.get("latency", {}).items()}
+        return cls(**{**d, "latency": latency, "applied": dict(d.get("applied", {})), "ids": list(d.get("ids", []))})
 
 
 def window_event_id(agent: str, kind: str, start: float, end: float) -> UUID:

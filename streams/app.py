@@ -11,6 +11,10 @@ Two stages, both faust agents in every worker process of one consumer group (the
 
 Table writes name their changelog partition explicitly (`_put`), because a batch (`take_events`) mixes partitions
 and a timer has no current event; the partition is the one of the input that owns the key, as faust would choose.
+They reach the changelog as one packed record per (table, partition) and batch (`_flush_changelog`, see
+`store.py`), and the outputs of a batch are produced concurrently (`_send_all`): on the embedded broker each record
+is its own producer batch and aiokafka queues one batch per partition, so records sent one after another each wait
+for a broker round trip.
 """
 
 from __future__ import annotations
@@ -48,11 +52,14 @@ from .aggregate import AgentWindows, Fact, Pane, WindowSpec
 from .facts import direct_facts, relabel
 from .join import JoinEntry
 from .metrics import StreamMetrics
+from .store import MEMORY_SCHEME, PACK_KEY, PartitionedRocksStore, encode_packs
 from .store import SCHEME as DURABLE_STORE
-from .store import register as register_durable_store
+from .store import register as register_stores
 
 log = structlog.get_logger("smolit.streams")
 _RAW = {"key_serializer": "raw", "value_serializer": "raw"}
+_SEND_WINDOW = 64
+"""Sends awaited together (see `_send_all`)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,8 @@ class _RouteBatch:
 
     entries: dict[str, JoinEntry] = field(default_factory=dict)
     facts: dict[str, list[Fact]] = field(default_factory=dict)
+    examples: list[Any] = field(default_factory=list)
+    """TrainingExamples to emit, sent together at the end of the batch."""
 
     def add(self, facts: list[Fact], known: frozenset[str]) -> None:
         for fact in facts:
@@ -137,8 +146,10 @@ class StreamsApp:
         if config.fetch_wait_ms is not None:
             set_fetch_max_wait(config.fetch_wait_ms)
         faust_settings = dict(config.faust_settings)
+        register_stores()
+        # Stores that understand packed changelog records (see `store.py`).
+        faust_settings["store"] = f"{MEMORY_SCHEME}://"
         if config.state_dir is not None:
-            register_durable_store()
             # The embedded broker's produce acks can run ahead of the high watermark it reports to a new consumer,
             # so a persisted offset may exceed it; the local tables already hold those writes (they precede the
             # changelog), so recovery starts at the high watermark instead of refusing to start.
@@ -163,6 +174,15 @@ class StreamsApp:
         self._deadlines: dict[int, list[tuple[float, str]]] = {}
         """Input partition → heap of (feedback deadline, request id)."""
         self._indexed = False
+        self._changes: dict[tuple[str, int], dict[str, str | None]] = {}
+        """(table name, partition) → {key: value as JSON, or None} written since the last `_flush_changelog`."""
+        self._cache_generation: int | None = None
+        self._pane_cache: dict[str, tuple[int, Pane]] = {}
+        """Decoded panes by key (the table holds their JSON); valid while the partition assignment is unchanged."""
+        self._pane_keys: dict[int, set[str]] | None = None
+        """Facts partition → its pane keys (None: scan the table once)."""
+        self._emitted_cache: dict[str, dict[str, float]] = {}
+        """(table name, partition) → {key: value or None} written since the last `_flush_changelog`."""
         app.agent(self.inputs, name="smolit-streams-route")(self._route)
         app.agent(self.facts, name="smolit-streams-aggregate")(self._aggregate)
         app.timer(config.tick_s, name="smolit-streams-tick")(self._tick)
@@ -170,16 +190,39 @@ class StreamsApp:
     # ---- table access with an explicit changelog partition ----------------------------------------------------
 
     def _put(self, table: Any, partition: int, key: str, value: dict[str, Any] | None) -> None:
-        table.data.write_partition = partition  # read by the durable store; the memory store ignores it
+        """Write locally now; the changelog gets the key's latest value at the next `_flush_changelog`."""
+        store = table.data
+        store.write_partition = partition  # read by the durable store; the memory store ignores it
+        encoded = None
         if value is None:
-            table.data.pop(key, None)
+            store.pop(key, None)
         else:
-            table.data[key] = value
-        table.send_changelog(partition, key, value)
+            encoded = json.dumps(value, separators=(",", ":"))
+            if isinstance(store, PartitionedRocksStore):  # one JSON encoding for the store and the changelog
+                store._set(store._encode_key(key), encoded.encode())
+            else:
+                store[key] = value
+        self._changes.setdefault((table.name, partition), {})[key] = encoded
+
+    def _flush_changelog(self) -> None:
+        """One packed changelog record (or a few, if large) per (table, partition) written since the last flush.
+        No await: faust's producer buffer sends them in this order, before the input offsets are committed."""
+        tables = {self.joins.name: self.joins, self.panes.name: self.panes}
+        for (name, partition), changes in self._changes.items():
+            for pack in encode_packs(changes):
+                tables[name].send_changelog(partition, PACK_KEY, pack, key_serializer="raw", value_serializer="raw")
+        self._changes.clear()
 
     async def _send(self, topic: Topic, key: str, event: Event) -> None:
         value, headers = encode(event)
         await self._out[topic].send(key=key.encode(), value=value, headers=headers)
+
+    async def _send_all(self, sends: Sequence[Any]) -> None:
+        """Await several sends together: each waits only for its own partition's queue slot (see the docstring).
+        At most `_SEND_WINDOW` at a time: aiokafka wakes every waiter of a partition whenever its batch leaves, so
+        tens of thousands of waiters (a TTL expiring a whole backlog at once) stalled the worker for minutes."""
+        for i in range(0, len(sends), _SEND_WINDOW):
+            await asyncio.gather(*sends[i : i + _SEND_WINDOW])
 
     # ---- stage 1: decode, join, re-key facts by agent -------------------------------------------------------
 
@@ -221,18 +264,23 @@ class StreamsApp:
             if isinstance(event, RoutingDecided | FeedbackGiven):
                 batch.add(entry.feedback_facts(), self.config.known_agents)
             if entry.ready() or (replay and entry.emitted):
-                await self._emit_example(entry.example())
+                batch.examples.append(entry.example())
         elif isinstance(event, SubqueryRequested):
             batch.add(direct_facts(event, position), self.config.known_agents)
 
     async def _flush_route(self, batch: _RouteBatch) -> None:
-        """One changelog write per request and one facts message per agent for the whole batch."""
+        """One changelog pack per partition, one facts message per agent and the examples, for the whole batch."""
         ttl = self.config.feedback_ttl_s
         for request_id, entry in batch.entries.items():
             self._put(self.joins, entry.partition, request_id, entry.to_dict())
             heapq.heappush(self._deadlines.setdefault(entry.partition, []), (entry.deadline(ttl), request_id))
-        for agent, facts in batch.facts.items():
-            await self.facts.send(key=agent.encode(), value=json.dumps(facts, separators=(",", ":")).encode())
+        self._flush_changelog()
+        sends = [self._emit_example(example) for example in batch.examples]
+        sends += [
+            self.facts.send(key=agent.encode(), value=json.dumps(facts, separators=(",", ":")).encode())
+            for agent, facts in batch.facts.items()
+        ]
+        await self._send_all(sends)
 
     async def _emit_example(self, example: Any) -> None:
         self.metrics.examples.labels("failed" if example.failed else "rated" if example.rating else "unrated").inc()
@@ -285,10 +333,9 @@ class StreamsApp:
                 if timeout is not None:
                     batch.add([timeout], self.config.known_agents)
                 if example is not None:
-                    await self._emit_example(example)
+                    batch.examples.append(example)
                 self._put(self.joins, entry.partition, request_id, None)
-        for agent, facts in batch.facts.items():
-            await self.facts.send(key=agent.encode(), value=json.dumps(facts, separators=(",", ":")).encode())
+        await self._flush_route(batch)
 
     # ---- stage 2: windows per agent --------------------------------------------------------------------------
 
@@ -298,7 +345,44 @@ class StreamsApp:
                 await self._apply(events)
             yield None
 
+    def _check_cache(self) -> None:
+        """Drop the decoded panes after a rebalance: another member may have changed the table meanwhile."""
+        generation = self.app.consumer_generation_id
+        if generation != self._cache_generation:
+            self._cache_generation = generation
+            self._pane_cache.clear()
+            self._pane_keys = None
+            self._emitted_cache.clear()
+
+    def _pane(self, key: str) -> tuple[int, Pane] | None:
+        if key not in self._pane_cache:
+            raw = self.panes.data.get(key)
+            if raw is None:
+                return None
+            self._pane_cache[key] = (raw["partition"], Pane.from_dict(raw["pane"]))
+        return self._pane_cache[key]
+
+    def _keys_of(self, partition: int) -> set[str]:
+        if self._pane_keys is None:
+            self._pane_keys = {}
+            for key, raw in list(self.panes.data.items()):
+                if raw is not None and key.startswith("pane|"):
+                    self._pane_keys.setdefault(raw["partition"], set()).add(key)
+        return self._pane_keys.setdefault(partition, set())
+
+    def _put_pane(self, partition: int, key: str, pane: Pane | None) -> None:
+        keys = self._keys_of(partition)
+        if pane is None:
+            self._pane_cache.pop(key, None)
+            keys.discard(key)
+            self._put(self.panes, partition, key, None)
+        else:
+            self._pane_cache[key] = (partition, pane)
+            keys.add(key)
+            self._put(self.panes, partition, key, {"partition": partition, "pane": pane.to_dict()})
+
     async def _apply(self, events: Sequence[EventT]) -> None:
+        self._check_cache()
         touched: dict[str, tuple[int, Pane]] = {}
         announced: set[int] = set()
         for ev in events:
@@ -311,10 +395,11 @@ class StreamsApp:
             for fact in value:
                 self._apply_fact(fact, p, touched)
         for key, (p, pane) in touched.items():
-            self._put(self.panes, p, key, {"partition": p, "pane": pane.to_dict()})
+            self._put_pane(p, key, pane)
         for p in announced:
             self._put(self.panes, p, f"wm|{p}", {"partition": p, "sources": self._pane_wm[p]})
             await self._close(p, self._watermark(p))
+        self._flush_changelog()
 
     def _apply_fact(self, fact: Fact, p: int, touched: dict[str, tuple[int, Pane]]) -> None:
         agent, t = fact["a"], fact["t"]
@@ -323,8 +408,8 @@ class StreamsApp:
             return
         key = f"pane|{agent}|{self.config.spec.pane_of(t)}"
         if key not in touched:
-            raw = self.panes.data.get(key)
-            touched[key] = (p, Pane.from_dict(raw["pane"]) if raw else Pane())
+            cached = self._pane(key)
+            touched[key] = (p, cached[1] if cached else Pane())
         if touched[key][1].add(fact):
             self.metrics.facts.labels(agent).inc()
             self.metrics.freshness.observe(max(0.0, time.time() - t))
@@ -339,29 +424,37 @@ class StreamsApp:
         return min(sources.values())
 
     def _emitted(self, agent: str) -> dict[str, float]:
-        raw = self.panes.data.get(f"emitted|{agent}")
-        return dict(raw["emitted"]) if raw else {}
+        """The end of the last emitted window per kind (a copy)."""
+        if agent not in self._emitted_cache:
+            raw = self.panes.data.get(f"emitted|{agent}")
+            self._emitted_cache[agent] = dict(raw["emitted"]) if raw else {}
+        return dict(self._emitted_cache[agent])
 
     async def _close(self, partition: int, watermark: float | None) -> None:
         """Emit the windows the watermark closed for the agents of this partition; drop panes no longer needed."""
         if watermark is None:
             return
+        self._check_cache()
         panes: dict[str, dict[int, Pane]] = {}
-        for key, raw in list(self.panes.data.items()):
-            if raw is not None and key.startswith("pane|") and raw["partition"] == partition:
+        for key in list(self._keys_of(partition)):
+            found = self._pane(key)
+            if found is not None:
                 _, agent, start = key.split("|")
-                panes.setdefault(agent, {})[int(start)] = Pane.from_dict(raw["pane"])
+                panes.setdefault(agent, {})[int(start)] = found[1]
         for agent, agent_panes in panes.items():
             emitted = self._emitted(agent)
             before = dict(emitted)
+            sends = []
             for window in self.windows.close(agent, agent_panes, emitted, watermark):
                 self._record_window(window)
-                await self._send(Topic.AGENT_METRICS, agent, window)
+                sends.append(self._send(Topic.AGENT_METRICS, agent, window))
+            await self._send_all(sends)
             if emitted != before:
+                self._emitted_cache[agent] = dict(emitted)
                 self._put(self.panes, partition, f"emitted|{agent}", {"partition": partition, "emitted": emitted})
             for start in agent_panes:
                 if self.windows.removable(start, emitted):
-                    self._put(self.panes, partition, f"pane|{agent}|{start}", None)
+                    self._put_pane(partition, f"pane|{agent}|{start}", None)
 
     def _record_window(self, w: Any) -> None:
         m, labels = self.metrics, (w.agent, w.window_kind)
@@ -413,8 +506,10 @@ class StreamsApp:
                 if current is None:
                     continue
                 marker = json.dumps({"wm": current, "src": p}).encode()
-                for facts_partition in range(self.config.partitions):
-                    await self.facts.send(key=None, value=marker, partition=facts_partition)
+                await self._send_all(
+                    [self.facts.send(key=None, value=marker, partition=fp) for fp in range(self.config.partitions)]
+                )
         async with self._pane_lock:
             for p in facts:
                 await self._close(p, self._watermark(p))
+            self._flush_changelog()
