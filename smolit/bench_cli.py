@@ -182,16 +182,10 @@ def bench_routing(
     """Routing quality: zero-shot, few-shot, offline logistic regression, and learning from feedback."""
     from smolit.infra.embedder import build_embedder
 
-    from .bench_routing import read_rows, run_routing_bench
+    from .bench_routing import run_routing_bench
 
     settings = load_settings()
-    try:
-        rows = read_rows(train), read_rows(test)
-        desc = json.loads(descriptions.read_text()) if descriptions else None
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if desc is not None and not isinstance(desc, dict):
-        raise typer.BadParameter("--descriptions must hold a JSON object: domain -> description")
+    rows, desc = _labelled_rows(train, test, descriptions)
     result = run_routing_bench(
         build_embedder(settings),
         *rows,
@@ -283,16 +277,9 @@ def bench_adaptation(
     from smolit.infra.embedder import build_embedder
 
     from .bench_adaptation import run_adaptation_bench
-    from .bench_routing import read_rows
 
     initial = [d.strip() for d in initial_domains.split(",") if d.strip()]
-    try:
-        rows = read_rows(train), read_rows(test)
-        desc = json.loads(descriptions.read_text()) if descriptions else None
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if desc is not None and not isinstance(desc, dict):
-        raise typer.BadParameter("--descriptions must hold a JSON object: domain -> description")
+    rows, desc = _labelled_rows(train, test, descriptions)
     if len(set(initial)) != len(initial) or len(initial) < 2:
         raise typer.BadParameter("--initial-domains needs at least two distinct domains")
     if new_domain in initial:
@@ -319,3 +306,17 @@ def bench_adaptation(
         on_step=step,
     )
     out.print_json(json.dumps(result)) if as_json else out.print(result)
+
+
+def _labelled_rows(train: Path, test: Path, descriptions: Path | None) -> tuple[Any, dict[str, str] | None]:
+    """The `{"text", "domain"}` train and test rows and the optional domain descriptions, or a usage error."""
+    from .bench_routing import read_rows
+
+    try:
+        rows = read_rows(train), read_rows(test)
+        desc = json.loads(descriptions.read_text()) if descriptions else None
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if desc is not None and not isinstance(desc, dict):
+        raise typer.BadParameter("--descriptions must hold a JSON object: domain -> description")
+    return rows, desc
