@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -52,7 +53,10 @@ def run_router(w: Wiring, stop: threading.Event) -> None:
 
     agents = follow_lifecycle(w, "router", lifecycle)  # replayed before the first request, then followed
     cache = ChampionCache(w.settings)
-    watcher = ModelWatcher(router, champion_loader(w.settings, router, cache), version_loader(w.settings, router))
+    registry = lazy_registry(w.settings)  # one MLflow client for promotions and A/B versions
+    watcher = ModelWatcher(
+        router, champion_loader(w.settings, router, cache, registry), version_loader(w.settings, router, registry)
+    )
     known, cached = cache.load(router)
     if known:
         # A restart routes with the champion it last loaded (or none, as then) without opening MLflow (seconds of
@@ -106,25 +110,35 @@ class ChampionCache:
             return False, None
 
 
-def champion_loader(settings: Settings, router: Router, cache: ChampionCache) -> Callable[[], NetworkScorer | None]:
+def lazy_registry(settings: Settings) -> Callable[[], ModelRegistry]:
+    """The router's MLflow registry, opened at first use: not at start-up, when the champion cache answers."""
+
+    @functools.cache
+    def get() -> ModelRegistry:
+        from smolit.infra.registry import open_registry
+
+        return open_registry(settings.tracking_uri, settings.data_dir)
+
+    return get
+
+
+def champion_loader(
+    settings: Settings, router: Router, cache: ChampionCache, registry: Callable[[], ModelRegistry] | None = None
+) -> Callable[[], NetworkScorer | None]:
+    from smolit.infra.registry import CHAMPION
     from smolit.router.network import NetworkScorer
 
     name = settings.router_registry_name
-    opened: list[ModelRegistry] = []
+    registry = registry or lazy_registry(settings)
 
     def load() -> NetworkScorer | None:
-        from smolit.infra.registry import CHAMPION, open_registry
-
-        if not opened:  # at the first promotion event, not at start-up when the cache answers
-            opened.append(open_registry(settings.tracking_uri, settings.data_dir))
-        registry = opened[0]
-        version = registry.version_for(name, CHAMPION)
+        version = registry().version_for(name, CHAMPION)
         if version is None:
             cache.save(None, None)
             return None
         if router.network is not None and router.network.version == version:
             return router.network
-        payload = registry.load(name, version)
+        payload = registry().load(name, version)
         scorer = NetworkScorer(payload, router.features, version)
         cache.save(version, payload)
         return scorer
@@ -132,18 +146,12 @@ def champion_loader(settings: Settings, router: Router, cache: ChampionCache) ->
     return load
 
 
-def version_loader(settings: Settings, router: Router) -> Callable[[str], NetworkScorer]:
+def version_loader(
+    settings: Settings, router: Router, registry: Callable[[], ModelRegistry] | None = None
+) -> Callable[[str], NetworkScorer]:
     """Loads one registry version over the router's current agents (an A/B test's treatment arm)."""
     from smolit.router.network import NetworkScorer
 
     name = settings.router_registry_name
-    opened: list[ModelRegistry] = []
-
-    def load(version: str) -> NetworkScorer:
-        from smolit.infra.registry import open_registry
-
-        if not opened:  # only when an A/B test needs a version: MLflow is not opened at start-up
-            opened.append(open_registry(settings.tracking_uri, settings.data_dir))
-        return NetworkScorer(opened[0].load(name, version), router.features, version)
-
-    return load
+    registry = registry or lazy_registry(settings)
+    return lambda version: NetworkScorer(registry().load(name, version), router.features, version)
