@@ -55,3 +55,7 @@ class TopicNames:
 
     def all(self) -> list[str]:
         return [self(t) for t in Topic]
+
+    def group(self, name: str) -> str:
+        """Consumer group `<prefix>-<name>`: deployments with their own prefix on one cluster never share a group."""
+        return f"{self.prefix}-{name}"

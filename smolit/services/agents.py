@@ -71,7 +71,7 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
         w, "agents", [Topic.AGENT_LIFECYCLE, Topic.ROUTER_MODELS], follow_cards(catalog.handle, trials)
     )
     # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
-    loop = w.loop("smolit-agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
+    loop = w.loop("agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
     sweeper = DeadlineSweeper(runtime.sweep, runtime.delivered, w.producer, s.subquery_sweep_s)
     run_consumers(w, "agents", [loop, agents], stop, s.agents_metrics_port, sweeper)
 

@@ -23,13 +23,13 @@ def run_gateway(w: Wiring, stop: threading.Event) -> None:
 
     pending = PendingRequests()
     # Each gateway instance must see every answer, so its group is its own; committed offsets let it resume.
-    group = f"smolit-gateway-{w.settings.gateway_instance}"
+    group = f"gateway-{w.settings.gateway_instance}"
     loop = w.loop(group, [Topic.DECISIONS, Topic.ANSWERS], AnswerProjection(w.pool, pending).handle, dedupe=False)
     # Stream metrics and agent flags as gauges on this /metrics: a fresh group per process re-reads both topics
     # from the start, so the gauges hold the last value per agent again after a restart (no compaction needed).
     gauges = AgentGaugeProjection(AgentGauges.create(w.registry))
     gauge_loop = w.loop(
-        f"smolit-gauges-{w.instance}", [Topic.AGENT_METRICS, Topic.AGENT_LIFECYCLE], gauges.handle, dedupe=False
+        f"gauges-{w.instance}", [Topic.AGENT_METRICS, Topic.AGENT_LIFECYCLE], gauges.handle, dedupe=False
     )
     # Agents created at runtime join the model list (/v1/models) and the agents a request may name.
     cards = CardCatalog(load_cards(w.settings.agents_dir))

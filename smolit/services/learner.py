@@ -51,8 +51,8 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
             rollback_alpha=s.learner_rollback_alpha,
         ),
     )
-    loop = w.loop("smolit-learner", [Topic.TRAINING_EXAMPLES], learner.handle)
-    flags = w.loop("smolit-learner-flags", [Topic.TRAINING_EXAMPLES, Topic.AGENT_LIFECYCLE], flag_monitor(w).handle)
+    loop = w.loop("learner", [Topic.TRAINING_EXAMPLES], learner.handle)
+    flags = w.loop("learner-flags", [Topic.TRAINING_EXAMPLES, Topic.AGENT_LIFECYCLE], flag_monitor(w).handle)
     timer = threading.Thread(target=tick_learner, args=(learner, w.producer, stop), name="learner-timer", daemon=True)
     timer.start()
     # Agents created at runtime: the learner trains on their outcomes too.
@@ -81,7 +81,7 @@ def proposer_loops(w: Wiring, embedder: Any) -> list[ConsumerLoop]:
         knowledge=lambda c: store.pool_sources(c, s.discovery_knowledge_min_score, s.discovery_knowledge_max),
     )
     lifecycle = follow_lifecycle(w, "proposer", proposer.handle_lifecycle)
-    return [w.loop("smolit-proposer", [Topic.DECISIONS], proposer.handle_decisions), lifecycle]
+    return [w.loop("proposer", [Topic.DECISIONS], proposer.handle_decisions), lifecycle]
 
 
 def discovery_config(settings: Settings) -> Any:

@@ -67,9 +67,9 @@ def run_router(w: Wiring, stop: threading.Event) -> None:
     # A running A/B test is known before the first request (its group may have committed past `ExperimentStarted`).
     with contextlib.suppress(TopicMissing):
         watcher.handle(read_topic_events(w.profile.consumer("router-experiments"), w.topics(Topic.ROUTER_MODELS)))
-    loop = w.loop("smolit-router", [Topic.REQUESTS], router.handle)
+    loop = w.loop("router", [Topic.REQUESTS], router.handle)
     # Every router instance must hear every promotion and every flag, so each reads those topics under its own group.
-    models = w.loop(f"smolit-router-models-{w.instance}", [Topic.ROUTER_MODELS], watcher.handle, dedupe=False)
+    models = w.loop(f"router-models-{w.instance}", [Topic.ROUTER_MODELS], watcher.handle, dedupe=False)
     run_consumers(w, "router", [loop, models, agents], stop, w.settings.router_metrics_port)
 
 

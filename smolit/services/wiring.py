@@ -60,6 +60,8 @@ class Wiring:
         *,
         dedupe: bool = True,
     ) -> ConsumerLoop:
+        """A consumer loop in group `<topic prefix>-<group>`."""
+        group = self.topics.group(group)
         return ConsumerLoop(
             self.profile.consumer(group),
             LoopConfig(
@@ -100,7 +102,7 @@ def follow_lifecycle(w: Wiring, service: str, handler: Handler) -> ConsumerLoop:
     far), then return the loop that follows it. Each instance reads under its own group from the start: re-applying
     an event is a no-op."""
     replay_lifecycle(w, handler)
-    group = f"smolit-{service}-lifecycle-{w.instance}"
+    group = f"{service}-lifecycle-{w.instance}"
     return w.loop(group, [Topic.AGENT_LIFECYCLE], handler, dedupe=False)
 
 
@@ -113,7 +115,7 @@ def follow_topics(w: Wiring, service: str, topics: list[Topic], handler: Handler
             handler(read_topic_events(w.profile.consumer(f"{service}-replay"), w.topics(topic)))
         except TopicMissing:
             handler([])
-    return w.loop(f"smolit-{service}-lifecycle-{w.instance}", topics, handler, dedupe=False)
+    return w.loop(f"{service}-lifecycle-{w.instance}", topics, handler, dedupe=False)
 
 
 def connect(settings: Settings, service: str) -> tuple[KafkaProfile, ConnectionPool]:

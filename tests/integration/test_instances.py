@@ -25,8 +25,8 @@ from smolit.infra.kafka import KafkaProfile
 pytestmark = pytest.mark.integration
 
 
-def _samples(port: int, name: str, topic: str) -> dict[str, float]:
-    """partition (or '' without one) -> value of a metric of the agents group on one topic; {} while not serving."""
+def _samples(port: int, name: str, topic: str, group: str) -> dict[str, float]:
+    """partition (or '' without one) -> value of a metric of `group` on one topic; {} while not serving."""
     try:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
     except httpx.HTTPError:
@@ -35,7 +35,7 @@ def _samples(port: int, name: str, topic: str) -> dict[str, float]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
-            if sample.name == name and labels.get("group") == "smolit-agents" and labels.get("topic") == topic:
+            if sample.name == name and labels.get("group") == group and labels.get("topic") == topic:
                 found[labels.get("partition", "")] = sample.value
     return found
 
@@ -86,6 +86,7 @@ def test_two_agent_instances_share_the_group(
     }
     log = tmp_path / "agents.log"
     tasks = topics(Topic.TASKS)
+    group = f"{topics.prefix}-agents"  # the topic prefix names the groups too: deployments never share one
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "smolit", "run", "agents", "--instances", "2"], env=env, stdout=out, stderr=out
@@ -93,7 +94,7 @@ def test_two_agent_instances_share_the_group(
     try:
         # The lag gauge lists exactly the partitions a member owns (revoked ones are removed).
         def split() -> bool:
-            owned = [set(_samples(p, "smolit_consumer_lag_messages", tasks)) for p in (port, port + 1)]
+            owned = [set(_samples(p, "smolit_consumer_lag_messages", tasks, group)) for p in (port, port + 1)]
             return owned[0] | owned[1] == {"0", "1"} and not owned[0] & owned[1]
 
         assert _wait_for(split, 120), log.read_text()[-3000:]
@@ -111,13 +112,14 @@ def test_two_agent_instances_share_the_group(
         assert producer.flush(10) == 0
 
         def both_consumed() -> bool:
-            return all(_samples(p, "smolit_events_consumed_total", tasks).get("", 0) >= 1 for p in (port, port + 1))
+            consumed = [_samples(p, "smolit_events_consumed_total", tasks, group) for p in (port, port + 1)]
+            return all(c.get("", 0) >= 1 for c in consumed)
 
         assert _wait_for(both_consumed, 60), log.read_text()[-3000:]
         assert _health(env, port + 1).returncode == 0  # the container probe of the second instance
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-        assert not any(_samples(p, "smolit_events_consumed_total", tasks) for p in (port, port + 1))
+        assert not any(_samples(p, "smolit_events_consumed_total", tasks, group) for p in (port, port + 1))
         assert _health(env, port).returncode == 1
     finally:
         if proc.poll() is None:
