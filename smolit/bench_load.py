@@ -2,8 +2,12 @@
 
 Requests are sent at a fixed rate whatever the answers do (open loop: a slow system builds a queue, it does not
 slow the client down), each `POST /v1/requests` waiting for its answer. Per rate step: achieved throughput,
-latency percentiles, errors, consumer lag of every service at the end of the step; resident memory of every
-process at the start and at the end of the run.
+latency percentiles, errors, consumer lag of every service at the end of the step; memory of every process at
+the start and at the end of the run, and once a minute in between.
+
+Memory is the proportional set size (PSS): a shared page counts once, split among the processes that map it. The
+resident set size would count PostgreSQL's shared buffers once per backend that touched them, so the database's
+"growth" in RSS was mostly the same buffers seen by more processes.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -103,16 +108,16 @@ class LoadRun:
         raise RuntimeError(f"{count} {service} workers did not all report ready in {timeout_s:.0f}s")
 
     def memory_mb(self) -> dict[str, float]:
-        """Resident memory per process role (services by name; broker and database with their children)."""
+        """Memory (PSS, MiB) per process role: services by name; broker and database with their children."""
         out: dict[str, float] = {}
         for name, child in self.stack.services.items():
             with contextlib.suppress(psutil.Error):
-                out[name] = round(psutil.Process(child.pid).memory_info().rss / 2**20, 1)
+                out[name] = round(_pss(child.pid) / 2**20, 1)
         for role in ("broker", "database"):
             total = 0
             for pid in self.stack.pids()[role]:
                 with contextlib.suppress(psutil.Error):
-                    total += psutil.Process(pid).memory_info().rss
+                    total += _pss(pid)
             out[role] = round(total / 2**20, 1)
         return out
 
@@ -136,6 +141,47 @@ class LoadRun:
         self.stack.stop()
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size in bytes (Linux); the resident set size where the kernel does not report PSS."""
+    process = psutil.Process(pid)
+    try:
+        return int(process.memory_full_info().pss)
+    except (AttributeError, psutil.AccessDenied):
+        return int(process.memory_info().rss)
+
+
+class MemorySampler:
+    """Total memory of the run once every `every_s` seconds, in a thread beside the load (a leak keeps growing
+    after the caches have filled; a plateau is the caches)."""
+
+    def __init__(self, run: LoadRun, every_s: float = 60.0) -> None:
+        self._run, self._every = run, every_s
+        self._stop = threading.Event()
+        self._started = time.monotonic()
+        self.samples: list[dict[str, float]] = []
+        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every):
+            memory = self._run.memory_mb()
+            services = sum(v for k, v in memory.items() if k not in ("broker", "database"))
+            self.samples.append(
+                {
+                    "t_s": round(time.monotonic() - self._started, 1),
+                    "total_mb": round(sum(memory.values()), 1),
+                    "services_mb": round(services, 1),
+                }
+            )
+
+
 def run_load_bench(
     rates: Sequence[float],
     duration_s: float,
@@ -153,11 +199,12 @@ def run_load_bench(
             asyncio.run(_open_loop(run.stack.gateway_url, 2.0, 5.0, request_timeout_s))  # warm-up
             memory_start = run.memory_mb()
             steps = []
-            for rate in rates:
-                on_step(f"{rate:g} requests/s for {duration_s:g}s")
-                step = asyncio.run(_open_loop(run.stack.gateway_url, rate, duration_s, request_timeout_s))
-                step["consumer_lag_end"] = run.consumer_lag()
-                steps.append(step)
+            with MemorySampler(run) as sampler:
+                for rate in rates:
+                    on_step(f"{rate:g} requests/s for {duration_s:g}s")
+                    step = asyncio.run(_open_loop(run.stack.gateway_url, rate, duration_s, request_timeout_s))
+                    step["consumer_lag_end"] = run.consumer_lag()
+                    steps.append(step)
             memory_end = run.memory_mb()
         finally:
             run.stop()
@@ -167,6 +214,9 @@ def run_load_bench(
         if s["latency_ms"] and s["latency_ms"]["p99"] <= 1000 and s["answered"] == s["sent"]
     ]
     total_start, total_end = sum(memory_start.values()), sum(memory_end.values())
+    services_start, services_end = (
+        sum(v for k, v in m.items() if k not in ("broker", "database")) for m in (memory_start, memory_end)
+    )
     return {
         "benchmark": "load",
         "storage": storage,
@@ -179,5 +229,10 @@ def run_load_bench(
         "memory_mb_start": memory_start,
         "memory_mb_end": memory_end,
         "memory_growth_pct": round(100 * (total_end - total_start) / total_start, 1) if total_start else None,
+        "services_memory_growth_pct": (
+            round(100 * (services_end - services_start) / services_start, 1) if services_start else None
+        ),
+        "memory_samples": sampler.samples,
+        "memory_measure": "PSS (proportional set size), MiB",
         "wall_s": round(time.perf_counter() - started, 1),
     }

@@ -18,3 +18,4 @@ def test_a_short_load_step_with_two_agent_workers() -> None:
     assert "smolit-agents" in step["consumer_lag_end"]
     # Both agent workers ran (and were measured) next to the other services, the broker and the database.
     assert {"agents", "agents#2", "router", "gateway", "broker", "database"} <= set(result["memory_mb_end"])
+    assert all(mb > 0 for mb in result["memory_mb_end"].values()), result["memory_mb_end"]  # PSS read for each
