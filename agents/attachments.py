@@ -1,0 +1,93 @@
+"""The `request` pipeline stage: a request's image attachments read by the manager's current OCR model.
+
+An agent card opts in with `pipeline: {request: [ocr]}`. The model is resolved per task by the model manager
+(task type `ocr`, the card's OCR candidates preferred, alias `champion`) and held for the whole task, so a
+promotion that lands mid-task changes only the next one. Each image gets the ingest step's timeout and
+plausibility check; text that passes becomes an extra passage for the answer. A failed reading is recorded
+(`ModelUse.error`) and the agent answers from its knowledge alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import structlog
+
+from smolit.contracts import AgentCard, Attachment, ModelUse
+from smolit.infra.llm import Passage
+
+from .models import ModelManager, ModelNotFound
+from .ocr import OcrFailed, OcrPolicy, OcrStep
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+log = structlog.get_logger("smolit.agents")
+OCR_TASK = "ocr"
+
+
+class AttachmentReader:
+    """Reads request attachments for agents whose card has `pipeline.request: [ocr]`."""
+
+    def __init__(self, manager: ModelManager, policy: OcrPolicy | None = None) -> None:
+        self._manager = manager
+        self._step = OcrStep(
+            lambda: _no_engine(), policy or OcrPolicy()
+        )  # only its timeout and plausibility check are used
+
+    @property
+    def manager(self) -> ModelManager:
+        return self._manager
+
+    def read(self, card: AgentCard, attachments: Sequence[Attachment]) -> tuple[list[Passage], list[ModelUse]]:
+        """(passages with each readable attachment's text, the model run per attachment)."""
+        if not attachments or OCR_TASK not in card.pipeline.request:
+            return [], []
+        prefer = card.pipeline.candidates_for(OCR_TASK)
+        try:
+            loaded = self._manager.for_task(OCR_TASK, card.domain, prefer)
+        except Exception as exc:  # registry down or no OCR model: answer without the attachments, say why
+            log.warning("ocr model unavailable", agent=card.name, error=str(exc))
+            reason = str(exc) if isinstance(exc, ModelNotFound) else f"{type(exc).__name__}: {exc}"
+            return [], [
+                ModelUse(step=OCR_TASK, name=prefer[0], version="", input=a.name, error=reason) for a in attachments
+            ]
+        passages, uses = [], []
+        for attachment in attachments:
+            use = ModelUse(
+                step=OCR_TASK, name=loaded.name, version=loaded.version, alias=loaded.alias, input=attachment.name
+            )
+            try:
+                read = self._step.read_with(loaded.model, decode_image(attachment))
+            except OcrFailed as exc:
+                uses.append(use.model_copy(update={"error": str(exc)}))
+                continue
+            uses.append(use.model_copy(update={"seconds": round(read.seconds, 3)}))
+            passages.append(
+                Passage(text=read.text, source=f"attachment:{attachment.name}", title=attachment.name, score=1.0)
+            )
+        return passages, uses
+
+    def close(self) -> None:
+        self._step.close()
+
+
+def decode_image(attachment: Attachment) -> list[Image]:
+    """Every frame of an attachment's image, RGB. Raises OcrFailed for bad base64 or an unreadable image."""
+    from PIL import Image as PILImage
+    from PIL import ImageSequence, UnidentifiedImageError
+
+    try:
+        raw = base64.b64decode(attachment.data, validate=True)
+        with PILImage.open(io.BytesIO(raw)) as image:
+            return [frame.convert("RGB") for frame in ImageSequence.Iterator(image)]
+    except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as exc:
+        raise OcrFailed(f"attachment {attachment.name!r} is not a readable image ({type(exc).__name__})") from exc
+
+
+def _no_engine() -> None:
+    raise RuntimeError("the attachment reader runs the manager's model, never its own")
