@@ -13,6 +13,7 @@ from .agents import (
 )
 from .events import (
     EVENT_TYPES,
+    IMAGE_MEDIA_TYPES,
     AgentCreated,
     AgentFlagged,
     AgentMetricsWindow,
@@ -54,6 +55,7 @@ from .vectors import pack_vector, unpack_vector
 __all__ = [
     "CONTROL",
     "EVENT_TYPES",
+    "IMAGE_MEDIA_TYPES",
     "INGEST_STEPS",
     "REQUEST_STEPS",
     "STEP_CANDIDATES",
