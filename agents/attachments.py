@@ -19,6 +19,7 @@ import structlog
 
 from smolit.contracts import AgentCard, Attachment, ModelUse
 from smolit.infra.llm import Passage
+from smolit.infra.ocr import OcrEngine
 
 from .models import ModelManager, ModelNotFound
 from .ocr import OcrFailed, OcrPolicy, OcrStep
@@ -89,5 +90,5 @@ def decode_image(attachment: Attachment) -> list[Image]:
         raise OcrFailed(f"attachment {attachment.name!r} is not a readable image ({type(exc).__name__})") from exc
 
 
-def _no_engine() -> None:
+def _no_engine() -> OcrEngine:
     raise RuntimeError("the attachment reader runs the manager's model, never its own")

@@ -80,7 +80,7 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
 
     def lifecycle(events: Sequence[Event]) -> list[Outgoing]:
         manager.handle(events)
-        return cards_handler(events)
+        return list(cards_handler(events))
 
     agents = follow_topics(w, "agents", [Topic.AGENT_LIFECYCLE, Topic.ROUTER_MODELS], lifecycle)
     # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
