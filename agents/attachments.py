@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
 
-from smolit.contracts import AgentCard, Attachment, ModelUse
+from smolit.contracts import STEP_CANDIDATES, AgentCard, Attachment, ModelUse
 from smolit.infra.llm import Passage
 from smolit.infra.ocr import OcrEngine
 
@@ -44,18 +45,40 @@ class AttachmentReader:
     def manager(self) -> ModelManager:
         return self._manager
 
+    def warm(self, cards: Mapping[str, AgentCard]) -> threading.Thread | None:
+        """Resolve and load the OCR model of every card that reads attachments, in a background thread, so the
+        first request does not pay the registry open and model load. Failures are logged: requests retry."""
+        wanted = {(c.domain, _prefer(c)) for c in cards.values() if OCR_TASK in c.pipeline.request}
+        if not wanted:
+            return None
+
+        def load() -> None:
+            for domain, prefer in sorted(wanted, key=str):
+                try:
+                    loaded = self._manager.for_task(OCR_TASK, domain, prefer)
+                    log.info("ocr model ready", model=loaded.name, version=loaded.version)
+                except Exception as exc:
+                    log.warning("ocr model not loaded at start", error=f"{type(exc).__name__}: {exc}")
+
+        thread = threading.Thread(target=load, name="model-warmup", daemon=True)
+        thread.start()
+        return thread
+
     def read(self, card: AgentCard, attachments: Sequence[Attachment]) -> tuple[list[Passage], list[ModelUse]]:
         """(passages with each readable attachment's text, the model run per attachment)."""
         if not attachments or OCR_TASK not in card.pipeline.request:
             return [], []
-        prefer = card.pipeline.candidates_for(OCR_TASK)
+        prefer = _prefer(card)
         try:
             loaded = self._manager.for_task(OCR_TASK, card.domain, prefer)
         except Exception as exc:  # registry down or no OCR model: answer without the attachments, say why
             log.warning("ocr model unavailable", agent=card.name, error=str(exc))
             reason = str(exc) if isinstance(exc, ModelNotFound) else f"{type(exc).__name__}: {exc}"
             return [], [
-                ModelUse(step=OCR_TASK, name=prefer[0], version="", input=a.name, error=reason) for a in attachments
+                ModelUse(
+                    step=OCR_TASK, name=(prefer or STEP_CANDIDATES[OCR_TASK])[0], version="", input=a.name, error=reason
+                )
+                for a in attachments
             ]
         passages, uses = [], []
         for attachment in attachments:
@@ -75,6 +98,12 @@ class AttachmentReader:
 
     def close(self) -> None:
         self._step.close()
+
+
+def _prefer(card: AgentCard) -> tuple[str, ...]:
+    """The card's own OCR candidates; none listed: the manager picks by domain tag, else `smolit-ocr` (first by
+    name)."""
+    return card.pipeline.candidates.get(OCR_TASK, ())
 
 
 def decode_image(attachment: Attachment) -> list[Image]:

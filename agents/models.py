@@ -103,15 +103,18 @@ class ModelManager:
             return self._current.setdefault((name, alias), loaded)  # a concurrent swap that won stays
 
     def resolve(self, task_type: str, domain: str | None = None, prefer: Sequence[str] = ()) -> str:
-        """The registered model for a task: tagged with `task_type` (and `domain`, when some model is), the first
-        of `prefer` that matches, else the first by name. Raises ModelNotFound."""
+        """The registered model for a task among those tagged with `task_type`: the first of `prefer` (e.g. a
+        card's candidates) that is one, else the first by name of those tagged with `domain` (when any is), else
+        the first by name. Raises ModelNotFound."""
         tags = self._all_tags()
         matches = sorted(n for n, t in tags.items() if t.get("task_type") == task_type)
-        if domain is not None and (narrow := [n for n in matches if tags[n].get("domain") == domain]):
-            matches = narrow
         if not matches:
             raise ModelNotFound(f"no registered model has task_type {task_type!r} (see `smolit models list`)")
-        return next((n for n in prefer if n in matches), matches[0])
+        if chosen := next((n for n in prefer if n in matches), None):
+            return chosen
+        if domain is not None and (narrow := [n for n in matches if tags[n].get("domain") == domain]):
+            return narrow[0]
+        return matches[0]
 
     def for_task(self, task_type: str, domain: str | None = None, prefer: Sequence[str] = ()) -> Loaded:
         return self.get(f"{self.resolve(task_type, domain, prefer)}@{DEFAULT_ALIAS}")

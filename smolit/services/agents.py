@@ -71,8 +71,11 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
         embedder=LazyEmbedder(s) if tool_calls_possible(s, cards) else None,
         tools=tools,
         trials=(trials := Trials()),
-        attachments=AttachmentReader(manager, OcrPolicy(s.ocr_timeout_s, s.ocr_min_chars, s.ocr_min_confidence)),
+        attachments=(
+            reader := AttachmentReader(manager, OcrPolicy(s.ocr_timeout_s, s.ocr_min_chars, s.ocr_min_confidence))
+        ),
     )
+    reader.warm(cards)  # the first request with an attachment should not wait for MLflow and the model load
     catalog = CardCatalog(cards, catalog_listener(runtime, KnowledgeStore(w.pool, s.hnsw_ef_search)))
     # Cards and trials (challengers, agent A/B tests) known before the first task: both topics replayed, then followed.
     # The same loop tells the model manager about promotions (`ModelPromoted`): it swaps without a restart.

@@ -90,12 +90,13 @@ def test_unknown_alias_or_model_without_loader_is_a_clear_error() -> None:
 
 
 def test_resolve_by_task_type_domain_and_preference() -> None:
-    """Task type filters, a matching domain narrows, the caller's preference picks, else the first by name."""
+    """Task type filters; the caller's preference wins, else a model of the domain, else the first by name."""
     manager, _, _ = _manager()
     assert manager.resolve("ocr") == "ocr-a"
     assert manager.resolve("ocr", domain="invoices") == "ocr-b"
     assert manager.resolve("ocr", domain="legal") == "ocr-a"  # no model of that domain: any OCR model
     assert manager.resolve("ocr", prefer=("missing", "ocr-b")) == "ocr-b"
+    assert manager.resolve("ocr", domain="invoices", prefer=("ocr-a",)) == "ocr-a"  # a card's own choice wins
     assert manager.for_task("ocr", "invoices").model == "ocr-b/1"
 
 
@@ -200,3 +201,18 @@ def test_promotion_event_and_attachments_round_trip_and_old_payloads_decode() ->
         Attachment(name="a.pdf", media_type="application/pdf", data="eA==")
     with pytest.raises(ValueError, match="unknown request step"):
         AgentCard(name="x", description="d", pipeline={"request": ["ner"]})  # type: ignore[arg-type]
+
+
+def test_warm_loads_the_ocr_model_of_cards_that_read_attachments_only() -> None:
+    """At start the reader loads the model of cards with `pipeline.request: [ocr]` in a thread; none: no thread."""
+    manager, _, loads = _manager()
+    reader = AttachmentReader(manager)
+    plain = AgentCard(name="plain", description="d")
+    assert reader.warm({"plain": plain}) is None
+    card = AgentCard(name="inv", description="d", domain="invoices", pipeline={"request": ["ocr"]})  # type: ignore[arg-type]
+    thread = reader.warm({"inv": card, "plain": plain})
+    assert thread is not None
+    thread.join(10)
+    assert loads.built == [("ocr-b", "1", "ocr-b-config-1")]
+    assert manager.current() == {"ocr-b@champion": "1"}
+    reader.close()
