@@ -177,6 +177,14 @@ def test_a_promoted_ocr_version_reads_the_next_request_without_a_restart(
     versions_json = json.loads(_cli(env, "models", "list", "--json").stdout)
     [ocr] = [m for m in versions_json if m["name"] == "smolit-ocr"]
     assert ocr["aliases"] == {"champion": "2", "previous": "1"}
+    again = _cli(env, "models", "promote", "smolit-ocr", "2")
+    assert "version 2 of smolit-ocr is already the champion" in str(again.exception)  # SetupError: one line
+    missing = _cli(env, "models", "promote", "smolit-ocr", "9")
+    assert "smolit-ocr has no version 9" in str(missing.exception)
+    unknown = _cli(env, "models", "register-ocr", "smolit-ocr", "--config", "tesseract")
+    assert "unknown OCR configuration 'tesseract'" in str(unknown.exception)
+    same = _cli(env, "models", "register-ocr", "smolit-ocr", "--config", "smolit-ocr-fast")
+    assert "smolit-ocr version 2 runs" in same.stdout  # registering a configuration twice adds no version
 
 
 def test_the_gateway_checks_attachment_count_size_and_type(
