@@ -1,7 +1,7 @@
 """Agents: the runtime that answers tasks, retrieval through the knowledge store, and knowledge ingestion (with
 the `ocr` pipeline step for images and scanned PDFs)."""
 
-from .attachments import AttachmentReader
+from .attachments import AttachmentReader, PipelineMetrics
 from .catalog import catalog_listener
 from .chunking import chunk_text, split_sentences
 from .documents import JsonlFields, parse_html, parse_pdf, read_documents
@@ -35,6 +35,7 @@ __all__ = [
     "OcrStep",
     "OcrText",
     "ParkingLot",
+    "PipelineMetrics",
     "RawDocument",
     "SubqueryPolicy",
     "Trial",

@@ -14,15 +14,16 @@ import binascii
 import io
 import threading
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from smolit.contracts import STEP_CANDIDATES, AgentCard, Attachment, ModelUse
 from smolit.infra.llm import Passage
 from smolit.infra.ocr import OcrEngine
 
-from .models import ModelManager, ModelNotFound
+from .models import Loaded, ModelManager, ModelNotFound
 from .ocr import OcrFailed, OcrPolicy, OcrStep
 
 if TYPE_CHECKING:
@@ -32,11 +33,49 @@ log = structlog.get_logger("smolit.agents")
 OCR_TASK = "ocr"
 
 
+class PipelineMetrics(NamedTuple):
+    reads: Counter
+    read_seconds: Histogram
+    model_version: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> PipelineMetrics:
+        return cls(
+            reads=Counter(
+                "smolit_agent_attachment_reads_total",
+                "Request attachments read by a pipeline model, per model, version and outcome (ok, failed)",
+                ["model", "version", "outcome"],
+                registry=registry,
+            ),
+            read_seconds=Histogram(
+                "smolit_agent_attachment_read_seconds",
+                "Time to read one attachment (OCR, plausibility check), per model",
+                ["model"],
+                registry=registry,
+                buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
+            ),
+            model_version=Gauge(
+                "smolit_agent_model_version",
+                "Registry version the model manager currently serves for a model and alias",
+                ["model", "alias"],
+                registry=registry,
+            ),
+        )
+
+    def current(self, loaded: Loaded) -> None:
+        """ModelManager `on_change` hook: the version now served."""
+        if loaded.version.isdigit():
+            self.model_version.labels(loaded.name, loaded.alias).set(int(loaded.version))
+
+
 class AttachmentReader:
     """Reads request attachments for agents whose card has `pipeline.request: [ocr]`."""
 
-    def __init__(self, manager: ModelManager, policy: OcrPolicy | None = None) -> None:
+    def __init__(
+        self, manager: ModelManager, policy: OcrPolicy | None = None, metrics: PipelineMetrics | None = None
+    ) -> None:
         self._manager = manager
+        self._metrics = metrics
         self._step = OcrStep(
             lambda: _no_engine(), policy or OcrPolicy()
         )  # only its timeout and plausibility check are used
@@ -89,12 +128,21 @@ class AttachmentReader:
                 read = self._step.read_with(loaded.model, decode_image(attachment))
             except OcrFailed as exc:
                 uses.append(use.model_copy(update={"error": str(exc)}))
+                self._count(use, "failed")
                 continue
             uses.append(use.model_copy(update={"seconds": round(read.seconds, 3)}))
+            self._count(use, "ok", read.seconds)
             passages.append(
                 Passage(text=read.text, source=f"attachment:{attachment.name}", title=attachment.name, score=1.0)
             )
         return passages, uses
+
+    def _count(self, use: ModelUse, outcome: str, seconds: float | None = None) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.reads.labels(use.name, use.version, outcome).inc()
+        if seconds is not None:
+            self._metrics.read_seconds.labels(use.name).observe(seconds)
 
     def close(self) -> None:
         self._step.close()

@@ -66,7 +66,13 @@ def parse_ref(ref: str) -> tuple[str, str]:
 class ModelManager:
     """Resolves, loads, caches and swaps registered models; thread-safe (consumer loops share one manager)."""
 
-    def __init__(self, source: Callable[[], ModelSource], loaders: Mapping[str, Loader]) -> None:
+    def __init__(
+        self,
+        source: Callable[[], ModelSource],
+        loaders: Mapping[str, Loader],
+        on_change: Callable[[Loaded], None] | None = None,
+    ) -> None:
+        self._on_change = on_change  # told the new current model of a (name, alias): metrics
         self._open_source = source  # opening MLflow takes seconds: only when a model is first asked for
         self._source: ModelSource | None = None
         self._loaders = dict(loaders)
@@ -100,7 +106,10 @@ class ModelManager:
             raise ModelNotFound(f"no version of {name!r} holds the alias {alias!r} (see `smolit models list`)")
         loaded = self._load(name, version, alias)
         with self._lock:
-            return self._current.setdefault((name, alias), loaded)  # a concurrent swap that won stays
+            current = self._current.setdefault((name, alias), loaded)  # a concurrent swap that won stays
+        if current is loaded and self._on_change is not None:
+            self._on_change(loaded)
+        return current
 
     def resolve(self, task_type: str, domain: str | None = None, prefer: Sequence[str] = ()) -> str:
         """The registered model for a task among those tagged with `task_type`: the first of `prefer` (e.g. a
@@ -133,6 +142,8 @@ class ModelManager:
         loaded = self._load(name, target, alias)
         with self._lock:
             self._current[(name, alias)] = loaded
+        if self._on_change is not None:
+            self._on_change(loaded)
         log.info("model swapped", model=name, alias=alias, version=target, previous=before.version)
         return True
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from smolit.contracts import AgentCard, Event, Topic
@@ -16,7 +16,7 @@ from ..errors import SetupError
 from .wiring import Wiring, follow_topics, run_consumers
 
 if TYPE_CHECKING:
-    from smolit.agents import ModelManager, ModelSource
+    from smolit.agents import Loaded, ModelManager, ModelSource
 
 
 def run_agents(w: Wiring, stop: threading.Event) -> None:
@@ -27,6 +27,7 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
         DeadlineSweeper,
         OcrPolicy,
         ParkingLot,
+        PipelineMetrics,
         SubqueryPolicy,
         Trials,
         catalog_listener,
@@ -50,7 +51,8 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
     tools = ToolRunner(w.pool, timeout_s=s.tool_timeout_s)
     if unknown := tools.unknown(cards):
         raise SetupError(f"agent cards name tools that do not exist: {', '.join(unknown)} (see agents/tools.py)")
-    manager = build_model_manager(s)
+    pipeline_metrics = PipelineMetrics.create(w.registry)
+    manager = build_model_manager(s, pipeline_metrics.current)
     runtime = AgentRuntime(
         cards,
         KnowledgeStore(w.pool, s.hnsw_ef_search),
@@ -72,7 +74,9 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
         tools=tools,
         trials=(trials := Trials()),
         attachments=(
-            reader := AttachmentReader(manager, OcrPolicy(s.ocr_timeout_s, s.ocr_min_chars, s.ocr_min_confidence))
+            reader := AttachmentReader(
+                manager, OcrPolicy(s.ocr_timeout_s, s.ocr_min_chars, s.ocr_min_confidence), pipeline_metrics
+            )
         ),
     )
     reader.warm(cards)  # the first request with an attachment should not wait for MLflow and the model load
@@ -92,7 +96,7 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
     run_consumers(w, "agents", [loop, agents], stop, s.agents_metrics_port, sweeper)
 
 
-def build_model_manager(settings: Settings) -> ModelManager:
+def build_model_manager(settings: Settings, on_change: Callable[[Loaded], None] | None = None) -> ModelManager:
     """The agents' model manager: MLflow opened at the first model asked for, OCR versions loaded on first use
     (one set of ONNX sessions shared by every OCR configuration)."""
     from smolit.agents import ModelManager, OcrLoader
@@ -102,7 +106,7 @@ def build_model_manager(settings: Settings) -> ModelManager:
 
         return open_model_registry(settings, "smolit-models")  # ModelRegistry implements the ModelSource port
 
-    return ModelManager(source, {"ocr": OcrLoader(settings.threads)})
+    return ModelManager(source, {"ocr": OcrLoader(settings.threads)}, on_change)
 
 
 def tool_calls_possible(settings: Settings, cards: dict[str, AgentCard]) -> bool:

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
-from smolit.agents import AttachmentReader, ModelManager, ModelNotFound, OcrPolicy
+from smolit.agents import AttachmentReader, ModelManager, ModelNotFound, OcrPolicy, PipelineMetrics
 from smolit.contracts import (
     TOPIC_EVENTS,
     AgentCard,
@@ -167,8 +168,10 @@ def test_attachment_reader_uses_the_managers_model_and_records_its_version() -> 
     bad image or implausible text is recorded as an error instead of a passage."""
     registry = FakeRegistry()
     engines = {"1": TextEngine("Total due: EUR 1,284.50"), "2": TextEngine("x", 0.2)}
-    manager = ModelManager(lambda: registry, {"ocr": lambda n, v, t: engines[v]})
-    reader = AttachmentReader(manager, OcrPolicy(timeout_s=5))
+    prometheus = CollectorRegistry()
+    metrics = PipelineMetrics.create(prometheus)
+    manager = ModelManager(lambda: registry, {"ocr": lambda n, v, t: engines[v]}, metrics.current)
+    reader = AttachmentReader(manager, OcrPolicy(timeout_s=5), metrics)
     card = AgentCard(name="inv", description="d", pipeline={"request": ["ocr"], "ingest": ["ocr"]})  # type: ignore[arg-type]
     plain = AgentCard(name="plain", description="d")
     good = Attachment(name="scan.png", media_type="image/png", data=_png())
@@ -186,6 +189,11 @@ def test_attachment_reader_uses_the_managers_model_and_records_its_version() -> 
     manager.promoted("ocr-a")
     _, [use] = reader.read(card, [good])
     assert use.version == "2" and "too little text" in (use.error or "")
+    reads = "smolit_agent_attachment_reads_total"
+    assert prometheus.get_sample_value(reads, {"model": "ocr-a", "version": "1", "outcome": "ok"}) == 1
+    assert prometheus.get_sample_value(reads, {"model": "ocr-a", "version": "1", "outcome": "failed"}) == 1
+    assert prometheus.get_sample_value(reads, {"model": "ocr-a", "version": "2", "outcome": "failed"}) == 1
+    assert prometheus.get_sample_value("smolit_agent_model_version", {"model": "ocr-a", "alias": "champion"}) == 2
     reader.close()
 
 
