@@ -394,6 +394,7 @@ def _view(request_id: uuid.UUID, conversation: str, outcome: dict[str, Any], ela
         "agent_ms": answer.get("agent_ms"),
         "backend": answer.get("backend"),
         "tokens": answer.get("tokens"),
+        "models": answer.get("models", []),
     }
 
 

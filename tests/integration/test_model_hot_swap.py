@@ -22,17 +22,21 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 from typer.testing import CliRunner, Result
 
+from smolit.agents import AttachmentReader, ModelManager, OcrLoader
 from smolit.bench_pipelines import Invoice, render
 from smolit.cli import app
 from smolit.contracts import AnswerProduced, Attachment, RequestReceived, TaskAssigned, Topic, TopicNames, pack_vector
 from smolit.gateway import GatewayDeps, PendingRequests, create_app
 from smolit.infra.cards import load_cards
 from smolit.infra.kafka import EventProducer, KafkaProfile, Outgoing
+from smolit.infra.registry import open_registry
 from smolit.infra.settings import Settings
+from smolit.models import register_shipped_models
 from smolit.services.agents import run_agents
 from smolit.services.wiring import wiring
 
 from ..conftest import read_events
+from .chat_stack import running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -229,3 +233,38 @@ def test_the_gateway_checks_attachment_count_size_and_type(
     [request] = read_events(profile, topics, Topic.REQUESTS, 1)
     assert isinstance(request, RequestReceived)
     assert request.attachments == (Attachment(name="tiny.png", media_type="image/png", data=small["data"]),)
+
+
+def test_smolit_ask_with_an_attachment_goes_through_gateway_router_and_agent(
+    broker: str, pool: ConnectionPool, embedder, tmp_path: Path
+) -> None:
+    """`smolit ask --attach scan.jpg` → gateway → router → the finance agent, whose manager-resolved OCR model reads
+    the scan: the answer has the amount and names `smolit-ocr` version 1; a non-image file is refused by the CLI."""
+    registry = open_registry(f"sqlite:///{tmp_path}/mlflow/mlflow.db", tmp_path / "data", "smolit-models")
+    assert register_shipped_models(registry)["smolit-ocr"] == "1"
+    reader = AttachmentReader(ModelManager(lambda: registry, {"ocr": OcrLoader(1)}))
+    scan = tmp_path / "nordwind-invoice.jpg"
+    scan.write_bytes(base64.b64decode(_scan_b64()))
+    with running_stack(broker, pool, embedder, 60.0, reader, reads_attachments="finance") as stack:
+        question = f"What is the total amount due on invoice {INVOICE.number}?"
+        result = CliRunner().invoke(
+            app, ["ask", question, "--agent", "finance", "--attach", str(scan), "--url", stack.url, "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        # The service threads' log lines share the captured stdout: decode the JSON object that starts a line.
+        start = result.stdout.index("{\n") if result.stdout.startswith("{") else result.stdout.index("\n{\n") + 1
+        answer, _ = json.JSONDecoder().raw_decode(result.stdout[start:])
+        assert answer["agent"] == "finance" and "1,284.50" in answer["answer"]
+        assert answer["sources"][0]["source"] == "attachment:nordwind-invoice.jpg"
+        [use] = answer["models"]
+        assert (use["name"], use["version"], use["input"], use["error"]) == (
+            "smolit-ocr",
+            "1",
+            "nordwind-invoice.jpg",
+            None,
+        )
+        notes = tmp_path / "notes.txt"
+        notes.write_text("not an image")
+        refused = CliRunner().invoke(app, ["ask", "total?", "--attach", str(notes), "--url", stack.url])
+        assert "attachments are images" in str(refused.exception)
+    reader.close()
