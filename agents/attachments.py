@@ -13,18 +13,24 @@ import base64
 import binascii
 import io
 import threading
+import time
+import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from smolit.contracts import STEP_CANDIDATES, AgentCard, Attachment, ModelUse
+from smolit.contracts import STEP_CANDIDATES, AgentCard, Attachment, ModelOutcomeRecorded, ModelUse
 from smolit.infra.llm import Passage
 from smolit.infra.ocr import OcrEngine
 
 from .models import Loaded, ModelManager, ModelNotFound
 from .ocr import OcrFailed, OcrPolicy, OcrStep
+from .ocr_selection import output_checks
+from .selection import page_features
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -68,6 +74,15 @@ class PipelineMetrics(NamedTuple):
             self.model_version.labels(loaded.name, loaded.alias).set(int(loaded.version))
 
 
+class Readings(NamedTuple):
+    passages: list[Passage]
+    """Text of each attachment that was read plausibly (source `attachment:<name>`)."""
+    uses: list[ModelUse]
+    """The model and version run per attachment, with the error when its output was not used."""
+    outcomes: list[ModelOutcomeRecorded]
+    """Validation outcomes for the model memory (only when a request id was given)."""
+
+
 class AttachmentReader:
     """Reads request attachments for agents whose card has `pipeline.request: [ocr]`."""
 
@@ -103,39 +118,85 @@ class AttachmentReader:
         thread.start()
         return thread
 
-    def read(self, card: AgentCard, attachments: Sequence[Attachment]) -> tuple[list[Passage], list[ModelUse]]:
-        """(passages with each readable attachment's text, the model run per attachment)."""
+    def read(self, card: AgentCard, attachments: Sequence[Attachment], request_id: uuid.UUID | None = None) -> Readings:
+        """Passages with each readable attachment's text and the model run per attachment. With a `request_id`,
+        each model reading also gives a `ModelOutcomeRecorded` (version, page features, validation) for the model
+        memory."""
         if not attachments or OCR_TASK not in card.pipeline.request:
-            return [], []
+            return Readings([], [], [])
         prefer = _prefer(card)
         try:
             loaded = self._manager.for_task(OCR_TASK, card.domain, prefer)
         except Exception as exc:  # registry down or no OCR model: answer without the attachments, say why
             log.warning("ocr model unavailable", agent=card.name, error=str(exc))
             reason = str(exc) if isinstance(exc, ModelNotFound) else f"{type(exc).__name__}: {exc}"
-            return [], [
-                ModelUse(
-                    step=OCR_TASK, name=(prefer or STEP_CANDIDATES[OCR_TASK])[0], version="", input=a.name, error=reason
-                )
-                for a in attachments
-            ]
-        passages, uses = [], []
+            name = (prefer or STEP_CANDIDATES[OCR_TASK])[0]
+            failed = [ModelUse(step=OCR_TASK, name=name, version="", input=a.name, error=reason) for a in attachments]
+            return Readings([], failed, [])
+        passages: list[Passage] = []
+        uses: list[ModelUse] = []
+        outcomes: list[ModelOutcomeRecorded] = []
         for attachment in attachments:
             use = ModelUse(
                 step=OCR_TASK, name=loaded.name, version=loaded.version, alias=loaded.alias, input=attachment.name
             )
             try:
-                read = self._step.read_with(loaded.model, decode_image(attachment))
-            except OcrFailed as exc:
+                images = decode_image(attachment)
+            except OcrFailed as exc:  # not the model's doing: no outcome for its memory
                 uses.append(use.model_copy(update={"error": str(exc)}))
                 self._count(use, "failed")
                 continue
+            started = time.perf_counter()
+            try:
+                read = self._step.read_with(loaded.model, images)
+            except OcrFailed as exc:
+                uses.append(use.model_copy(update={"error": str(exc)}))
+                self._count(use, "failed")
+                seconds = time.perf_counter() - started
+                outcomes += self._outcome(request_id, card, use, images, False, {}, exc.confidence, seconds)
+                continue
+            checks = output_checks(read.text)
+            ok = all(checks.values())
+            outcomes += self._outcome(request_id, card, use, images, ok, checks, read.mean_confidence, read.seconds)
             uses.append(use.model_copy(update={"seconds": round(read.seconds, 3)}))
             self._count(use, "ok", read.seconds)
             passages.append(
                 Passage(text=read.text, source=f"attachment:{attachment.name}", title=attachment.name, score=1.0)
             )
-        return passages, uses
+        return Readings(passages, uses, outcomes)
+
+    def _outcome(
+        self,
+        request_id: uuid.UUID | None,
+        card: AgentCard,
+        use: ModelUse,
+        images: list[Image],
+        success: bool,
+        checks: dict[str, bool],
+        confidence: float | None,
+        seconds: float,
+    ) -> list[ModelOutcomeRecorded]:
+        if request_id is None or not images:
+            return []
+        fmt = Path(use.input or "").suffix.lstrip(".").lower() or "png"
+        features = page_features(np.asarray(images[0].convert("L")), fmt).buckets()
+        return [
+            ModelOutcomeRecorded(
+                correlation_id=request_id,
+                producer="agents",
+                model=use.name,
+                version=use.version,
+                step=OCR_TASK,
+                agent=card.name,
+                features=features | ({"domain": card.domain} if card.domain else {}),
+                success=success,
+                checks=checks,
+                confidence=None if confidence is None else round(confidence, 4),
+                seconds=round(seconds, 3),
+                source=use.input,
+                selected_by="manager",
+            )
+        ]
 
     def _count(self, use: ModelUse, outcome: str, seconds: float | None = None) -> None:
         if self._metrics is None:

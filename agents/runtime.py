@@ -25,6 +25,7 @@ from smolit.contracts import (
     AnswerProduced,
     Clause,
     Event,
+    ModelOutcomeRecorded,
     ModelUse,
     Source,
     SubqueryAnswered,
@@ -193,7 +194,7 @@ class AgentRuntime:
         if isinstance(work, SubqueryRequested):
             self._metrics.subqueries.labels(work.agent, "received").inc()
         choice = self.choose(work)
-        audits: list[Event] = []  # ToolCalled events, published even when the answer fails afterwards
+        audits: list[Event] = []  # ToolCalled and ModelOutcomeRecorded events, published even when the answer fails
         try:
             if choice is None:
                 raise _Failed(f"unknown agent {work.agent!r}: no card with that name is loaded")
@@ -209,7 +210,7 @@ class AgentRuntime:
             if isinstance(work, TaskAssigned) and work.context:  # a follow-up: answer it with the turn it follows
                 text = "\n".join((*work.context, text))
             offered = self._offer(card, work, consults)
-            extra, uses = self._read_attachments(card, work)
+            extra, uses = self._read_attachments(card, work, audits)  # outcomes published even if answering fails
             draft, asked = self._draft(card, text, embedding, started, offered, work, audits, extra)
             draft = draft.model_copy(update={"models": tuple(uses)})
             if asked:
@@ -222,10 +223,13 @@ class AgentRuntime:
             return [*_audit(audits), self._final(work, draft, [])]
         return _audit(audits) + self._ask(card, work, draft, consults)
 
-    def _read_attachments(self, card: AgentCard, work: Work) -> tuple[list[Passage], list[ModelUse]]:
+    def _read_attachments(
+        self, card: AgentCard, work: Work, outcomes: list[Event]
+    ) -> tuple[list[Passage], list[ModelUse]]:
         if self._attachments is None or not isinstance(work, TaskAssigned) or not work.attachments:
             return [], []
-        passages, uses = self._attachments.read(card, work.attachments)
+        passages, uses, read = self._attachments.read(card, work.attachments, work.correlation_id)
+        outcomes += read
         for use in uses:
             log.info(
                 "attachment read",
@@ -588,7 +592,13 @@ class AgentRuntime:
 
 
 def _audit(events: list[Event]) -> list[Outgoing]:
-    return [Outgoing(Topic.AUDIT, e.agent, e) for e in events]  # type: ignore[attr-defined]
+    """Tool calls to the audit topic; model outcomes (attachment readings) to the model memory's topic."""
+    return [
+        Outgoing(Topic.MODEL_OUTCOMES, e.model, e)
+        if isinstance(e, ModelOutcomeRecorded)
+        else Outgoing(Topic.AUDIT, e.agent, e)  # type: ignore[attr-defined]
+        for e in events
+    ]
 
 
 def _own_part(work: Work, delegated: list[Clause]) -> tuple[str, str | None]:

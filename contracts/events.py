@@ -566,7 +566,10 @@ class ModelOutcomeRecorded(Event):
     source: str | None = None
     """The input it ran on (file name), for audit."""
     selected_by: str = "selector"
-    """Why this model ran: `selector`, `only-candidate`, or `bench` (a benchmark ran every candidate)."""
+    """Why this model ran: `selector`, `only-candidate`, `bench` (a benchmark ran every candidate), or `manager`
+    (the model manager's current version read a request attachment)."""
+    version: str | None = None
+    """Registry version that ran, when the model manager resolved it (`None`: not resolved through the registry)."""
 
 
 AnyEvent = Annotated[

@@ -177,6 +177,11 @@ def test_a_promoted_ocr_version_reads_the_next_request_without_a_restart(
         assert versions[-1] == "2", versions
         assert "1,284.50" in answer.answer and answer.models[0].error is None
         print(json.dumps({"swap_visible_after_s": round(time.monotonic() - swapped_at, 2), "versions": versions}))
+        # Every reading is also a model-memory outcome with the version that read it.
+        outcomes = read_events(profile, topics, Topic.MODEL_OUTCOMES, 1 + len(versions))
+        assert [(o.model, o.version, o.success) for o in outcomes] == [  # type: ignore[attr-defined]
+            ("smolit-ocr", v, True) for v in ["1", *versions]
+        ]
 
     versions_json = json.loads(_cli(env, "models", "list", "--json").stdout)
     [ocr] = [m for m in versions_json if m["name"] == "smolit-ocr"]

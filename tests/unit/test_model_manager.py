@@ -177,17 +177,22 @@ def test_attachment_reader_uses_the_managers_model_and_records_its_version() -> 
     good = Attachment(name="scan.png", media_type="image/png", data=_png())
     bad = Attachment(name="junk.png", media_type="image/png", data=base64.b64encode(b"not an image").decode())
 
-    assert reader.read(plain, [good]) == ([], [])
-    passages, uses = reader.read(card, [good, bad])
+    assert reader.read(plain, [good]) == ([], [], [])
+    passages, uses, outcomes = reader.read(card, [good, bad], request_id := uuid.uuid4())
     assert [p.text for p in passages] == ["Total due: EUR 1,284.50"]
     assert passages[0].source == "attachment:scan.png"
     assert [(u.name, u.version, u.input, u.error is None) for u in uses] == [
         ("ocr-a", "1", "scan.png", True),
         ("ocr-a", "1", "junk.png", False),
     ]
+    # One outcome for the model memory: the unreadable file was not the model's doing.
+    [outcome] = outcomes
+    assert (outcome.model, outcome.version, outcome.selected_by, outcome.success) == ("ocr-a", "1", "manager", True)
+    assert outcome.correlation_id == request_id and outcome.features["format"] == "png"
     registry.aliases[("ocr-a", "champion")] = "2"
     manager.promoted("ocr-a")
-    _, [use] = reader.read(card, [good])
+    _, [use], none = reader.read(card, [good])  # without a request id: no outcome events
+    assert none == []
     assert use.version == "2" and "too little text" in (use.error or "")
     reads = "smolit_agent_attachment_reads_total"
     assert prometheus.get_sample_value(reads, {"model": "ocr-a", "version": "1", "outcome": "ok"}) == 1
