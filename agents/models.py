@@ -118,7 +118,10 @@ class ModelManager:
         tags = self._all_tags()
         matches = sorted(n for n, t in tags.items() if t.get("task_type") == task_type)
         if not matches:
-            raise ModelNotFound(f"no registered model has task_type {task_type!r} (see `smolit models list`)")
+            raise ModelNotFound(
+                f"no registered model has task_type {task_type!r}"
+                " (`smolit models list` registers the shipped models, OCR included)"
+            )
         if chosen := next((n for n in prefer if n in matches), None):
             return chosen
         if domain is not None and (narrow := [n for n in matches if tags[n].get("domain") == domain]):
