@@ -182,6 +182,8 @@ class AttachmentReader:
         features = page_features(np.asarray(images[0].convert("L")), fmt).buckets()
         return [
             ModelOutcomeRecorded(
+                # Derived id: a redelivered task's reading by the same version is deduped by the memory.
+                event_id=uuid.uuid5(request_id, f"{use.name}/{use.version}/{use.input}"),
                 correlation_id=request_id,
                 producer="agents",
                 model=use.name,

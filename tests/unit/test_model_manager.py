@@ -189,6 +189,7 @@ def test_attachment_reader_uses_the_managers_model_and_records_its_version() -> 
     [outcome] = outcomes
     assert (outcome.model, outcome.version, outcome.selected_by, outcome.success) == ("ocr-a", "1", "manager", True)
     assert outcome.correlation_id == request_id and outcome.features["format"] == "png"
+    assert reader.read(card, [good], request_id).outcomes[0].event_id == outcome.event_id  # redelivery: same id
     registry.aliases[("ocr-a", "champion")] = "2"
     manager.promoted("ocr-a")
     _, [use], none = reader.read(card, [good])  # without a request id: no outcome events
