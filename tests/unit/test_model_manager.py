@@ -196,7 +196,7 @@ def test_attachment_reader_uses_the_managers_model_and_records_its_version() -> 
     assert none == []
     assert use.version == "2" and "too little text" in (use.error or "")
     reads = "smolit_agent_attachment_reads_total"
-    assert prometheus.get_sample_value(reads, {"model": "ocr-a", "version": "1", "outcome": "ok"}) == 1
+    assert prometheus.get_sample_value(reads, {"model": "ocr-a", "version": "1", "outcome": "ok"}) == 2
     assert prometheus.get_sample_value(reads, {"model": "ocr-a", "version": "1", "outcome": "failed"}) == 1
     assert prometheus.get_sample_value(reads, {"model": "ocr-a", "version": "2", "outcome": "failed"}) == 1
     assert prometheus.get_sample_value("smolit_agent_model_version", {"model": "ocr-a", "alias": "champion"}) == 2
