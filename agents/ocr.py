@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -126,9 +126,11 @@ class OcrStep:
             engine = self.engine
         except Exception as exc:  # e.g. OpenCV without libGL.so.1: every image fails with the reason, text goes on
             raise OcrFailed(f"OCR model unavailable: {type(exc).__name__}: {exc}") from exc
-        return self._read_with(engine, images)
+        return self.read_with(engine, images)
 
-    def _read_with(self, engine: OcrEngine, images: Sequence[Image]) -> OcrText:
+    def read_with(self, engine: OcrEngine, images: Sequence[Image]) -> OcrText:
+        """`engine` (e.g. a model manager's current OCR model) on the images, with this step's timeout and
+        plausibility check. Raises OcrFailed."""
         started = time.perf_counter()
         pages: list[list[OcrLine]] = []
         for number, image in enumerate(images, start=1):
@@ -157,3 +159,25 @@ def build_ocr_step(settings: Settings) -> OcrStep:
     """The offline PP-OCRv4 step with the policy and thread count of the settings (model loaded on first image)."""
     policy = OcrPolicy(settings.ocr_timeout_s, settings.ocr_min_chars, settings.ocr_min_confidence)
     return OcrStep(lambda: RapidOcrEngine(threads=settings.threads), policy)
+
+
+class OcrLoader:
+    """Model-manager loader for `task_type: ocr` versions: the version's `variant` tag (else its registered name)
+    picks the configuration; every configuration shares one loaded set of PP-OCRv4 sessions."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self._threads = threads
+        self._base: RapidOcrEngine | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str, version: str, tags: Mapping[str, str]) -> OcrEngine:
+        from smolit.infra.ocr import OCR_VARIANTS
+
+        key = tags.get("variant") or name
+        variant = OCR_VARIANTS.get(key)
+        if variant is None:
+            raise OcrFailed(f"{name} version {version} names OCR configuration {key!r}; known: {sorted(OCR_VARIANTS)}")
+        with self._lock:
+            if self._base is None:
+                self._base = RapidOcrEngine(threads=self._threads)
+            return RapidOcrEngine(variant=variant, shared=self._base)

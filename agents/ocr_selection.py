@@ -103,7 +103,7 @@ class SelectingOcrStep(OcrStep):
         started = time.perf_counter()
         selection = {"features": features.buckets() | {"font_px": features.font_px}, "scores": choice.scores}
         try:
-            read = self._read_with(engine, images)
+            read = self.read_with(engine, images)
         except OcrFailed as exc:
             self._record(choice.model, features, False, exc.confidence, time.perf_counter() - started, source)
             raise OcrFailed(f"{exc} (model {choice.model})", exc.confidence) from exc

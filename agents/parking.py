@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict
 
-from smolit.contracts import EVENT_TYPES, Event, Source, SubqueryAnswered, SubqueryRequested, Topic
+from smolit.contracts import EVENT_TYPES, Event, ModelUse, Source, SubqueryAnswered, SubqueryRequested, Topic
 from smolit.infra.kafka import EventProducer, Outgoing
 from smolit.infra.llm import Passage
 
@@ -48,6 +48,8 @@ class Draft(BaseModel):
     """Its retrieved passages, kept when the LLM writes the final answer with the subanswers (`rewrite`)."""
     rewrite: bool = False
     """The LLM asked for the subqueries (tool call), so it writes the final answer once they are in."""
+    models: tuple[ModelUse, ...] = ()
+    """Pipeline models that ran for this answer (OCR of attachments), recorded on `AnswerProduced`."""
 
 
 Finisher = Callable[[Event, Draft, Sequence[SubResult]], Outgoing]

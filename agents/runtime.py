@@ -25,6 +25,8 @@ from smolit.contracts import (
     AnswerProduced,
     Clause,
     Event,
+    ModelOutcomeRecorded,
+    ModelUse,
     Source,
     SubqueryAnswered,
     SubqueryRequested,
@@ -39,6 +41,7 @@ from smolit.infra.knowledge import Hit, KnowledgeStore
 from smolit.infra.llm import LLM, Completion, CompletionCache, LLMError, LLMUnavailable, Passage, cache_key
 
 from . import smalltalk
+from .attachments import AttachmentReader
 from .parking import Draft, ParkingLot
 from .subqueries import Consult, SubqueryPolicy, SubResult, merge_answers, plan_consults, subanswer_passages
 from .tools import ToolRunner, openai_specs, triggered
@@ -129,6 +132,7 @@ class AgentRuntime:
         embedder: TextEmbedder | None = None,
         tools: ToolRunner | None = None,
         trials: Trials | None = None,
+        attachments: AttachmentReader | None = None,
     ) -> None:
         self._cards = dict(cards)
         # Variant cards on trial (learner challengers, agent A/B tests); without it the champion answers everything.
@@ -147,6 +151,8 @@ class AgentRuntime:
         self._embedder = embedder
         # Runs the declared tools agent cards list; without one, cards' `tools` are not offered.
         self._tools = tools
+        # Reads request attachments with the model manager's OCR model; without one, attachments are ignored.
+        self._attachments = attachments
         # Without a parking lot there is nowhere to wait for subanswers: subqueries are off.
         self._policy = policy or SubqueryPolicy()
         if parking is None:
@@ -188,7 +194,7 @@ class AgentRuntime:
         if isinstance(work, SubqueryRequested):
             self._metrics.subqueries.labels(work.agent, "received").inc()
         choice = self.choose(work)
-        audits: list[Event] = []  # ToolCalled events, published even when the answer fails afterwards
+        audits: list[Event] = []  # ToolCalled and ModelOutcomeRecorded events, published even when the answer fails
         try:
             if choice is None:
                 raise _Failed(f"unknown agent {work.agent!r}: no card with that name is loaded")
@@ -204,7 +210,9 @@ class AgentRuntime:
             if isinstance(work, TaskAssigned) and work.context:  # a follow-up: answer it with the turn it follows
                 text = "\n".join((*work.context, text))
             offered = self._offer(card, work, consults)
-            draft, asked = self._draft(card, text, embedding, started, offered, work, audits)
+            extra, uses = self._read_attachments(card, work, audits)  # outcomes published even if answering fails
+            draft, asked = self._draft(card, text, embedding, started, offered, work, audits, extra)
+            draft = draft.model_copy(update={"models": tuple(uses)})
             if asked:
                 consults += self._tool_consults(asked, self._budget(work) - len(consults))
                 draft = draft.model_copy(update={"rewrite": True})
@@ -214,6 +222,24 @@ class AgentRuntime:
         if not consults:
             return [*_audit(audits), self._final(work, draft, [])]
         return _audit(audits) + self._ask(card, work, draft, consults)
+
+    def _read_attachments(
+        self, card: AgentCard, work: Work, outcomes: list[Event]
+    ) -> tuple[list[Passage], list[ModelUse]]:
+        if self._attachments is None or not isinstance(work, TaskAssigned) or not work.attachments:
+            return [], []
+        passages, uses, read = self._attachments.read(card, work.attachments, work.correlation_id)
+        outcomes += read
+        for use in uses:
+            log.info(
+                "attachment read",
+                request_id=str(work.correlation_id),
+                agent=card.name,
+                model=use.name,
+                version=use.version,
+                error=use.error,
+            )
+        return passages, uses
 
     def _small_talk(self, work: TaskAssigned, started: float) -> Outgoing:
         """A short reply to a greeting or thanks: no knowledge search, no LLM call, no tokens."""
@@ -264,9 +290,11 @@ class AgentRuntime:
         offered: tuple[str, ...] = (),
         work: Work | None = None,
         audits: list[Event] | None = None,
+        extra: Sequence[Passage] = (),
     ) -> tuple[Draft, tuple[tuple[str, str], ...]]:
         hits = self._retrieve(card, embedding) if embedding else []
-        passages = [Passage(text=h.text, source=h.source, title=h.title, score=h.score) for h in hits]
+        # The request's own attachments come first: they are what the question is about.
+        passages = [*extra, *(Passage(text=h.text, source=h.source, title=h.title, score=h.score) for h in hits)]
         notes: list[str] = []
         specs: tuple[dict[str, Any], ...] = ()
         if self._tools is not None and card.tools and work is not None:
@@ -284,7 +312,7 @@ class AgentRuntime:
         answer = "\n\n".join([*notes, completion.text])
         draft = Draft(
             answer=answer,
-            sources=tuple(_source(h) for h in hits),
+            sources=(*(_attachment_source(p) for p in extra), *(_source(h) for h in hits)),
             backend=completion.backend,
             model=completion.model,
             prompt_tokens=completion.prompt_tokens,
@@ -500,6 +528,7 @@ class AgentRuntime:
                 card_version=choice.card.version if choice else None,
                 experiment_id=choice.experiment_id if choice else None,
                 arm=choice.arm if choice else None,
+                models=draft.models,
             )
         return Outgoing(Topic.ANSWERS, str(work.correlation_id), answer)
 
@@ -563,7 +592,13 @@ class AgentRuntime:
 
 
 def _audit(events: list[Event]) -> list[Outgoing]:
-    return [Outgoing(Topic.AUDIT, e.agent, e) for e in events]  # type: ignore[attr-defined]
+    """Tool calls to the audit topic; model outcomes (attachment readings) to the model memory's topic."""
+    return [
+        Outgoing(Topic.MODEL_OUTCOMES, e.model, e)
+        if isinstance(e, ModelOutcomeRecorded)
+        else Outgoing(Topic.AUDIT, e.agent, e)  # type: ignore[attr-defined]
+        for e in events
+    ]
 
 
 def _own_part(work: Work, delegated: list[Clause]) -> tuple[str, str | None]:
@@ -576,6 +611,11 @@ def _own_part(work: Work, delegated: list[Clause]) -> tuple[str, str | None]:
     if len(kept) == 1:
         return kept[0].text, kept[0].embedding
     return " ".join(c.text for c in kept), work.embedding
+
+
+def _attachment_source(passage: Passage) -> Source:
+    """An attachment's OCR text as a source (chunk id 0: it is not in the knowledge base)."""
+    return Source(chunk_id=0, source=passage.source, title=passage.title, score=1.0, snippet=passage.text[:240])
 
 
 def _source(hit: Hit) -> Source:

@@ -2,6 +2,7 @@
 
 from .agents import (
     INGEST_STEPS,
+    REQUEST_STEPS,
     STEP_CANDIDATES,
     VARIANT_FIELDS,
     AgentCard,
@@ -12,6 +13,7 @@ from .agents import (
 )
 from .events import (
     EVENT_TYPES,
+    IMAGE_MEDIA_TYPES,
     AgentCreated,
     AgentFlagged,
     AgentMetricsWindow,
@@ -21,6 +23,7 @@ from .events import (
     AgentUpdated,
     AnswerProduced,
     AnyEvent,
+    Attachment,
     Clause,
     DeadLetter,
     Event,
@@ -28,6 +31,8 @@ from .events import (
     ExperimentStopped,
     FeedbackGiven,
     ModelOutcomeRecorded,
+    ModelPromoted,
+    ModelUse,
     RequestBlocked,
     RequestReceived,
     RolledBack,
@@ -50,7 +55,9 @@ from .vectors import pack_vector, unpack_vector
 __all__ = [
     "CONTROL",
     "EVENT_TYPES",
+    "IMAGE_MEDIA_TYPES",
     "INGEST_STEPS",
+    "REQUEST_STEPS",
     "STEP_CANDIDATES",
     "TOPIC_EVENTS",
     "TREATMENT",
@@ -65,6 +72,7 @@ __all__ = [
     "AgentUpdated",
     "AnswerProduced",
     "AnyEvent",
+    "Attachment",
     "Clause",
     "DeadLetter",
     "DecodeError",
@@ -76,6 +84,8 @@ __all__ = [
     "LLMConfig",
     "Lifecycle",
     "ModelOutcomeRecorded",
+    "ModelPromoted",
+    "ModelUse",
     "PipelineConfig",
     "RequestBlocked",
     "RequestReceived",

@@ -45,6 +45,9 @@ class RetrievalConfig(BaseModel):
 INGEST_STEPS: frozenset[str] = frozenset({"ocr"})
 """Pipeline steps an agent card may name under `pipeline.ingest` (`ocr`: images and scanned PDF pages to text)."""
 
+REQUEST_STEPS: frozenset[str] = frozenset({"ocr"})
+"""Pipeline steps an agent card may name under `pipeline.request` (`ocr`: a request's image attachments to text)."""
+
 
 STEP_CANDIDATES: dict[str, tuple[str, ...]] = {
     "ocr": ("smolit-ocr", "smolit-ocr-fast", "smolit-ocr-upscale", "smolit-ocr-faint"),
@@ -65,6 +68,17 @@ class PipelineConfig(BaseModel):
     def _known_steps(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if bad := [step for step in value if step not in INGEST_STEPS]:
             raise ValueError(f"unknown ingest step(s) {bad}; known steps: {sorted(INGEST_STEPS)}")
+        return tuple(dict.fromkeys(value))
+
+    request: tuple[str, ...] = ()
+    """Steps run on each request's attachments before answering (known: `ocr`); the step's model is the one the
+    model manager resolves (`smolit-ocr@champion`), swapped without restart when it is promoted."""
+
+    @field_validator("request")
+    @classmethod
+    def _known_request_steps(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if bad := [step for step in value if step not in REQUEST_STEPS]:
+            raise ValueError(f"unknown request step(s) {bad}; known steps: {sorted(REQUEST_STEPS)}")
         return tuple(dict.fromkeys(value))
 
     candidates: dict[str, tuple[str, ...]] = Field(default_factory=dict)
@@ -119,7 +133,8 @@ class AgentCard(BaseModel):
     tools: tuple[str, ...] = ()
     """Declared tools this agent may call (allow-list; see agents.tools)."""
     pipeline: PipelineConfig = PipelineConfig()
-    """Specialised model steps, e.g. `pipeline: {ingest: [ocr]}` to read images and scanned PDFs at ingestion."""
+    """Specialised model steps, e.g. `pipeline: {ingest: [ocr], request: [ocr]}` to read images and scanned PDFs at
+    ingestion and image attachments of requests."""
     required_scope: str | None = None
     """API-key scope needed to reach this agent and its knowledge (e.g. `sensitive`); `None`: any chat key."""
     version: int = Field(default=1, ge=1)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .agents import AgentCard
 
@@ -48,6 +48,49 @@ class Event(BaseModel):
 
 # ---- requests, routing, tasks ------------------------------------------------------------------------------
 
+IMAGE_MEDIA_TYPES: frozenset[str] = frozenset({"image/png", "image/jpeg", "image/tiff", "image/bmp"})
+"""Attachment types agents can read (an agent card's `pipeline.request: [ocr]` reads them)."""
+
+
+class Attachment(BaseModel):
+    """A file sent with a request (an invoice scan, a photographed page), carried inline with its events."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    """File name, for sources and logs."""
+    media_type: str
+    """MIME type; one of `IMAGE_MEDIA_TYPES`."""
+    data: str = Field(min_length=1)
+    """The file's bytes, base64 (the gateway checks the count and decoded size limits)."""
+
+    @field_validator("media_type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in IMAGE_MEDIA_TYPES:
+            raise ValueError(f"unsupported attachment type {value!r}; supported: {sorted(IMAGE_MEDIA_TYPES)}")
+        return value
+
+
+class ModelUse(BaseModel):
+    """One pipeline model that ran for an answer: which registered model and version, and how it went."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step: str
+    """Pipeline step (e.g. `ocr`)."""
+    name: str
+    """Registered model name (`smolit models list`)."""
+    version: str
+    """Registry version that ran (the one holding the alias when the work started)."""
+    alias: str | None = None
+    """Alias it was resolved by (e.g. `champion`)."""
+    input: str | None = None
+    """What it ran on (an attachment's file name)."""
+    seconds: float = 0.0
+    error: str | None = None
+    """Why its output was not used (timeout, implausible output); `None`: used."""
+
 
 class RequestReceived(Event):
     type: Literal["RequestReceived"] = "RequestReceived"
@@ -68,6 +111,8 @@ class RequestReceived(Event):
     embedding: str | None = None
     """The text's embedding (contracts.vectors wire form) when the gateway's prompt filter already computed it with
     the same embedder settings; the router then does not encode the text again. `None`: the router encodes it."""
+    attachments: tuple[Attachment, ...] = ()
+    """Images sent with the request; the answering agent reads them when its card has `pipeline.request: [ocr]`."""
 
     @property
     def request_id(self) -> UUID:
@@ -140,6 +185,8 @@ class TaskAssigned(Event):
     context: tuple[str, ...] = ()
     """Earlier turn(s) the router scored this follow-up with (and embedded into `embedding`); the agent answers
     the follow-up together with them."""
+    attachments: tuple[Attachment, ...] = ()
+    """The request's attachments, passed on by the router."""
 
 
 class SubqueryRequested(Event):
@@ -202,6 +249,8 @@ class AnswerProduced(Event):
     """The agent test (`smolit ab start --agent`) or learner challenger trial whose split this conversation was in."""
     arm: str | None = None
     """`control` (the champion card answered) or `treatment` (the variant or challenger card answered)."""
+    models: tuple[ModelUse, ...] = ()
+    """Pipeline models that ran for this answer (e.g. OCR of the request's attachments), with their versions."""
 
 
 class SubqueryAnswered(Event):
@@ -319,6 +368,21 @@ class RouterModelPromoted(Event):
     alias: str = "champion"
     previous_version: str | None = None
     """Champion this version replaces (what a rollback restores)."""
+
+
+class ModelPromoted(Event):
+    """A registered pipeline model (OCR, ...) has a new version behind an alias; model managers swap to it.
+
+    The router's own promotions keep `RouterModelPromoted`; this one is for every other registered model."""
+
+    type: Literal["ModelPromoted"] = "ModelPromoted"
+    registry_name: str
+    """Registered model name (`smolit models list`)."""
+    version: str
+    """Version that now holds `alias`."""
+    alias: str = "champion"
+    previous_version: str | None = None
+    """Version that held the alias before (what a rollback restores)."""
 
 
 class RolledBack(Event):
@@ -502,7 +566,10 @@ class ModelOutcomeRecorded(Event):
     source: str | None = None
     """The input it ran on (file name), for audit."""
     selected_by: str = "selector"
-    """Why this model ran: `selector`, `only-candidate`, or `bench` (a benchmark ran every candidate)."""
+    """Why this model ran: `selector`, `only-candidate`, `bench` (a benchmark ran every candidate), or `manager`
+    (the model manager's current version read a request attachment)."""
+    version: str | None = None
+    """Registry version that ran, when the model manager resolved it (`None`: not resolved through the registry)."""
 
 
 AnyEvent = Annotated[
@@ -517,6 +584,7 @@ AnyEvent = Annotated[
     | AgentMetricsWindow
     | TrainingExample
     | RouterModelPromoted
+    | ModelPromoted
     | RolledBack
     | ExperimentStarted
     | ExperimentStopped
@@ -547,6 +615,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         AgentMetricsWindow,
         TrainingExample,
         RouterModelPromoted,
+        ModelPromoted,
         RolledBack,
         ExperimentStarted,
         ExperimentStopped,

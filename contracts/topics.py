@@ -34,7 +34,10 @@ TOPIC_EVENTS: dict[Topic, frozenset[str]] = {
     Topic.FEEDBACK: frozenset({"FeedbackGiven"}),
     Topic.AGENT_METRICS: frozenset({"AgentMetricsWindow"}),
     Topic.TRAINING_EXAMPLES: frozenset({"TrainingExample"}),
-    Topic.ROUTER_MODELS: frozenset({"RouterModelPromoted", "RolledBack", "ExperimentStarted", "ExperimentStopped"}),
+    # Also every other registered model's promotions: the agents service already replays and follows this topic.
+    Topic.ROUTER_MODELS: frozenset(
+        {"RouterModelPromoted", "ModelPromoted", "RolledBack", "ExperimentStarted", "ExperimentStopped"}
+    ),
     Topic.AGENT_LIFECYCLE: frozenset(
         {"AgentCreated", "AgentProposed", "AgentUpdated", "AgentFlagged", "AgentUnflagged", "AgentRetired"}
     ),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -18,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from smolit.contracts import AgentCard, RequestReceived, Topic
+from smolit.contracts import IMAGE_MEDIA_TYPES, AgentCard, Attachment, RequestReceived, Topic
 from smolit.infra.heartbeat import service_statuses
 from smolit.infra.kafka import EventProducer, Outgoing
 
@@ -86,6 +88,31 @@ class GatewayMetrics(NamedTuple):
         )
 
 
+class AttachmentBody(BaseModel):
+    """One image sent with a request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, description="File name.")
+    media_type: str = Field(description="image/png, image/jpeg, image/tiff or image/bmp.")
+    data: str = Field(min_length=1, description="The file, base64.")
+
+    @field_validator("media_type")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if value not in IMAGE_MEDIA_TYPES:
+            raise ValueError(f"unsupported attachment type {value!r}; supported: {sorted(IMAGE_MEDIA_TYPES)}")
+        return value
+
+
+def decoded_size(attachment: AttachmentBody) -> int:
+    """Bytes of the decoded file. Raises ValueError for data that is not base64."""
+    try:
+        return len(base64.b64decode(attachment.data, validate=True))
+    except binascii.Error as exc:
+        raise ValueError(f"attachment {attachment.name!r} is not valid base64: {exc}") from exc
+
+
 class AskBody(BaseModel):
     """A request to Smolit."""
 
@@ -95,6 +122,10 @@ class AskBody(BaseModel):
     conversation_id: str | None = Field(default=None, max_length=200, description="Groups turns of one chat.")
     user: str | None = Field(default=None, max_length=200)
     agent: str | None = Field(default=None, description="Ask this agent directly instead of routing.")
+    attachments: list[AttachmentBody] = Field(
+        default_factory=list,
+        description="Images (png, jpeg, tiff, bmp; base64) read by agents whose card has `pipeline.request: [ocr]`.",
+    )
 
     @field_validator("text")
     @classmethod
@@ -121,6 +152,36 @@ class GatewayDeps:
     """Prompt filter applied before routing; `None`: no screening."""
     retired: Callable[[], frozenset[str]] = frozenset
     """Agents retired on the agent-lifecycle topic (requests naming them: 410); default: none."""
+    max_attachments: int = 4
+    """Most attachments per request (more: 422)."""
+    max_attachment_bytes: int = 196_608
+    """Largest total decoded attachment size per request (larger: 413)."""
+
+
+def _check_attachments(body: AskBody, deps: GatewayDeps, counter: Counter) -> tuple[Attachment, ...]:
+    """The request's attachments as event payloads, or a 422 (count, base64) / 413 (total size) naming the limit."""
+    if not body.attachments:
+        return ()
+    if len(body.attachments) > deps.max_attachments:
+        counter.labels("422").inc()
+        raise HTTPException(
+            422,
+            f"{len(body.attachments)} attachments; the limit is {deps.max_attachments}"
+            " (setting SMOLIT_MAX_ATTACHMENTS)",
+        )
+    try:
+        total = sum(decoded_size(a) for a in body.attachments)
+    except ValueError as exc:
+        counter.labels("422").inc()
+        raise HTTPException(422, str(exc)) from exc
+    if total > deps.max_attachment_bytes:
+        counter.labels("413").inc()
+        raise HTTPException(
+            413,
+            f"attachments total {total} bytes; the limit is {deps.max_attachment_bytes}"
+            " (setting SMOLIT_MAX_ATTACHMENT_BYTES)",
+        )
+    return tuple(Attachment(name=a.name, media_type=a.media_type, data=a.data) for a in body.attachments)
 
 
 def create_app(deps: GatewayDeps) -> FastAPI:
@@ -143,13 +204,16 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         )
 
     app.include_router(admin_router)
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    # Base64 attachments grow a body by 4/3; the attachment check below names the setting when they are too big.
+    max_body = MAX_BODY_BYTES + (deps.max_attachment_bytes * 4 // 3 + 1024 if deps.max_attachments else 0)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, larger={"/v1/requests": max_body})
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Any]) -> Response:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        limit = max_body if request.url.path == "/v1/requests" else MAX_BODY_BYTES
+        if length is not None and length.isdigit() and int(length) > limit:
+            return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
         return await call_next(request)
 
     @app.post("/v1/requests")
@@ -161,6 +225,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
                 f"text has {len(body.text)} characters; the limit is {deps.max_request_chars}"
                 " (setting SMOLIT_MAX_REQUEST_CHARS)",
             )
+        attachments = _check_attachments(body, deps, http_requests)
         if body.agent is not None and body.agent not in deps.cards:
             http_requests.labels("422").inc()
             raise HTTPException(422, f"unknown agent {body.agent!r}; known: {sorted(deps.cards)}")
@@ -190,6 +255,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
             previous_agent=previous,
             allowed_agents=allowed,
             embedding=embedding,
+            attachments=attachments,
         )
         await run_in_threadpool(_record_request, deps.pool, request_id, conversation, body.text)
         future = deps.pending.expect(request_id)
@@ -328,6 +394,7 @@ def _view(request_id: uuid.UUID, conversation: str, outcome: dict[str, Any], ela
         "agent_ms": answer.get("agent_ms"),
         "backend": answer.get("backend"),
         "tokens": answer.get("tokens"),
+        "models": answer.get("models", []),
     }
 
 

@@ -18,9 +18,13 @@ class BodyLimit:
     bodies that arrive in chunks without a length, which would otherwise be buffered whole by the JSON parser.
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = larger or {}  # paths allowed a bigger body (`POST /v1/requests` with attachments)
+
+    def limit(self, path: str) -> int:
+        return self.larger.get(path, self.max_bytes)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -28,14 +32,15 @@ class BodyLimit:
             return
         chunks: list[bytes] = []
         size, more = 0, True
+        max_bytes = self.limit(scope.get("path", ""))
         while more:
             message = await receive()
             if message["type"] != "http.request":  # client went away
                 return
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
-                message = f"request body over {self.max_bytes} bytes"
+            if size > max_bytes:
+                message = f"request body over {max_bytes} bytes"
                 await JSONResponse(error_body(413, "body_too_large", message), 413)(scope, receive, send)
                 return
             chunks.append(body)

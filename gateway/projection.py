@@ -50,6 +50,7 @@ def answer_view(event: AnswerProduced | TaskFailed) -> dict[str, Any]:
         "cost_usd": event.cost_usd,
         "agent_ms": round(event.latency_ms, 3),
         "answered_at": event.occurred_at.isoformat(),
+        "models": [m.model_dump() for m in event.models],
     }
 
 

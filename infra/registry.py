@@ -126,12 +126,20 @@ class ModelRegistry:
         return self._describe(version)
 
     def register_shipped(
-        self, name: str, source: Path, *, digest: str, tags: dict[str, str], params: dict[str, Any]
+        self,
+        name: str,
+        source: Path,
+        *,
+        digest: str,
+        tags: dict[str, str],
+        params: dict[str, Any],
+        version_tags: dict[str, str] | None = None,
     ) -> ModelVersion:
         """A model shipped in a package (not trained here) as a version of `name`, once per content `digest`.
 
         The version points at the installed files (no copy); a run records `params`; `tags` (task_type,
-        input_format, domain, ...) go on the registered model and the version. The first version becomes champion.
+        input_format, domain, ...) go on the registered model and the version, `version_tags` (e.g. the OCR
+        configuration the version runs) on the version only. The first version becomes champion.
         """
         found = self.client.search_model_versions(filter_string=f"name = '{name}' and tags.digest = '{digest}'")
         if found:
@@ -145,7 +153,7 @@ class ModelRegistry:
         for key, value in tags.items():
             self.client.set_registered_model_tag(name, key, value)
         version = self.client.create_model_version(
-            name, source=source.resolve().as_uri(), run_id=run_id, tags=tags | {"digest": digest}
+            name, source=source.resolve().as_uri(), run_id=run_id, tags=tags | (version_tags or {}) | {"digest": digest}
         )
         if self.version_for(name, CHAMPION) is None:
             self.set_alias(name, CHAMPION, str(version.version))
@@ -171,6 +179,19 @@ class ModelRegistry:
             )
             for m in found
         ]
+
+    def model_tags(self) -> dict[str, dict[str, str]]:
+        """Registered model name -> its tags (the model manager resolves (task type, domain) with them)."""
+        return {m.name: dict(m.tags or {}) for m in self.client.search_registered_models()}
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        """Tags of one version (e.g. `variant`: the OCR configuration it runs). Raises RegistryError."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self.client.get_model_version(name, version).tags or {})
+        except MlflowException as exc:
+            raise RegistryError(f"model {name} version {version} is not in the registry: {exc.message}") from exc
 
     def runs_tagged(self, tags: dict[str, str]) -> list[str]:
         """Ids of this experiment's runs carrying all of `tags` (newest first)."""

@@ -203,6 +203,11 @@ class Settings(BaseSettings):
     """How long `POST /v1/requests` waits for the answer before answering 504."""
     max_request_chars: int = 4000
     """Longest request text accepted (longer: HTTP 413)."""
+    max_attachments: int = Field(default=4, ge=0)
+    """Most image attachments one `POST /v1/requests` may carry (more: HTTP 422); 0 turns attachments off."""
+    max_attachment_bytes: int = Field(default=196_608, ge=1, le=600_000)
+    """Largest total decoded size of one request's attachments in bytes (larger: HTTP 413). Attachments travel
+    inside the request and task events, so this stays well under the broker's 1 MB message limit."""
     auth: Literal["auto", "required"] = "auto"
     """API keys (`Authorization: Bearer`): `required` always; `auto` requires them only when `host` is not
     loopback (127.0.0.1, ::1, localhost) and lets anonymous loopback callers in (dev mode)."""

@@ -18,6 +18,7 @@ from smolit.contracts import (
     Event,
     Experiments,
     ExperimentStarted,
+    ModelPromoted,
     RequestReceived,
     RoutingDecided,
     TaskAssigned,
@@ -312,6 +313,7 @@ class Router:
                 clauses=() if kinds[n] else clauses,
                 small_talk=kinds[n],
                 context=(previous_turn[n],) if context_used else (),
+                attachments=request.attachments,
             )
             outputs += [
                 Outgoing(Topic.DECISIONS, str(request.request_id), decided),
@@ -401,6 +403,8 @@ class ModelWatcher:
         self._router.use_network(network)
 
     def handle(self, events: Sequence[Event]) -> list[Outgoing]:
+        # Other registered models' promotions share the topic; they never need the router's registry opened.
+        events = [e for e in events if not isinstance(e, ModelPromoted)]
         if events:
             self.refresh()  # the registry's alias is the truth; the events only say when to look
             self._follow_experiments(events)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,11 +29,17 @@ def ask(
     conversation: Annotated[str | None, typer.Option(help="Conversation id.")] = None,
     url: Annotated[str | None, typer.Option(help="Gateway URL (default: the running `smolit up`).")] = None,
     data_dir: DataDir = None,
+    attach: Annotated[
+        list[Path] | None,
+        typer.Option("--attach", help="Image sent with the question (png, jpg, tif, bmp); repeatable."),
+    ] = None,
 ) -> None:
     """Ask the running system a question."""
     settings = load_settings(data_dir=data_dir)
     base = url or gateway_url(settings)
-    body = {"text": text, "agent": agent, "conversation_id": conversation}
+    body: dict[str, object] = {"text": text, "agent": agent, "conversation_id": conversation}
+    if attach:
+        body["attachments"] = [_attachment(path) for path in attach]
     try:
         response = httpx.post(
             f"{base}/v1/requests", json=body, headers=auth_headers(settings), timeout=settings.request_timeout_s + 10
@@ -48,6 +55,28 @@ def ask(
         print_answer(result)
     if response.status_code != 200:
         raise typer.Exit(1)
+
+
+_MEDIA_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".bmp": "image/bmp",
+}
+
+
+def _attachment(path: Path) -> dict[str, str]:
+    """An image file as a request attachment (base64); the gateway checks count and size."""
+    media_type = _MEDIA_TYPES.get(path.suffix.lower())
+    if media_type is None:
+        raise SetupError(f"{path}: attachments are images ({', '.join(sorted(_MEDIA_TYPES))})")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SetupError(f"cannot read {path}: {exc.strerror}") from exc
+    return {"name": path.name, "media_type": media_type, "data": base64.b64encode(data).decode()}
 
 
 def feedback(
@@ -139,6 +168,9 @@ def print_answer(result: dict[str, Any]) -> None:
     out.print(result.get("answer") or f"[red]failed:[/] {result.get('error')}")
     for i, src in enumerate(result.get("sources", []), start=1):
         out.print(f"  [{i}] {src.get('title') or ''} — {src['source']} (similarity {src['score']:.3f})")
+    for use in result.get("models", []):
+        outcome = f"[red]{use['error']}[/]" if use.get("error") else f"{use.get('seconds', 0):.2f} s"
+        out.print(f"  {use['step']}: {use['name']} v{use['version']} read {use.get('input') or '-'} ({outcome})")
     out.print(
         f"[dim]request {result['request_id']} · conversation {result['conversation_id']}"
         f" · {result['latency_ms']:.0f} ms[/]"

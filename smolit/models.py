@@ -4,7 +4,8 @@ The registry is the one list of models: the router network (trained by the learn
 packages that pipelines and retrieval run (`smolit-ocr`, `smolit-embedder`), registered idempotently (one version
 per content digest) whenever the list is read. Promotion and rollback move the router's registry aliases and
 announce it on the router-models topic, so every running router swaps within a batch; the learner picks the new
-champion up at its next candidate.
+champion up at its next candidate. Promoting any other model (`smolit models promote smolit-ocr 2`) announces a
+`ModelPromoted` on the same topic; the agents service's model manager swaps to it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from smolit.contracts import AgentCard, Event, RolledBack, RouterModelPromoted, Topic, TopicNames
+from smolit.contracts import AgentCard, Event, ModelPromoted, RolledBack, RouterModelPromoted, Topic, TopicNames
 from smolit.infra.registry import CHAMPION, PREVIOUS, ModelRegistry, RegisteredModel
 from smolit.infra.settings import Settings, load_settings
 
@@ -125,6 +126,20 @@ def register_shipped_models(registry: ModelRegistry) -> dict[str, str]:
         )
         versions[model.name] = version.version
     return versions
+
+
+def register_variant(registry: ModelRegistry, base: ShippedModel, variant: ShippedModel, config: str) -> str:
+    """`variant`'s configuration as a version of `base`'s registered model (tagged `variant`); its version."""
+    params = variant.params | {"package": variant.package, "package_version": metadata.version(variant.package)}
+    version = registry.register_shipped(
+        base.name,
+        variant.folder,
+        digest=variant.digest(),
+        tags=base.tags,
+        params=params | {"variant": config},
+        version_tags={"variant": config},
+    )
+    return version.version
 
 
 def users(cards: dict[str, AgentCard], settings: Settings) -> dict[str, list[str]]:
@@ -234,23 +249,55 @@ def list_versions(
 
 
 @models_app.command("promote")
-def promote(version: Annotated[str, typer.Argument(help="Registry version to make champion.")]) -> None:
-    """Make VERSION the champion (the current one becomes `previous`)."""
+def promote(
+    first: Annotated[str, typer.Argument(metavar="[NAME] VERSION", help="Registered model (default: the router).")],
+    second: Annotated[str | None, typer.Argument(metavar="", help="Registry version to make champion.")] = None,
+) -> None:
+    """Make VERSION of NAME (default: the router) the champion; the current one becomes `previous`.
+
+    Running services swap without a restart: routers on `RouterModelPromoted`, the agents' model manager on
+    `ModelPromoted` (pipeline models such as `smolit-ocr`)."""
     settings = load_settings()
-    registry = open_model_registry(settings)
-    name = settings.router_registry_name
+    name, version = (first, second) if second is not None else (settings.router_registry_name, first)
+    router = name == settings.router_registry_name
+    registry = open_model_registry(settings) if router else open_model_registry(settings, "smolit-models")
     _require(registry, name, version)
     current = registry.version_for(name, CHAMPION)
     if current == version:
-        raise SetupError(f"version {version} is already the champion")
+        raise SetupError(f"version {version} of {name} is already the champion")
     if current is not None:
         registry.set_alias(name, PREVIOUS, current)
     registry.set_alias(name, CHAMPION, version)
-    event = RouterModelPromoted(
+    kind = RouterModelPromoted if router else ModelPromoted
+    event = kind(
         correlation_id=uuid.uuid4(), producer="cli", registry_name=name, version=version, previous_version=current
     )
-    _announce(settings, event)
-    typer.echo(f"version {version} is the champion (previous: {current or 'none'})")
+    _announce(settings, event, "routers" if router else "agents")
+    label = "version" if router else f"{name} version"
+    typer.echo(f"{label} {version} is the champion (previous: {current or 'none'})")
+
+
+@models_app.command("register-ocr")
+def register_ocr(
+    name: Annotated[str, typer.Argument(help="Registered OCR model to add a version to (e.g. smolit-ocr).")],
+    config: Annotated[str, typer.Option("--config", help="OCR configuration the new version runs.")],
+) -> None:
+    """Register an OCR configuration (one of the shipped candidates) as a version of NAME, without promoting it.
+
+    The version runs the same shipped weights with CONFIG's options; `smolit models promote NAME VERSION` then
+    swaps running agents to it. Registering the same configuration again returns the existing version."""
+    from smolit.infra.ocr import OCR_VARIANTS
+
+    if config not in OCR_VARIANTS:
+        raise SetupError(f"unknown OCR configuration {config!r}; known: {', '.join(sorted(OCR_VARIANTS))}")
+    settings = load_settings()
+    registry = open_model_registry(settings, "smolit-models")
+    register_shipped_models(registry)
+    shipped = {m.name: m for m in shipped_models()}
+    if name not in OCR_VARIANTS or name not in shipped:
+        raise SetupError(f"{name} is not a registered OCR model; OCR models: {', '.join(sorted(OCR_VARIANTS))}")
+    version = register_variant(registry, shipped[name], shipped[config], config)
+    typer.echo(f"{name} version {version} runs the {config} configuration (promote it with `smolit models promote`)")
 
 
 @models_app.command("rollback")
@@ -286,8 +333,8 @@ def _require(registry: ModelRegistry, name: str, version: str) -> None:
         raise SetupError(f"{name} has no version {version} (see `smolit models versions`)")
 
 
-def _announce(settings: Settings, event: Event) -> None:
-    """Tell running routers; without a running system the alias change alone takes effect at their next start."""
+def _announce(settings: Settings, event: Event, who: str = "routers") -> None:
+    """Tell running services; without a running system the alias change alone takes effect at their next start."""
     from smolit.infra.kafka import EventProducer, KafkaProfile, Outgoing
 
     from .stack import running_bootstrap
@@ -295,12 +342,13 @@ def _announce(settings: Settings, event: Event) -> None:
     try:
         bootstrap = running_bootstrap(settings)
     except SetupError:
-        console.print("no running Smolit found: routers load the new champion when they start")
+        console.print(f"no running Smolit found: {who} load the new champion when they start")
         return
     profile = KafkaProfile(bootstrap, embedded=settings.tansu_profile)
     producer = EventProducer(profile.producer(), TopicNames(settings.topic_prefix))
     try:
-        producer.send(Outgoing(Topic.ROUTER_MODELS, "router", event))
+        key = "router" if isinstance(event, RouterModelPromoted | RolledBack) else event.registry_name  # type: ignore[attr-defined]
+        producer.send(Outgoing(Topic.ROUTER_MODELS, key, event))
         producer.flush(10)
     finally:
         producer.close()

@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from smolit.contracts import AgentCard, Topic
+from smolit.contracts import AgentCard, Event, Topic
 from smolit.infra.cards import load_cards
 from smolit.infra.catalog import CardCatalog
+from smolit.infra.kafka import Outgoing
 from smolit.infra.settings import Settings
 
 from ..errors import SetupError
 from .wiring import Wiring, follow_topics, run_consumers
+
+if TYPE_CHECKING:
+    from smolit.agents import Loaded, ModelManager, ModelSource
 
 
 def run_agents(w: Wiring, stop: threading.Event) -> None:
     from smolit.agents import (
         AgentMetrics,
         AgentRuntime,
+        AttachmentReader,
         DeadlineSweeper,
+        OcrPolicy,
         ParkingLot,
+        PipelineMetrics,
         SubqueryPolicy,
         Trials,
         catalog_listener,
@@ -44,6 +51,8 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
     tools = ToolRunner(w.pool, timeout_s=s.tool_timeout_s)
     if unknown := tools.unknown(cards):
         raise SetupError(f"agent cards name tools that do not exist: {', '.join(unknown)} (see agents/tools.py)")
+    pipeline_metrics = PipelineMetrics.create(w.registry)
+    manager = build_model_manager(s, pipeline_metrics.current)
     runtime = AgentRuntime(
         cards,
         KnowledgeStore(w.pool, s.hnsw_ef_search),
@@ -64,16 +73,40 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
         embedder=LazyEmbedder(s) if tool_calls_possible(s, cards) else None,
         tools=tools,
         trials=(trials := Trials()),
+        attachments=(
+            reader := AttachmentReader(
+                manager, OcrPolicy(s.ocr_timeout_s, s.ocr_min_chars, s.ocr_min_confidence), pipeline_metrics
+            )
+        ),
     )
+    reader.warm(cards)  # the first request with an attachment should not wait for MLflow and the model load
     catalog = CardCatalog(cards, catalog_listener(runtime, KnowledgeStore(w.pool, s.hnsw_ef_search)))
     # Cards and trials (challengers, agent A/B tests) known before the first task: both topics replayed, then followed.
-    agents = follow_topics(
-        w, "agents", [Topic.AGENT_LIFECYCLE, Topic.ROUTER_MODELS], follow_cards(catalog.handle, trials)
-    )
+    # The same loop tells the model manager about promotions (`ModelPromoted`): it swaps without a restart.
+    cards_handler = follow_cards(catalog.handle, trials)
+
+    def lifecycle(events: Sequence[Event]) -> list[Outgoing]:
+        manager.handle(events)
+        return list(cards_handler(events))
+
+    agents = follow_topics(w, "agents", [Topic.AGENT_LIFECYCLE, Topic.ROUTER_MODELS], lifecycle)
     # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
     loop = w.loop("agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
     sweeper = DeadlineSweeper(runtime.sweep, runtime.delivered, w.producer, s.subquery_sweep_s)
     run_consumers(w, "agents", [loop, agents], stop, s.agents_metrics_port, sweeper)
+
+
+def build_model_manager(settings: Settings, on_change: Callable[[Loaded], None] | None = None) -> ModelManager:
+    """The agents' model manager: MLflow opened at the first model asked for, OCR versions loaded on first use
+    (one set of ONNX sessions shared by every OCR configuration)."""
+    from smolit.agents import ModelManager, OcrLoader
+
+    def source() -> ModelSource:
+        from .wiring import open_model_registry
+
+        return open_model_registry(settings, "smolit-models")  # ModelRegistry implements the ModelSource port
+
+    return ModelManager(source, {"ocr": OcrLoader(settings.threads)}, on_change)
 
 
 def tool_calls_possible(settings: Settings, cards: dict[str, AgentCard]) -> bool:

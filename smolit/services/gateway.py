@@ -44,6 +44,8 @@ def run_gateway(w: Wiring, stop: threading.Event) -> None:
             broker_check=lambda: check_broker_quickly(w.profile),
             request_timeout_s=w.settings.request_timeout_s,
             max_request_chars=w.settings.max_request_chars,
+            max_attachments=w.settings.max_attachments,
+            max_attachment_bytes=w.settings.max_attachment_bytes,
             auth=authenticator(w, cards),
             guard=prompt_guard(w),
             retired=lambda: gauges.retired,

@@ -14,7 +14,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 
-from smolit.agents import AgentMetrics, AgentRuntime, Ingestor, RawDocument
+from smolit.agents import AgentMetrics, AgentRuntime, AttachmentReader, Ingestor, RawDocument
 from smolit.contracts import AgentCard, Topic, TopicNames
 from smolit.gateway import AnswerProjection, GatewayDeps, PendingRequests, create_app
 from smolit.infra.cards import load_cards
@@ -66,12 +66,25 @@ def demo_cards(pool: ConnectionPool, embedder) -> dict[str, AgentCard]:
 
 
 @contextmanager
-def running_stack(broker: str, pool: ConnectionPool, embedder, request_timeout_s: float = 20.0) -> Iterator[ChatStack]:
+def running_stack(
+    broker: str,
+    pool: ConnectionPool,
+    embedder,
+    request_timeout_s: float = 20.0,
+    attachments: AttachmentReader | None = None,
+    reads_attachments: str | None = None,
+) -> Iterator[ChatStack]:
+    """`attachments` reads request attachments for the agent `reads_attachments` (its card gets
+    `pipeline.request: [ocr]`)."""
     profile = KafkaProfile(broker, embedded=True)
     topics = TopicNames(f"t{uuid.uuid4().hex[:10]}")
     ensure_topics(profile.admin(), topics, partitions=2)
     producer = EventProducer(profile.producer(), topics)
     cards = demo_cards(pool, embedder)
+    if reads_attachments is not None:
+        card = cards[reads_attachments]
+        pipeline = card.pipeline.model_copy(update={"request": ("ocr",)})
+        cards[reads_attachments] = card.model_copy(update={"pipeline": pipeline})
     router = Router(
         cards, embedder, fallback="general", threshold=0.25, metrics=RouterMetrics.create(CollectorRegistry())
     )
@@ -82,6 +95,7 @@ def running_stack(broker: str, pool: ConnectionPool, embedder, request_timeout_s
         default_backend="extractive",
         default_top_k=3,
         metrics=AgentMetrics.create(CollectorRegistry()),
+        attachments=attachments,
     )
     pending = PendingRequests()
     metrics = ConsumerMetrics.create(CollectorRegistry())

@@ -12,6 +12,7 @@ from smolit.agents import AgentMetrics, AgentRuntime, Ingestor, RawDocument
 from smolit.contracts import (
     AgentCard,
     AnswerProduced,
+    Attachment,
     RequestReceived,
     RoutingDecided,
     TaskAssigned,
@@ -65,6 +66,14 @@ def test_router_honours_a_requested_agent(router: Router) -> None:
     """A request naming an agent goes to that agent whatever the scores say."""
     outputs = router.handle([_request("How are dividends taxed?", agent="legal")])
     assert outputs[0].event.agent == "legal"  # type: ignore[attr-defined]
+
+
+def test_router_passes_a_requests_attachments_on_to_the_task(router: Router) -> None:
+    """Attachments of a request travel unchanged in its TaskAssigned."""
+    scan = Attachment(name="scan.png", media_type="image/png", data="iVBORw0KGgo=")
+    request = _request("What is the total on this invoice?").model_copy(update={"attachments": (scan,)})
+    [task] = [o.event for o in router.handle([request]) if o.topic is Topic.TASKS]
+    assert isinstance(task, TaskAssigned) and task.attachments == (scan,)
 
 
 def _runtime(pool: ConnectionPool, cards: dict[str, AgentCard]) -> AgentRuntime:
