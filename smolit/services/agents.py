@@ -102,9 +102,13 @@ def build_model_manager(settings: Settings, on_change: Callable[[Loaded], None] 
     from smolit.agents import ModelManager, OcrLoader
 
     def source() -> ModelSource:
+        from smolit.infra.shipped_models import register_shipped_models
+
         from .wiring import open_model_registry
 
-        return open_model_registry(settings, "smolit-models")  # ModelRegistry implements the ModelSource port
+        registry = open_model_registry(settings, "smolit-models")  # ModelRegistry implements the ModelSource port
+        register_shipped_models(registry)  # idempotent: the shipped models are there before `smolit models list`
+        return registry
 
     return ModelManager(source, {"ocr": OcrLoader(settings.threads)}, on_change)
 
