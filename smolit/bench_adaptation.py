@@ -42,12 +42,14 @@ from smolit.contracts import (
     AgentCard,
     AgentCreated,
     AgentFlagged,
+    AgentProposed,
     AgentRetired,
     AgentUnflagged,
     AgentUpdated,
     Event,
     Topic,
     TopicNames,
+    unpack_vector,
 )
 from smolit.infra.embedder import Embedder
 from smolit.infra.settings import Settings
@@ -438,6 +440,7 @@ def _report(
         "fallback_agent": fallback,
         "dropped_domains": p.dropped_domains,
         "created_agents": [e.card.name for e in created],
+        "proposals": _proposals(events),
         "new_domain_agent": new_agent,
         "new_domain_answer_good_rate": _rate([r["good"] for r in new_rows]),
         "new_domain_test_rows": len(new_rows),
@@ -487,3 +490,24 @@ def _summary(event: Event) -> dict[str, Any]:
     if isinstance(event, AgentUpdated) and event.share is not None:
         item["share"] = event.share
     return item
+
+
+def _proposals(events: list[Event]) -> list[dict[str, Any]]:
+    """Each proposal's cluster, its nearest agent card, and how close its centroid is to earlier proposals' (what
+    tells a second agent for one domain apart from a new topic)."""
+    proposed = [e for e in events if isinstance(e, AgentProposed)]
+    centroids = [np.asarray(unpack_vector(e.centroid), dtype=np.float32) for e in proposed]
+    return [
+        {
+            "agent": e.card.name,
+            "size": e.size,
+            "cohesion": e.cohesion,
+            "terms": list(e.terms),
+            "nearest_agent": e.nearest_agent,
+            "nearest_similarity": e.nearest_similarity,
+            "similarity_to_earlier": {
+                proposed[j].card.name: round(float(centroids[j] @ centroids[i]), 4) for j in range(i)
+            },
+        }
+        for i, e in enumerate(proposed)
+    ]
