@@ -89,6 +89,21 @@ def test_a_burst_of_a_new_topic_is_one_new_domain(embedder) -> None:
     assert domain.nearest_similarity is not None and domain.nearest_similarity < CONFIG.clone_similarity
 
 
+def test_one_question_asked_again_and_again_is_no_new_domain(embedder) -> None:
+    """Repeats of one question (numbered, or in other case and punctuation) form a perfectly cohesive cluster of
+    one question: no report; distinct questions of a topic still make one."""
+    discovery = _discovery(embedder)
+    texts = [f"How do I keep homemade bread from going stale? ({n})" for n in range(30)]
+    texts += ["how do i keep HOMEMADE bread from going stale"] * 10
+    reports = []
+    for text, vector in zip(texts, embedder.embed(texts), strict=True):
+        reports += discovery.observe(text, vector)
+    assert reports == []
+    for text, vector in zip(COOKING, embedder.embed(list(COOKING)), strict=True):
+        reports += discovery.observe(text, vector)
+    assert [type(r) for r in reports] == [NewDomain]
+
+
 def test_the_same_topic_is_never_proposed_twice(embedder) -> None:
     """Once a topic was proposed, more requests of it (the agent not created yet) bring no second proposal."""
     discovery = _discovery(embedder)
