@@ -165,8 +165,9 @@ class Settings(BaseSettings):
     discovery_clone_similarity: float = Field(default=0.3, gt=0, le=1)
     """A cluster whose centroid is this close to an existing agent's card (description + examples) belongs to
     that agent: no proposal (never a clone)."""
-    discovery_duplicate_similarity: float = Field(default=0.45, gt=0, le=1)
-    """A cluster this close to an earlier proposal's centroid is the same topic: never proposed twice."""
+    discovery_duplicate_similarity: float = Field(default=0.33, gt=0, le=1)
+    """A cluster this close to an earlier proposal's centroid is the same topic or one of its sub-topics: never
+    proposed twice (see `DiscoveryConfig.duplicate_similarity` for the measurements)."""
     discovery_knowledge_min_score: float = Field(default=0.25, ge=-1, le=1)
     """Knowledge-pool documents whose best chunk is this close to the cluster go to the proposed agent (cooking
     clusters: 0.31-0.52 to cooking documents, about 0 to an astronomy one)."""

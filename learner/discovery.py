@@ -49,9 +49,12 @@ class DiscoveryConfig:
     clone_similarity: float = 0.3
     """A cluster whose centroid is this close to an existing agent's card vector is that agent's domain
     (measured: low-confidence FiQA finance questions 0.34 to the finance card, cooking 0.17 to the closest)."""
-    duplicate_similarity: float = 0.45
-    """A cluster whose centroid is this close to an earlier proposal's is the same topic: never proposed twice
-    (measured: two halves of one cooking burst 0.58, cooking vs travel vs finance 0.19-0.26)."""
+    duplicate_similarity: float = 0.33
+    """A cluster whose centroid is this close to an earlier proposal's is the same topic or a sub-topic of it:
+    never proposed twice. Measured between proposal centroids: two halves of one cooking burst 0.58; health
+    sub-topics (symptoms, then medication, in `smolit bench adaptation`) 0.36; different topics (cooking, travel,
+    finance) 0.19-0.26; the trivia topics `bench/discovery.py --auto` proposes (TV, songs, sports, seeds 42 and 7)
+    -0.14-0.29. At 0.45 the medication cluster became a second health agent."""
     every: int = 4
     """Re-cluster after this many new requests."""
     examples: int = 12
