@@ -272,7 +272,7 @@ def promote(
     event = kind(
         correlation_id=uuid.uuid4(), producer="cli", registry_name=name, version=version, previous_version=current
     )
-    _announce(settings, event, "routers" if router else "agents")
+    _announce(settings, event, "routers" if router else "agents and gateways")
     label = "version" if router else f"{name} version"
     typer.echo(f"{label} {version} is the champion (previous: {current or 'none'})")
 
