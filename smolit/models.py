@@ -145,6 +145,7 @@ def register_variant(registry: ModelRegistry, base: ShippedModel, variant: Shipp
 def users(cards: dict[str, AgentCard], settings: Settings) -> dict[str, list[str]]:
     """Which agents (or services) use each registered model, from the cards and settings."""
     used: dict[str, list[str]] = {settings.router_registry_name: ["router"], OCR_MODEL: [], EMBEDDER_MODEL: []}
+    used[settings.sentiment_model.partition("@")[0]] = ["gateway (comment-only feedback)"]
     if settings.embedder == "onnx":  # ingestion, retrieval and the router all embed with it
         used[EMBEDDER_MODEL] = ["router", *sorted(cards)]
     for name, card in sorted(cards.items()):
@@ -318,7 +319,14 @@ def train_sentiment_cmd(
     except CorpusUnavailable as exc:
         raise SetupError(str(exc)) from exc
     registry = open_model_registry(settings, "smolit-models")
-    result = train_sentiment(registry, build_embedder(settings), f"{settings.embedder}-minilm-l6", wheel, seed)
+    result = train_sentiment(
+        registry,
+        build_embedder(settings),
+        f"{settings.embedder}-minilm-l6",
+        wheel,
+        seed,
+        settings.sentiment_min_confidence,
+    )
     if as_json:
         out.print_json(json.dumps(result))
         return
@@ -327,7 +335,9 @@ def train_sentiment_cmd(
         f"{result['name']} version {result['version']} (champion: {result['champion']}): held-out accuracy"
         f" {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}, log loss {m['log_loss']:.3f}, ECE {m['ece']:.3f}"
         f" on {int(m['holdout_size'])} reviews; inference p50 {m['comment_inference_p50_ms']:.1f} ms per one-sentence"
-        f" comment, {m['review_inference_p50_ms']:.1f} ms per review"
+        f" comment, {m['review_inference_p50_ms']:.1f} ms per review; 12 hand-written feedback comments:"
+        f" {m['probe_accuracy']:.2f} right, {m['probe_accepted']:.2f} confident enough, of those"
+        f" {m['probe_accepted_accuracy']:.2f} right"
     )
 
 

