@@ -1,12 +1,13 @@
 """Agents: the runtime that answers tasks, retrieval through the knowledge store, and knowledge ingestion (with
 the `ocr` pipeline step for images and scanned PDFs)."""
 
+from smolit.infra.model_manager import Loaded, ModelManager, ModelNotFound, ModelSource
+
 from .attachments import AttachmentReader, PipelineMetrics
 from .catalog import catalog_listener
 from .chunking import chunk_text, split_sentences
 from .documents import JsonlFields, parse_html, parse_pdf, read_documents
 from .ingest import FileError, Ingestor, IngestReport, RawDocument, content_hash, read_text_files
-from .models import Loaded, ModelManager, ModelNotFound, ModelSource
 from .ocr import IMAGE_SUFFIXES, OcrFailed, OcrLoader, OcrPolicy, OcrStep, OcrText, build_ocr_step, plausibility
 from .parking import DeadlineSweeper, Draft, ParkingLot
 from .runtime import AgentMetrics, AgentRuntime

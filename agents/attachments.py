@@ -25,9 +25,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from smolit.contracts import STEP_CANDIDATES, AgentCard, Attachment, ModelOutcomeRecorded, ModelUse
 from smolit.infra.llm import Passage
+from smolit.infra.model_manager import Loaded, ModelManager, ModelNotFound
 from smolit.infra.ocr import OcrEngine
 
-from .models import Loaded, ModelManager, ModelNotFound
 from .ocr import OcrFailed, OcrPolicy, OcrStep
 from .ocr_selection import output_checks
 from .selection import page_features

@@ -296,6 +296,11 @@ class FeedbackGiven(Event):
     stars for 2–5 (what producers before this field meant)."""
     preferred_agent: str | None = None
     """Corrective feedback: the agent that should have answered."""
+    inferred_by: ModelUse | None = None
+    """Set when the user gave only a comment: the registered model (step `sentiment`, name, version) that inferred
+    `rating` from it. `None`: the user gave the rating."""
+    inferred_confidence: float | None = Field(default=None, ge=0, le=1)
+    """Probability the model gave the inferred rating's label."""
 
     @model_validator(mode="after")
     def _rating_fits_scale(self) -> FeedbackGiven:

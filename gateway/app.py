@@ -34,7 +34,16 @@ from .auth import (
     routable_agents,
 )
 from .conversations import conversation_context, create_conversations_router
-from .feedback import FeedbackBody, claim, feedback_event, load_request_ref, release
+from .feedback import (
+    FeedbackBody,
+    InferredRating,
+    RatingInference,
+    RatingUnavailable,
+    claim,
+    feedback_event,
+    load_request_ref,
+    release,
+)
 from .guard import PromptGuard, screen_prompt
 from .limits import BodyLimit
 from .openai_api import create_openai_router
@@ -54,6 +63,8 @@ class GatewayMetrics(NamedTuple):
     answers: Counter
     feedback: Counter
     feedback_duplicates: Counter
+    ratings_inferred: Counter
+    rating_inference_seconds: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
@@ -84,6 +95,19 @@ class GatewayMetrics(NamedTuple):
                 "smolit_feedback_duplicates_total",
                 "Repeated feedback from the same user on the same request (not published)",
                 registry=registry,
+            ),
+            ratings_inferred=Counter(
+                "smolit_feedback_ratings_inferred_total",
+                "Comment-only feedback, per sentiment model version and outcome"
+                " (inferred, low_confidence, unavailable, timeout)",
+                ["model", "version", "outcome"],
+                registry=registry,
+            ),
+            rating_inference_seconds=Histogram(
+                "smolit_feedback_rating_inference_seconds",
+                "Time to infer a rating from a comment (model load included on the first call)",
+                registry=registry,
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 15, 30),
             ),
         )
 
@@ -156,6 +180,43 @@ class GatewayDeps:
     """Most attachments per request (more: 422)."""
     max_attachment_bytes: int = 196_608
     """Largest total decoded attachment size per request (larger: 413)."""
+    infer_rating: RatingInference | None = None
+    """Sentiment model behind comment-only feedback; `None`: a rating is required (422 without one)."""
+    sentiment_min_confidence: float = 0.7
+    """Inferred ratings below this confidence are refused (422: the user should rate)."""
+    sentiment_timeout_s: float = 15.0
+    """Longest rating inference (503 past it)."""
+
+
+async def _infer_rating(comment: str, deps: GatewayDeps, gm: GatewayMetrics) -> InferredRating:
+    """The rating a comment implies, or an HTTPException a user can act on (send a rating, or retry)."""
+    if deps.infer_rating is None:
+        gm.ratings_inferred.labels("", "", "unavailable").inc()
+        raise HTTPException(422, "feedback needs a rating: this gateway has no sentiment model to infer one")
+    started = time.perf_counter()
+    try:
+        inferred = await asyncio.wait_for(run_in_threadpool(deps.infer_rating, comment), deps.sentiment_timeout_s)
+    except TimeoutError as exc:  # the worker thread finishes (and caches the model) on its own
+        gm.ratings_inferred.labels("", "", "timeout").inc()
+        raise HTTPException(
+            503,
+            f"inferring the rating took longer than {deps.sentiment_timeout_s:g} s (SMOLIT_SENTIMENT_TIMEOUT_S);"
+            " retry, or send a rating",
+        ) from exc
+    except RatingUnavailable as exc:
+        gm.ratings_inferred.labels("", "", "unavailable").inc()
+        raise HTTPException(422, f"feedback needs a rating: none can be inferred from the comment ({exc})") from exc
+    gm.rating_inference_seconds.observe(time.perf_counter() - started)
+    if inferred.confidence < deps.sentiment_min_confidence:
+        gm.ratings_inferred.labels(inferred.name, inferred.version, "low_confidence").inc()
+        raise HTTPException(
+            422,
+            f"could not tell the rating from the comment: {inferred.name} v{inferred.version} says {inferred.label}"
+            f" with confidence {inferred.confidence:.2f}, below {deps.sentiment_min_confidence:g}"
+            " (SMOLIT_SENTIMENT_MIN_CONFIDENCE); send a rating with it",
+        )
+    gm.ratings_inferred.labels(inferred.name, inferred.version, "inferred").inc()
+    return inferred
 
 
 def _check_attachments(body: AskBody, deps: GatewayDeps, counter: Counter) -> tuple[Attachment, ...]:
@@ -304,7 +365,8 @@ def create_app(deps: GatewayDeps) -> FastAPI:
         ref = await run_in_threadpool(load_request_ref, deps.pool, body.request_id)
         if ref is None:
             raise HTTPException(404, f"unknown request id {body.request_id}")
-        event = feedback_event(body, ref)
+        inferred = await _infer_rating(body.comment or "", deps, gm) if body.rating is None else None
+        event = feedback_event(body, ref, inferred)
         earlier = await run_in_threadpool(claim, deps.pool, event)
         result = {"request_id": str(body.request_id), "agent": ref.agent}
         if earlier is not None:  # the earlier feedback stands; this one is not published
@@ -322,13 +384,23 @@ def create_app(deps: GatewayDeps) -> FastAPI:
             request_id=str(body.request_id),
             agent=ref.agent,
             user=body.user,
-            rating=body.rating,
+            rating=event.rating,
+            inferred_by=f"{inferred.name}@{inferred.version}" if inferred else None,
             outcome="published",
         )
-        return JSONResponse(
-            result | {"feedback_id": str(event.event_id), "sentiment": event.sentiment, "duplicate": False},
-            status_code=201,
-        )
+        body_out = result | {
+            "feedback_id": str(event.event_id),
+            "sentiment": event.sentiment,
+            "rating": event.rating,
+            "duplicate": False,
+        }
+        if inferred is not None:
+            body_out["inferred"] = {
+                "model": inferred.name,
+                "version": inferred.version,
+                "confidence": round(inferred.confidence, 4),
+            }
+        return JSONResponse(body_out, status_code=201)
 
     @app.get("/v1/requests/{request_id}")
     async def get_request(request_id: uuid.UUID, _p: ChatCaller) -> JSONResponse:

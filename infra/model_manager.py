@@ -5,6 +5,10 @@ turns a version into a ready model. The manager keeps one loaded instance per (n
 version per (name, alias). A promotion (`ModelPromoted` on the router-models topic) makes it re-read the alias and
 load the new version before it swaps the reference: work that already holds the old instance finishes with it,
 the next `get` returns the new one. Nothing here blocks a caller while a new version loads.
+
+It lives in infra because two services use it: the agents (OCR of attachments) and the gateway (the sentiment
+model behind comment-only feedback). It needs only contracts and the registry port, so neither service imports
+the other; `smolit.agents` re-exports it.
 """
 
 from __future__ import annotations
