@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from smolit.contracts import Topic
 from smolit.infra.cards import load_cards
@@ -13,9 +13,11 @@ from smolit.infra.kafka import ConsumerLoop, EventProducer
 from smolit.infra.settings import Settings
 
 from ..errors import SetupError
+from .registry_snapshot import SnapshotRegistry
 from .wiring import SerialEmbedder, Wiring, follow_lifecycle, log, run_consumers
 
 if TYPE_CHECKING:
+    from smolit.infra.registry import ModelRegistry
     from smolit.learner import Learner
 
 
@@ -32,7 +34,16 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
     embedder = SerialEmbedder(build_embedder(s))  # two lifecycle loops embed cards, each in its own thread
     learner = Learner(
         AgentFeatures.from_cards(load_cards(s.agents_dir), embedder),
-        open_registry(s.tracking_uri, s.data_dir),
+        # MLflow opens at the first candidate, not at start (see registry_snapshot); same methods, duck-typed.
+        cast(
+            "ModelRegistry",
+            SnapshotRegistry(
+                lambda: open_registry(s.tracking_uri, s.data_dir),
+                s.data_dir / "learner" / "registry-snapshot.pt",
+                key=f"{s.tracking_uri}#{s.router_registry_name}",
+                name=s.router_registry_name,
+            ),
+        ),
         LearnerMetrics.create(w.registry),
         LearnerConfig(
             registry_name=s.router_registry_name,
@@ -125,7 +136,12 @@ def flag_monitor(w: Wiring) -> Any:
             challenger_share=s.challenger_share if s.challenger_share < 1 else None,
         ),
         FlagMetrics.create(w.registry),
-        MlflowAgentVersions(open_registry(s.tracking_uri, s.data_dir, AGENT_EXPERIMENT)),
+        MlflowAgentVersions(  # opened at the first recorded card version, not at start
+            cast(
+                "ModelRegistry",
+                SnapshotRegistry(lambda: open_registry(s.tracking_uri, s.data_dir, AGENT_EXPERIMENT), None),
+            )
+        ),
     )
     # The consumer group resumes after its committed offset: earlier flags come from a full read of the topic.
     with contextlib.suppress(TopicMissing):
