@@ -23,7 +23,7 @@ from psycopg_pool import ConnectionPool
 from typer.testing import CliRunner, Result
 
 from smolit.agents import AttachmentReader, ModelManager, OcrLoader
-from smolit.bench_pipelines import Invoice, render
+from smolit.bench_pipelines import render
 from smolit.cli import app
 from smolit.contracts import AnswerProduced, Attachment, RequestReceived, TaskAssigned, Topic, TopicNames, pack_vector
 from smolit.gateway import GatewayDeps, PendingRequests, create_app
@@ -36,18 +36,10 @@ from smolit.services.agents import run_agents
 from smolit.services.wiring import wiring
 
 from ..conftest import read_events
+from ..invoices import INVOICE
 from .chat_stack import running_stack
 
 pytestmark = pytest.mark.integration
-
-INVOICE = Invoice(
-    vendor="Nordwind Office Supplies GmbH",
-    number="INV-2026-0417",
-    date="2026-11-03",
-    currency="EUR",
-    items=(("Printer paper A4", 40, 23_000), ("Toner cartridge", 6, 84_042)),
-    vat_percent=20,
-)
 
 
 def _scan_b64() -> str:

@@ -15,23 +15,16 @@ from psycopg_pool import ConnectionPool
 from typer.testing import CliRunner, Result
 
 from smolit.agents import AgentMetrics, AgentRuntime
-from smolit.bench_pipelines import Invoice, render
+from smolit.bench_pipelines import render
 from smolit.cli import app
 from smolit.contracts import AnswerProduced, TaskAssigned, Topic, pack_vector
 from smolit.infra.cards import load_cards
 from smolit.infra.knowledge import KnowledgeStore
 from smolit.infra.llm import ExtractiveLLM
 
-pytestmark = pytest.mark.integration
+from ..invoices import INVOICE
 
-INVOICE = Invoice(
-    vendor="Nordwind Office Supplies GmbH",
-    number="INV-2026-0417",
-    date="2026-11-03",
-    currency="EUR",
-    items=(("Printer paper A4", 40, 23_000), ("Toner cartridge", 6, 84_042)),
-    vat_percent=20,
-)
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
