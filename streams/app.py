@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -149,6 +150,10 @@ class StreamsApp:
         register_stores()
         # Stores that understand packed changelog records (see `store.py`).
         faust_settings["store"] = f"{MEMORY_SCHEME}://"
+        # faust keeps a data folder even for memory tables (default `<app id>-data` in the working directory): a
+        # scratch folder, removed when the app is collected or the process exits.
+        self._scratch = tempfile.TemporaryDirectory(prefix=f"{config.app_id}-")
+        faust_settings["datadir"] = self._scratch.name
         if config.state_dir is not None:
             # The embedded broker's produce acks can run ahead of the high watermark it reports to a new consumer,
             # so a persisted offset may exceed it; the local tables already hold those writes (they precede the
