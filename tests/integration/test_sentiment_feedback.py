@@ -284,4 +284,4 @@ def test_own_feedback_retrains_through_the_gate_and_rollback_restores(
     announced = read_events(profile, topics, Topic.ROUTER_MODELS, expect=3)
     assert [(type(e).__name__, getattr(e, "version", None)) for e in announced][-1] == ("RolledBack", "1")
     assert isinstance(announced[-1], RolledBack) and announced[-1].registry_name == "smolit-sentiment"
-    print(f"\nsame data: {same_run['gate']}\nown feedback: {gate}")
+    print(f"\nsame data: {same_run['gate']}\nown feedback: {gate}\ncandidate: {run['metrics']}")
