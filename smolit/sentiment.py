@@ -102,9 +102,11 @@ class FeedbackData:
 
 
 def feedback_examples(events: Iterable[Event]) -> FeedbackData:
-    """Comments with a user-given rating, labelled by the rating's sentiment (thumbs or stars), once per event id."""
+    """Comments with a user-given rating, labelled by the rating's sentiment (thumbs or stars), once per event id,
+    in event time order."""
     data, seen = FeedbackData(), set()
-    for event in events:
+    # The topic's partitions interleave differently per read; a fixed order keeps the seeded split reproducible.
+    for event in sorted(events, key=lambda e: (e.occurred_at, str(e.event_id))):
         if not isinstance(event, FeedbackGiven):
             continue
         if event.event_id in seen:  # at-least-once delivery: the same feedback twice counts once

@@ -122,7 +122,7 @@ def test_comment_only_feedback_is_rated_by_the_trained_champion_and_follows_a_pr
     registry = open_registry(env["SMOLIT_MLFLOW_TRACKING_URI"], Path(env["SMOLIT_DATA_DIR"]), "smolit-models")
     model = next(m for m in registry.models() if m.name == "smolit-sentiment")
     assert (model.tags["task_type"], model.tags["domain"]) == ("sentiment", "feedback")
-    assert "MiniLM" in model.tags["input_format"] and model.aliases == {CHAMPION: "1"}
+    assert "MiniLM" in model.tags["input_format"] and model.aliases == {CHAMPION: "1", "challenger": "1"}
     assert model.versions[0].metrics["accuracy"] == pytest.approx(first["metrics"]["accuracy"], abs=1e-4)
     assert {"macro_f1", "log_loss", "ece", "comment_inference_p50_ms"} <= set(model.versions[0].metrics)
 

@@ -40,14 +40,15 @@ def test_feedback_examples_take_user_rated_comments_once_and_label_them_by_the_n
             correlation_id=uuid.uuid4(), producer="cli", registry_name="x", version="1", from_version="2", reason=""
         ),
     ]
-    data = feedback_examples(events)
-    assert data.examples == [
-        ("Spot on, thanks.", 1),
-        ("Wrong amount.", 0),
+    data = feedback_examples(reversed(events))  # read order does not matter: event time does
+    assert sorted(data.examples) == [
         ("Excellent.", 1),
         ("Meh, vague.", 0),
+        ("Spot on, thanks.", 1),
         ("Useless.", 0),
+        ("Wrong amount.", 0),
     ]
+    assert feedback_examples(events).examples == data.examples
     assert data.as_dict() == {"used": 5, "without_comment": 2, "inferred": 1, "neutral": 1, "duplicates": 1}
 
 
