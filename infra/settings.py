@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     """Plausibility check: lowest probability of the inferred label; below it, comment-only feedback gets a 422."""
     sentiment_timeout_s: float = Field(default=15.0, gt=0)
     """Longest rating inference (the first call opens MLflow and loads the embedder; later ones take ~10 ms)."""
+    sentiment_gate_margin: float = Field(default=0.01, ge=0, le=1)
+    """Gate of `train-sentiment`: a candidate becomes champion only with a held-out macro F1 at least this much above
+    the champion's on the same held-out texts."""
+    sentiment_gate_min_holdout: int = Field(default=30, ge=1)
+    """Gate of `train-sentiment`: fewest held-out texts a promotion may be decided on."""
     llm_timeout_s: float = 30.0
     """Timeout of one LLM call."""
     llm_max_retries: int = 2

@@ -20,6 +20,7 @@ from smolit.contracts import (
     ExperimentStarted,
     ModelPromoted,
     RequestReceived,
+    RolledBack,
     RoutingDecided,
     TaskAssigned,
     TaskFailed,
@@ -387,8 +388,11 @@ class ModelWatcher:
         router: Router,
         load_champion: Callable[[], NetworkScorer | None],
         load_version: Callable[[str], NetworkScorer] | None = None,
+        registry_name: str | None = None,
     ) -> None:
         self._router = router
+        self._registry_name = registry_name
+        """The router's registered model: rollbacks of other models (`smolit models rollback NAME`) are not ours."""
         self._load = load_champion
         self._load_version = load_version
         self.experiments = Experiments()
@@ -404,7 +408,12 @@ class ModelWatcher:
 
     def handle(self, events: Sequence[Event]) -> list[Outgoing]:
         # Other registered models' promotions share the topic; they never need the router's registry opened.
-        events = [e for e in events if not isinstance(e, ModelPromoted)]
+        events = [
+            e
+            for e in events
+            if not isinstance(e, ModelPromoted)
+            and not (isinstance(e, RolledBack) and self._registry_name not in (None, e.registry_name))
+        ]
         if events:
             self.refresh()  # the registry's alias is the truth; the events only say when to look
             self._follow_experiments(events)

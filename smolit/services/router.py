@@ -55,7 +55,10 @@ def run_router(w: Wiring, stop: threading.Event) -> None:
     cache = ChampionCache(w.settings)
     registry = lazy_registry(w.settings)  # one MLflow client for promotions and A/B versions
     watcher = ModelWatcher(
-        router, champion_loader(w.settings, router, cache, registry), version_loader(w.settings, router, registry)
+        router,
+        champion_loader(w.settings, router, cache, registry),
+        version_loader(w.settings, router, registry),
+        registry_name=w.settings.router_registry_name,
     )
     known, cached = cache.load(router)
     if known:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,9 +19,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from smolit.cli import app
-from smolit.contracts import FeedbackGiven, Topic, TopicNames
+from smolit.contracts import FeedbackGiven, ModelUse, RolledBack, Topic, TopicNames
 from smolit.infra.embedded import free_port
-from smolit.infra.kafka import KafkaProfile
+from smolit.infra.kafka import EventProducer, KafkaProfile, Outgoing
 from smolit.infra.registry import CHAMPION, open_registry
 from smolit.infra.settings import Settings
 from smolit.services.gateway import run_gateway
@@ -121,7 +122,7 @@ def test_comment_only_feedback_is_rated_by_the_trained_champion_and_follows_a_pr
     registry = open_registry(env["SMOLIT_MLFLOW_TRACKING_URI"], Path(env["SMOLIT_DATA_DIR"]), "smolit-models")
     model = next(m for m in registry.models() if m.name == "smolit-sentiment")
     assert (model.tags["task_type"], model.tags["domain"]) == ("sentiment", "feedback")
-    assert "MiniLM" in model.tags["input_format"] and model.aliases == {CHAMPION: "1"}
+    assert "MiniLM" in model.tags["input_format"] and model.aliases == {CHAMPION: "1", "challenger": "1"}
     assert model.versions[0].metrics["accuracy"] == pytest.approx(first["metrics"]["accuracy"], abs=1e-4)
     assert {"macro_f1", "log_loss", "ece", "comment_inference_p50_ms"} <= set(model.versions[0].metrics)
 
@@ -181,3 +182,106 @@ def test_comment_only_feedback_is_rated_by_the_trained_champion_and_follows_a_pr
     assert carl.inferred_by is not None
     # Not a timed assertion: the numbers README quotes (`pytest ... -s`).
     print(f"\nfirst_inference_s={ann.inferred_by.seconds:.3f} warm_inference_s={carl.inferred_by.seconds:.4f}")
+
+
+ITEMS = (
+    "the invoice total",
+    "the contract clause",
+    "the dividend tax rate",
+    "the VAT amount",
+    "the notice period",
+    "the due date",
+    "the interest rate",
+    "the refund policy",
+    "the shipping fee",
+    "the deductible",
+    "the pension age",
+    "the late fee",
+    "the discount",
+    "the warranty term",
+    "the exchange rate",
+)
+"""Domain feedback the movie-review model cannot read (it rates both kinds negative): whether the answer came from
+the customer's own documents is what Smolit's users praise or blame."""
+OWN_POSITIVE = ("It quoted {x} straight from our document, with the source.", "It found {x} in the knowledge base.")
+OWN_NEGATIVE = ("It quoted {x} from a different customer's document.", "It made up {x} instead of looking it up.")
+
+
+def _own_feedback() -> list[FeedbackGiven]:
+    def given(comment: str, rating: int, **extra: Any) -> FeedbackGiven:
+        return FeedbackGiven(
+            correlation_id=uuid.uuid4(), producer="gateway", rating=rating, scale="thumbs", comment=comment, **extra
+        )
+
+    rated = [given(t.format(x=x), 1) for x in ITEMS for t in OWN_POSITIVE]
+    rated += [given(t.format(x=x), -1) for x in ITEMS for t in OWN_NEGATIVE]
+    inferred = ModelUse(step="sentiment", name="smolit-sentiment", version="1")
+    return [
+        *rated,
+        rated[0],  # redelivered: the same event id counts once
+        given("It made up the figure.", 1, inferred_by=inferred),  # the model's own guess is no label
+        given("", 1),
+    ]
+
+
+def _until_version(url: str, version: str, user: str) -> dict[str, Any]:
+    """Comment-only feedback until the running gateway infers with `version` (it swaps when it reads the event)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        response = httpx.post(
+            f"{url}/v1/feedback", json={"request_id": _request(url), "comment": NEGATIVE, "user": user}, timeout=30
+        )
+        assert response.status_code == 201, response.text
+        if response.json()["inferred"]["version"] == version:
+            return dict(response.json())
+    raise AssertionError(f"the gateway never inferred with version {version}")
+
+
+def test_own_feedback_retrains_through_the_gate_and_rollback_restores(
+    env: dict[str, str], profile: KafkaProfile, topics: TopicNames, producer: EventProducer
+) -> None:
+    """Version 1 (reviews only) is champion. A retrain on the same data is no better and stays challenger. A
+    retrain `--from-feedback` reads the user-rated comments from the feedback topic, beats v1 on the same held-out
+    texts by the margin, becomes champion and the running gateway infers with it; `models rollback
+    smolit-sentiment` restores v1 in the gateway too."""
+    first = _cli(env, "models", "train-sentiment", "--json")
+    assert first.exit_code == 0, first.output
+    assert (_json(first.output)["champion"], _json(first.output)["gate"]["reason"]) == ("1", "no champion yet")
+    own = _own_feedback()
+    for event in own:
+        producer.send(Outgoing(Topic.FEEDBACK, str(event.event_id), event))
+    producer.flush(10)
+
+    with _gateway_service(env) as url:
+        same = _cli(env, "models", "train-sentiment", "--json")
+        assert same.exit_code == 0, same.output
+        same_run = _json(same.output)
+        gate = same_run["gate"]
+        assert (same_run["version"], same_run["champion"], same_run["promoted"]) == ("2", "1", False)
+        assert gate["decision"] == "challenger" and gate["candidate_macro_f1"] == gate["champion_macro_f1"]
+        assert "+ margin 0.01" in gate["reason"] and gate["holdout_size"] == 60
+
+        retrained = _cli(env, "models", "train-sentiment", "--from-feedback", "--json")
+        assert retrained.exit_code == 0, retrained.output
+        run = _json(retrained.output)
+        assert run["feedback"] == {"used": 60, "without_comment": 1, "inferred": 1, "neutral": 0, "duplicates": 1}
+        gate = run["gate"]
+        assert (run["version"], run["promoted"], run["champion"], run["previous_champion"]) == ("3", True, "3", "1")
+        assert gate["holdout_size"] == 60 + 18 and gate["candidate_macro_f1"] >= gate["champion_macro_f1"] + 0.01
+        assert run["metrics"]["feedback_holdout_accuracy"] > gate["champion"]["feedback_holdout_accuracy"]
+        registry = open_registry(env["SMOLIT_MLFLOW_TRACKING_URI"], Path(env["SMOLIT_DATA_DIR"]), "smolit-models")
+        model = next(m for m in registry.models() if m.name == "smolit-sentiment")
+        assert model.aliases == {CHAMPION: "3", "previous": "1", "challenger": "3"}
+        assert _until_version(url, "3", "erin")["rating"] == -1
+
+        rolled = _cli(env, "models", "rollback", "smolit-sentiment")
+        assert rolled.exit_code == 0, rolled.output
+        assert "smolit-sentiment version 1 is the champion again (was 3)" in rolled.output
+        assert _until_version(url, "1", "fred")["rating"] == -1
+
+    model = next(m for m in registry.models() if m.name == "smolit-sentiment")
+    assert (model.aliases[CHAMPION], model.aliases["previous"]) == ("1", "3")
+    announced = read_events(profile, topics, Topic.ROUTER_MODELS, expect=3)
+    assert [(type(e).__name__, getattr(e, "version", None)) for e in announced][-1] == ("RolledBack", "1")
+    assert isinstance(announced[-1], RolledBack) and announced[-1].registry_name == "smolit-sentiment"
+    print(f"\nsame data: {same_run['gate']}\nown feedback: {gate}\ncandidate: {run['metrics']}")
