@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,14 +29,13 @@ from smolit.gateway import GatewayDeps, PendingRequests, create_app
 from smolit.infra.cards import load_cards
 from smolit.infra.kafka import EventProducer, KafkaProfile, Outgoing
 from smolit.infra.registry import open_registry
-from smolit.infra.settings import Settings
 from smolit.infra.shipped_models import register_shipped_models
 from smolit.services.agents import run_agents
-from smolit.services.wiring import wiring
 
 from ..conftest import read_events
 from ..invoices import INVOICE
 from .chat_stack import running_stack
+from .service_thread import service_settings, service_thread
 
 pytestmark = pytest.mark.integration
 
@@ -77,34 +75,8 @@ def _cli(env: dict[str, str], *args: str) -> Result:
 @contextmanager
 def _agents_service(env: dict[str, str]) -> Iterator[None]:
     """`smolit run agents` in a thread: the real wiring (start-up checks, producer, pool) and consumer loops."""
-    settings = Settings(
-        kafka_bootstrap=env["SMOLIT_KAFKA_BOOTSTRAP"],
-        kafka_profile="tansu",
-        topic_prefix=env["SMOLIT_TOPIC_PREFIX"],
-        database_url=env["SMOLIT_DATABASE_URL"],
-        agents_dir=Path(env["SMOLIT_AGENTS_DIR"]),
-        data_dir=Path(env["SMOLIT_DATA_DIR"]),
-        mlflow_tracking_uri=env["SMOLIT_MLFLOW_TRACKING_URI"],
-        threads=1,
-    )
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            with wiring(settings, "agents") as w:
-                run_agents(w, stop)
-        except BaseException as exc:  # surfaced by the test below
-            errors.append(exc)
-
-    thread = threading.Thread(target=serve, name="agents-service")
-    thread.start()
-    try:
+    with service_thread(service_settings(env), "agents", run_agents):
         yield
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not errors, errors
 
 
 def _ask(producer: EventProducer, embedder, n: int) -> TaskAssigned:

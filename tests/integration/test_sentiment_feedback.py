@@ -6,7 +6,6 @@ infers the rating of comment-only feedback with `smolit-sentiment@champion`, rec
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,11 +22,10 @@ from smolit.contracts import FeedbackGiven, ModelUse, RolledBack, Topic, TopicNa
 from smolit.infra.embedded import free_port
 from smolit.infra.kafka import EventProducer, KafkaProfile, Outgoing
 from smolit.infra.registry import CHAMPION, open_registry
-from smolit.infra.settings import Settings
 from smolit.services.gateway import run_gateway
-from smolit.services.wiring import wiring
 
 from ..conftest import read_events
+from .service_thread import service_settings, service_thread
 
 pytestmark = pytest.mark.integration
 
@@ -61,32 +59,14 @@ def _json(output: str) -> dict[str, Any]:
 @contextmanager
 def _gateway_service(env: dict[str, str]) -> Iterator[str]:
     """`smolit run gateway` in a thread (real wiring, consumer loops, uvicorn); yields its URL."""
-    settings = Settings(
-        kafka_bootstrap=env["SMOLIT_KAFKA_BOOTSTRAP"],
-        kafka_profile="tansu",
-        topic_prefix=env["SMOLIT_TOPIC_PREFIX"],
-        database_url=env["SMOLIT_DATABASE_URL"],
-        data_dir=Path(env["SMOLIT_DATA_DIR"]),
-        mlflow_tracking_uri=env["SMOLIT_MLFLOW_TRACKING_URI"],
-        threads=1,
+    settings = service_settings(
+        env,
         port=free_port(),
         request_timeout_s=0.3,  # no router runs: requests answer 504 and stay recorded, ready for feedback
         sentiment_timeout_s=60,  # the first inference opens MLflow and loads the embedder on a shared machine
     )
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            with wiring(settings, "gateway") as w:
-                run_gateway(w, stop)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    thread = threading.Thread(target=serve, name="gateway-service")
-    thread.start()
     url = f"http://127.0.0.1:{settings.port}"
-    try:
+    with service_thread(settings, "gateway", run_gateway) as errors:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not errors:
             try:
@@ -96,10 +76,6 @@ def _gateway_service(env: dict[str, str]) -> Iterator[str]:
                 time.sleep(0.2)
         assert not errors, errors
         yield url
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not errors, errors
 
 
 def _request(url: str) -> str:
