@@ -13,7 +13,6 @@ from .agents import (
 )
 from .events import (
     EVENT_TYPES,
-    IMAGE_MEDIA_TYPES,
     AgentCreated,
     AgentFlagged,
     AgentMetricsWindow,
@@ -23,8 +22,6 @@ from .events import (
     AgentUpdated,
     AnswerProduced,
     AnyEvent,
-    Attachment,
-    Clause,
     DeadLetter,
     Event,
     ExperimentStarted,
@@ -32,13 +29,11 @@ from .events import (
     FeedbackGiven,
     ModelOutcomeRecorded,
     ModelPromoted,
-    ModelUse,
     RequestBlocked,
     RequestReceived,
     RolledBack,
     RouterModelPromoted,
     RoutingDecided,
-    Source,
     SubqueryAnswered,
     SubqueryRequested,
     TaskAssigned,
@@ -48,6 +43,7 @@ from .events import (
 )
 from .experiments import CONTROL, TREATMENT, Experiments, arm, challenger_trial
 from .lifecycle import Lifecycle
+from .parts import IMAGE_MEDIA_TYPES, Attachment, Clause, ModelUse, Source
 from .serde import DecodeError, decode, encode, register_upcaster, upcast
 from .topics import TOPIC_EVENTS, Topic, TopicNames
 from .vectors import pack_vector, unpack_vector

@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .agents import AgentCard
+from .parts import Attachment, Clause, ModelUse, Source
 
 E = TypeVar("E", bound="Event")
 
@@ -47,49 +48,6 @@ class Event(BaseModel):
 
 
 # ---- requests, routing, tasks ------------------------------------------------------------------------------
-
-IMAGE_MEDIA_TYPES: frozenset[str] = frozenset({"image/png", "image/jpeg", "image/tiff", "image/bmp"})
-"""Attachment types agents can read (an agent card's `pipeline.request: [ocr]` reads them)."""
-
-
-class Attachment(BaseModel):
-    """A file sent with a request (an invoice scan, a photographed page), carried inline with its events."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
-    """File name, for sources and logs."""
-    media_type: str
-    """MIME type; one of `IMAGE_MEDIA_TYPES`."""
-    data: str = Field(min_length=1)
-    """The file's bytes, base64 (the gateway checks the count and decoded size limits)."""
-
-    @field_validator("media_type")
-    @classmethod
-    def _known_type(cls, value: str) -> str:
-        if value not in IMAGE_MEDIA_TYPES:
-            raise ValueError(f"unsupported attachment type {value!r}; supported: {sorted(IMAGE_MEDIA_TYPES)}")
-        return value
-
-
-class ModelUse(BaseModel):
-    """One pipeline model that ran for an answer: which registered model and version, and how it went."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    step: str
-    """Pipeline step (e.g. `ocr`)."""
-    name: str
-    """Registered model name (`smolit models list`)."""
-    version: str
-    """Registry version that ran (the one holding the alias when the work started)."""
-    alias: str | None = None
-    """Alias it was resolved by (e.g. `champion`)."""
-    input: str | None = None
-    """What it ran on (an attachment's file name)."""
-    seconds: float = 0.0
-    error: str | None = None
-    """Why its output was not used (timeout, implausible output); `None`: used."""
 
 
 class RequestReceived(Event):
@@ -153,18 +111,6 @@ class RoutingDecided(Event):
     """`control` (champion) or `treatment` (the tested version), from a hash of the conversation id."""
 
 
-class Clause(BaseModel):
-    """One part of a compound request ("..., and is ... enforceable?"), embedded and scored by the router."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    text: str
-    embedding: str
-    """Clause embedding (contracts.vectors wire form)."""
-    scores: dict[str, float]
-    """Score of every agent for this clause alone."""
-
-
 class TaskAssigned(Event):
     type: Literal["TaskAssigned"] = "TaskAssigned"
     agent: str
@@ -209,21 +155,6 @@ class SubqueryRequested(Event):
 
 
 # ---- answers -----------------------------------------------------------------------------------------------
-
-
-class Source(BaseModel):
-    """A knowledge passage an answer used."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    chunk_id: int
-    source: str
-    """Where the document came from (path, URL or dataset row)."""
-    title: str | None = None
-    score: float
-    """Cosine similarity of the passage to the request."""
-    snippet: str
-    """Start of the passage, for display."""
 
 
 class AnswerProduced(Event):
