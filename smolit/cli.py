@@ -44,6 +44,7 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder (s
 
 
 def main() -> None:
+    route_logs_to_stderr()
     try:
         app()
     except SetupError as exc:
@@ -52,6 +53,13 @@ def main() -> None:
         if exc.title != Settings.__name__:
             raise
         _fail(f"invalid settings: {settings_problems(exc)}")
+
+
+def route_logs_to_stderr() -> None:
+    """Log lines go to stderr before a service configures logging: `--json` output on stdout stays parseable."""
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
 
 def _fail(message: str) -> None:
