@@ -109,6 +109,12 @@ class Learner:
         if self.champion_version is not None:
             self._warm_start(self.champion_version)
 
+    def warm_up(self) -> None:
+        """Pay the optimizer's one-off cost (torch._dynamo import) now, e.g. in a thread while groups are joined."""
+        with self._lock:
+            trainer = self.trainer
+        trainer.warm_up()
+
     def _warm_start(self, version: str) -> None:
         payload = self.registry.load(self.config.registry_name, version)
         center = payload.get("center")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -69,8 +70,25 @@ class Trainer:
         self.buffer: deque[Outcome] = deque(maxlen=buffer_size)
         self.seen = 0
         self._rng = random.Random(seed)
+        self.weight_decay = weight_decay
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._optimizer_lock = threading.Lock()
         self.set_features(features)
-        self.optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """Made at the first update, not at start: building one imports torch._dynamo (seconds), which a
+        restarting learner should not wait for before it rejoins its consumer groups (`warm_up` does it aside)."""
+        with self._optimizer_lock:
+            if self._optimizer is None:
+                self._optimizer = torch.optim.AdamW(
+                    self.net.parameters(), lr=self.base_lr, weight_decay=self.weight_decay
+                )
+            return self._optimizer
+
+    def warm_up(self) -> None:
+        """Build the optimizer now (e.g. in a thread while the consumer groups are joined)."""
+        _ = self.optimizer
 
     def set_features(self, features: AgentFeatures) -> None:
         """Switch to a new agent set (agents added or retired); learned corrections of known agents are kept."""
@@ -79,8 +97,8 @@ class Trainer:
         self._card_vectors = torch.from_numpy(features.card_vectors())
         new_params = [name for name in features.agents if name not in self.net.deltas]
         self.net.ensure_agents(features.agents)
-        if new_params and hasattr(self, "optimizer"):
-            self.optimizer.add_param_group(
+        if new_params and self._optimizer is not None:  # a later optimizer sees them in net.parameters()
+            self._optimizer.add_param_group(
                 {"params": [p for a in new_params for p in (self.net.deltas[a], self.net.biases[a])]}
             )
 

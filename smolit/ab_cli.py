@@ -44,7 +44,6 @@ from smolit.contracts import (
     challenger_trial,
 )
 from smolit.infra.settings import Settings, load_settings
-from smolit.learner.rollback import two_proportion_z
 
 from .errors import SetupError
 from .services.wiring import open_model_registry
@@ -66,6 +65,9 @@ def compare(control: tuple[int, int], treatment: tuple[int, int], alpha: float, 
 
     Below `min_each` judged outcomes in either arm the decision is `too few`, whatever the p-value says.
     """
+    # Here, not at module level: the learner package imports torch, which every `smolit` command would pay.
+    from smolit.learner.rollback import two_proportion_z
+
     z = two_proportion_z(treatment, control)
     p = 2 * (1 - NormalDist().cdf(abs(z))) if z is not None else 1.0
     if min(control[1], treatment[1]) < min_each:

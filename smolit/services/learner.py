@@ -71,6 +71,8 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
         load_cards(s.agents_dir), lambda cards, _: learner.use_agents(AgentFeatures.from_cards(cards, embedder))
     )
     agents = follow_lifecycle(w, "learner", catalog.handle)
+    # Building the optimizer imports torch._dynamo (2-8 s): aside, while the consumer groups are joined.
+    threading.Thread(target=learner.warm_up, name="learner-warm-up", daemon=True).start()
     run_consumers(w, "learner", [loop, flags, agents, *proposer_loops(w, embedder)], stop, s.learner_metrics_port)
 
 
