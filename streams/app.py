@@ -80,6 +80,9 @@ class StreamsConfig:
     batch_size: int = 500
     batch_within_s: float = 0.05
     tick_s: float = 0.5
+    expire_per_tick: int = 2000
+    """Join entries the feedback TTL closes per timer tick at most: after a long outage or a large backlog tens of
+    thousands fall due at once, and closing them in one pass stalled the worker (the watermark waits for the rest)."""
     known_agents: frozenset[str] = frozenset()
     """Agent catalogue; facts for other agents count under `unknown`. Empty: every agent is known."""
     fetch_wait_ms: int | None = None
@@ -307,8 +310,12 @@ class StreamsApp:
         log.warning("dead-lettered", topic=msg.topic, offset=msg.offset, reason=reason)
         await self._send(Topic.DLQ, out.key, out.event)
 
-    async def _expire_joins(self) -> None:
-        """Emit what the feedback TTL closed: examples without rating, timeouts; forget the request."""
+    async def _expire_joins(self) -> dict[int, float]:
+        """Emit what the feedback TTL closed: examples without rating, timeouts; forget the request.
+
+        At most `expire_per_tick` entries per call; returns, per partition with due entries left, the earliest
+        deadline still open: the watermark announced to stage 2 must stay there until their timeouts are out.
+        """
         if not self._indexed:  # after recovery: index the recovered entries by deadline
             self._indexed = True
             for request_id, raw in self.joins.data.items():
@@ -322,11 +329,17 @@ class StreamsApp:
                 if entry.partition in self._join_wm:  # a recovered partition starts from its newest event time
                     self._join_wm[entry.partition].observe(entry.first_seen)
         batch = _RouteBatch()
+        budget = self.config.expire_per_tick
+        held: dict[int, float] = {}
         for partition, heap in self._deadlines.items():
             if partition not in self._join_wm:
                 continue  # not ours (any more)
             wm = self._join_wm[partition].current(self.config.idle_advance_s)
             while heap and wm is not None and heap[0][0] <= wm:
+                if budget <= 0:
+                    held[partition] = heap[0][0]
+                    break
+                budget -= 1
                 deadline, request_id = heapq.heappop(heap)
                 raw = self.joins.data.get(request_id)
                 if raw is None:
@@ -341,6 +354,7 @@ class StreamsApp:
                     batch.examples.append(example)
                 self._put(self.joins, entry.partition, request_id, None)
         await self._flush_route(batch)
+        return held
 
     # ---- stage 2: windows per agent --------------------------------------------------------------------------
 
@@ -502,7 +516,7 @@ class StreamsApp:
         for p in inputs:
             self._join_wm.setdefault(p, _Watermark())
         async with self._join_lock:
-            await self._expire_joins()
+            held = await self._expire_joins()
             # Announce each input partition's watermark to every facts partition, after the timeouts it caused
             # (same producer, same partition: the facts arrive first), so stage 2 closes a window only when every
             # input partition has passed it.
@@ -510,6 +524,8 @@ class StreamsApp:
                 current = wm.current(self.config.idle_advance_s)
                 if current is None:
                     continue
+                if p in held:  # timeouts still to come at or after this time
+                    current = min(current, held[p])
                 marker = json.dumps({"wm": current, "src": p}).encode()
                 await self._send_all(
                     [self.facts.send(key=None, value=marker, partition=fp) for fp in range(self.config.partitions)]

@@ -40,6 +40,7 @@ def streams_config(
         ),
         feedback_ttl_s=settings.streams_feedback_ttl_s,
         idle_advance_s=settings.streams_idle_advance_s,
+        expire_per_tick=settings.streams_expire_per_tick,
         batch_size=settings.streams_batch_size,
         known_agents=known_agents,
         fetch_wait_ms=profile.faust_fetch_wait_ms,
