@@ -264,7 +264,7 @@ class Settings(BaseSettings):
     streams_feedback_ttl_s: float = 300.0
     """How long after a routing decision feedback is awaited before the training example is emitted without it
     (and a request with no answer by then counts as a timeout failure)."""
-    streams_expire_per_tick: int = Field(2000, ge=1)
+    streams_expire_per_tick: int = Field(default=2000, ge=1)
     """Requests the feedback TTL closes per timer tick (0.5 s) at most; the rest wait for the next ticks (a large
     backlog falling due at once stalled the stream worker)."""
     streams_idle_advance_s: float = 5.0

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from smolit.contracts import Topic
 from smolit.infra.cards import load_cards
 from smolit.infra.catalog import CardCatalog
-from smolit.infra.kafka import ConsumerLoop, EventProducer
+from smolit.infra.kafka import EventProducer
 from smolit.infra.settings import Settings
 
 from ..errors import SetupError
 from .registry_snapshot import SnapshotRegistry
-from .wiring import SerialEmbedder, Wiring, follow_lifecycle, log, run_consumers
+from .wiring import Deferred, SerialEmbedder, Wiring, lifecycle_loop, log, replay_lifecycle, run_consumers
 
 if TYPE_CHECKING:
     from smolit.infra.registry import ModelRegistry
@@ -22,6 +22,20 @@ if TYPE_CHECKING:
 
 
 def run_learner(w: Wiring, stop: threading.Event) -> None:
+    s = w.settings
+    # The consumer groups are joined first (~3 s on the embedded broker), while torch and the models load: a
+    # restarted learner is back after the longer of the two, not both.
+    examples, flags_in, agents_in = Deferred(), Deferred(), Deferred()
+    loops = [
+        w.loop("learner", [Topic.TRAINING_EXAMPLES], examples),
+        w.loop("learner-flags", [Topic.TRAINING_EXAMPLES, Topic.AGENT_LIFECYCLE], flags_in),
+        lifecycle_loop(w, "learner", agents_in),
+    ]
+    decisions_in, proposals_in = Deferred(), Deferred()
+    if s.discovery != "off":
+        loops += [w.loop("proposer", [Topic.DECISIONS], decisions_in), lifecycle_loop(w, "proposer", proposals_in)]
+    started = [loop.start_thread() for loop in loops]
+
     import torch
 
     from smolit.infra.embedder import build_embedder
@@ -29,7 +43,6 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
     from smolit.learner import Learner, LearnerConfig, LearnerMetrics
     from smolit.router.features import AgentFeatures
 
-    s = w.settings
     torch.set_num_threads(s.threads)
     embedder = SerialEmbedder(build_embedder(s))  # two lifecycle loops embed cards, each in its own thread
     learner = Learner(
@@ -62,39 +75,41 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
             rollback_alpha=s.learner_rollback_alpha,
         ),
     )
-    loop = w.loop("learner", [Topic.TRAINING_EXAMPLES], learner.handle)
-    flags = w.loop("learner-flags", [Topic.TRAINING_EXAMPLES, Topic.AGENT_LIFECYCLE], flag_monitor(w).handle)
+    examples.set(learner.handle)
+    flags_in.set(flag_monitor(w).handle)
     timer = threading.Thread(target=tick_learner, args=(learner, w.producer, stop), name="learner-timer", daemon=True)
     timer.start()
     # Agents created at runtime: the learner trains on their outcomes too.
     catalog = CardCatalog(
         load_cards(s.agents_dir), lambda cards, _: learner.use_agents(AgentFeatures.from_cards(cards, embedder))
     )
-    agents = follow_lifecycle(w, "learner", catalog.handle)
+    replay_lifecycle(w, catalog.handle)
+    agents_in.set(catalog.handle)
+    if s.discovery != "off":
+        proposer = build_proposer(w, embedder, s.discovery)
+        replay_lifecycle(w, proposer.handle_lifecycle)
+        decisions_in.set(proposer.handle_decisions)
+        proposals_in.set(proposer.handle_lifecycle)
     # Building the optimizer imports torch._dynamo (2-8 s): aside, while the consumer groups are joined.
     threading.Thread(target=learner.warm_up, name="learner-warm-up", daemon=True).start()
-    run_consumers(w, "learner", [loop, flags, agents, *proposer_loops(w, embedder)], stop, s.learner_metrics_port)
+    run_consumers(w, "learner", loops, stop, s.learner_metrics_port, started=started)
 
 
-def proposer_loops(w: Wiring, embedder: Any) -> list[ConsumerLoop]:
+def build_proposer(w: Wiring, embedder: Any, mode: Literal["approve", "auto"]) -> Any:
     """New domains -> new agents: low-confidence decisions clustered, proposals (or agents, in auto mode) out."""
     from smolit.infra.knowledge import KnowledgeStore
     from smolit.learner import AgentProposer, Discovery, ProposerMetrics
 
     s = w.settings
-    if s.discovery == "off":
-        return []
     store = KnowledgeStore(w.pool, s.hnsw_ef_search)
-    proposer = AgentProposer(
+    return AgentProposer(
         Discovery(discovery_config(s)),
         load_cards(s.agents_dir),
         embedder,
         ProposerMetrics.create(w.registry),
-        mode=s.discovery,
+        mode=mode,
         knowledge=lambda c: store.pool_sources(c, s.discovery_knowledge_min_score, s.discovery_knowledge_max),
     )
-    lifecycle = follow_lifecycle(w, "proposer", proposer.handle_lifecycle)
-    return [w.loop("proposer", [Topic.DECISIONS], proposer.handle_decisions), lifecycle]
 
 
 def discovery_config(settings: Settings) -> Any:

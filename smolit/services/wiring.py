@@ -14,7 +14,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 
-from smolit.contracts import Topic, TopicNames
+from smolit.contracts import Event, Topic, TopicNames
 from smolit.infra.db import DatabaseUnreachable, SchemaMismatch, check_database, check_schema, open_pool
 from smolit.infra.heartbeat import Heartbeat
 from smolit.infra.kafka import (
@@ -23,6 +23,7 @@ from smolit.infra.kafka import (
     Handler,
     KafkaProfile,
     LoopConfig,
+    Outgoing,
     PostgresDeduper,
     check_broker,
     missing_topics,
@@ -102,8 +103,31 @@ def follow_lifecycle(w: Wiring, service: str, handler: Handler) -> ConsumerLoop:
     far), then return the loop that follows it. Each instance reads under its own group from the start: re-applying
     an event is a no-op."""
     replay_lifecycle(w, handler)
-    group = f"{service}-lifecycle-{w.instance}"
-    return w.loop(group, [Topic.AGENT_LIFECYCLE], handler, dedupe=False)
+    return lifecycle_loop(w, service, handler)
+
+
+def lifecycle_loop(w: Wiring, service: str, handler: Handler) -> ConsumerLoop:
+    """The loop of `follow_lifecycle` alone (for a `Deferred` handler that replays before it is set)."""
+    return w.loop(f"{service}-lifecycle-{w.instance}", [Topic.AGENT_LIFECYCLE], handler, dedupe=False)
+
+
+class Deferred:
+    """A consumer loop's handler given later: the loop joins its group (seconds on the embedded broker) while the
+    service is still being built (torch import, models), so a restart pays the longer of the two, not their sum.
+    Events that arrive first wait in the loop's thread until the handler is set."""
+
+    def __init__(self) -> None:
+        self._handler: Handler | None = None
+        self._set = threading.Event()
+
+    def set(self, handler: Handler) -> None:
+        self._handler = handler
+        self._set.set()
+
+    def __call__(self, events: Sequence[Event]) -> Sequence[Outgoing]:
+        self._set.wait()
+        assert self._handler is not None
+        return self._handler(events)
 
 
 def follow_topics(w: Wiring, service: str, topics: list[Topic], handler: Handler) -> ConsumerLoop:
@@ -191,11 +215,14 @@ def run_consumers(
     stop: threading.Event,
     port: int,
     sweeper: DeadlineSweeper | None = None,
+    started: list[threading.Thread] | None = None,
 ) -> None:
+    """Run `loops` (their threads, if `started` already) until `stop`; the heartbeat says ready once each has its
+    partitions."""
     bound = serve_metrics(w.registry, w.settings.host, port)
     heartbeat = Heartbeat(w.pool, service, w.instance)
     heartbeat.info = {"metrics_port": bound}
-    threads = [loop.start_thread() for loop in loops]
+    threads = started if started is not None else [loop.start_thread() for loop in loops]
     for loop in loops:
         loop.assigned.wait(30)
     if sweeper is not None:
