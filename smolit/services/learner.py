@@ -75,7 +75,8 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
 
 
 def proposer_loops(w: Wiring, embedder: Any) -> list[ConsumerLoop]:
-    """New domains -> new agents: low-confidence decisions clustered, proposals (or agents, in auto mode) out."""
+    """New domains -> new agents: unserved requests (low-confidence, or rated bad) clustered, proposals (or agents,
+    in auto mode) out."""
     from smolit.infra.knowledge import KnowledgeStore
     from smolit.learner import AgentProposer, Discovery, ProposerMetrics
 
@@ -92,7 +93,10 @@ def proposer_loops(w: Wiring, embedder: Any) -> list[ConsumerLoop]:
         knowledge=lambda c: store.pool_sources(c, s.discovery_knowledge_min_score, s.discovery_knowledge_max),
     )
     lifecycle = follow_lifecycle(w, "proposer", proposer.handle_lifecycle)
-    return [w.loop("proposer", [Topic.DECISIONS], proposer.handle_decisions), lifecycle]
+    loops = [w.loop("proposer", [Topic.DECISIONS], proposer.handle_decisions), lifecycle]
+    if s.discovery_feedback:  # its own group: it commits the feedback stream apart from the decisions
+        loops.append(w.loop("proposer-outcomes", [Topic.TRAINING_EXAMPLES], proposer.handle_outcomes))
+    return loops
 
 
 def discovery_config(settings: Settings) -> Any:
