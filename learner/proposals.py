@@ -1,9 +1,10 @@
-"""Agent proposals: low-confidence routing decisions in, `AgentProposed` (and in auto mode `AgentCreated`) out.
+"""Agent proposals: requests no agent served in, `AgentProposed` (and in auto mode `AgentCreated`) out.
 
-Two consumer loops feed one `AgentProposer`: the decisions topic (the requests no agent was confident about)
-and the agent-lifecycle topic, read from its start by every instance, which tells it which agents exist (so a
-cluster of a known domain is never proposed as a clone) and which topics were proposed before (so none is
-proposed twice, across restarts too).
+Three consumer loops feed one `AgentProposer`: the decisions topic (the requests no agent was confident about),
+the training-examples topic (requests with their feedback: a bad rating makes a confidently routed request
+unserved too; a good rating, or a correction naming an existing agent, withdraws it), and the agent-lifecycle
+topic, read from its start by every instance, which tells it which agents exist (so a cluster of a known domain is
+never proposed as a clone) and which topics were proposed before (so none is proposed twice, across restarts too).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from smolit.contracts import (
     LLMConfig,
     RoutingDecided,
     Topic,
+    TrainingExample,
     pack_vector,
     unpack_vector,
 )
@@ -46,6 +48,7 @@ class ProposerMetrics(NamedTuple):
     collected: Counter
     clusters: Counter
     proposals: Counter
+    feedback: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ProposerMetrics:
@@ -60,6 +63,12 @@ class ProposerMetrics(NamedTuple):
                 registry=registry,
             ),
             proposals=Counter("smolit_agent_proposals_total", "New agents proposed", ["mode"], registry=registry),
+            feedback=Counter(
+                "smolit_discovery_feedback_total",
+                "Rated requests seen by discovery, by verdict (unserved: collected; served: withdrawn)",
+                ["verdict"],
+                registry=registry,
+            ),
         )
 
 
@@ -120,11 +129,33 @@ class AgentProposer:
                     continue
                 self._metrics.collected.inc()
                 vector = np.asarray(unpack_vector(event.embedding), dtype=np.float32)
-                for report in self._discovery.observe(event.text, vector):
+                for report in self._discovery.observe(event.text, vector, str(event.correlation_id)):
                     outgoing += self._report(report, event)
         return outgoing
 
-    def _report(self, report: NewDomain | KnownDomain, cause: RoutingDecided) -> list[Outgoing]:
+    def handle_outcomes(self, events: Sequence[Event]) -> list[Outgoing]:
+        """Feedback: a request whose answer was rated bad is unserved even if the router was confident (a new
+        domain's requests often go confidently, and wrongly, to an existing agent); one rated good, or corrected to
+        an agent that exists, was or could have been served by it (a routing mistake the router learns from, or a
+        bad answer the flag rule judges), so it leaves the window. Failures and unrated requests say nothing about
+        the domain."""
+        outgoing: list[Outgoing] = []
+        with self._lock:
+            for event in events:
+                if not isinstance(event, TrainingExample) or event.failed or event.positive is None or not event.text:
+                    continue
+                key = str(event.correlation_id)
+                if event.positive or event.preferred_agent in self._cards:
+                    self._metrics.feedback.labels("served").inc()
+                    self._discovery.withdraw(key)
+                    continue
+                self._metrics.feedback.labels("unserved").inc()
+                vector = np.asarray(unpack_vector(event.embedding), dtype=np.float32)
+                for report in self._discovery.observe(event.text, vector, key):
+                    outgoing += self._report(report, event)
+        return outgoing
+
+    def _report(self, report: NewDomain | KnownDomain, cause: RoutingDecided | TrainingExample) -> list[Outgoing]:
         if isinstance(report, KnownDomain):
             self._metrics.clusters.labels("known").inc()
             log.info("low-confidence cluster of a known domain", agent=report.agent, size=report.size)

@@ -474,6 +474,7 @@ def _report(
             "discovery": "auto",
             "route_threshold": settings.route_threshold,
             "discovery_min_size": settings.discovery_min_size,
+            "discovery_feedback": settings.discovery_feedback,
             "flag_min_samples": settings.flag_min_samples,
             "flag_rate": settings.flag_rate,
             "challenger_share": settings.challenger_share,

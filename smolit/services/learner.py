@@ -31,9 +31,11 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
         w.loop("learner-flags", [Topic.TRAINING_EXAMPLES, Topic.AGENT_LIFECYCLE], flags_in),
         lifecycle_loop(w, "learner", agents_in),
     ]
-    decisions_in, proposals_in = Deferred(), Deferred()
+    decisions_in, proposals_in, outcomes_in = Deferred(), Deferred(), Deferred()
     if s.discovery != "off":
         loops += [w.loop("proposer", [Topic.DECISIONS], decisions_in), lifecycle_loop(w, "proposer", proposals_in)]
+        if s.discovery_feedback:  # its own group: it commits the feedback stream apart from the decisions
+            loops.append(w.loop("proposer-outcomes", [Topic.TRAINING_EXAMPLES], outcomes_in))
     started = [loop.start_thread() for loop in loops]
 
     import torch
@@ -90,13 +92,15 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
         replay_lifecycle(w, proposer.handle_lifecycle)
         decisions_in.set(proposer.handle_decisions)
         proposals_in.set(proposer.handle_lifecycle)
+        outcomes_in.set(proposer.handle_outcomes)
     # Building the optimizer imports torch._dynamo (2-8 s): aside, while the consumer groups are joined.
     threading.Thread(target=learner.warm_up, name="learner-warm-up", daemon=True).start()
     run_consumers(w, "learner", loops, stop, s.learner_metrics_port, started=started)
 
 
 def build_proposer(w: Wiring, embedder: Any, mode: Literal["approve", "auto"]) -> Any:
-    """New domains -> new agents: low-confidence decisions clustered, proposals (or agents, in auto mode) out."""
+    """New domains -> new agents: unserved requests (low-confidence, or rated bad) clustered, proposals (or agents,
+    in auto mode) out."""
     from smolit.infra.knowledge import KnowledgeStore
     from smolit.learner import AgentProposer, Discovery, ProposerMetrics
 

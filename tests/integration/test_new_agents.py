@@ -1,5 +1,6 @@
 """New domains -> new agents through the real broker and database: low-confidence requests of a new topic become
-one proposal; approving it creates an agent the router routes to and the agents service answers for."""
+one proposal; approving it creates an agent the router routes to and the agents service answers for; requests the
+router was confident about but whose answers were rated bad count too."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from smolit.contracts import (
     RoutingDecided,
     Topic,
     TopicNames,
+    TrainingExample,
 )
 from smolit.infra.cards import load_cards
 from smolit.infra.catalog import CardCatalog
@@ -92,6 +94,27 @@ class System:
     def collected(self) -> float:
         return self.registry.get_sample_value("smolit_discovery_requests_total") or 0.0
 
+    def rated(self, verdict: str) -> float:
+        return self.registry.get_sample_value("smolit_discovery_feedback_total", {"verdict": verdict}) or 0.0
+
+    def rate(self, decisions: Sequence[Event], positive: bool, preferred: str | None = None) -> None:
+        """Publish the training examples the streams join makes of these decisions and a rating of each answer."""
+        for d in decisions:
+            assert isinstance(d, RoutingDecided)
+            example = d.caused(
+                TrainingExample,
+                producer="streams",
+                text=d.text,
+                embedding=d.embedding,
+                agent=d.agent,
+                scores=d.scores,
+                rating=1 if positive else -1,
+                positive=positive,
+                preferred_agent=preferred,
+            )
+            self.producer.send(Outgoing(Topic.TRAINING_EXAMPLES, str(d.correlation_id), example))
+        self.producer.flush()
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ) | {
             "SMOLIT_KAFKA_BOOTSTRAP": self.profile.bootstrap,
@@ -152,6 +175,7 @@ def running(profile, topics, producer, pool, embedder, threshold: float = 0.25) 
         loop("router", [Topic.REQUESTS], router.handle),
         loop("router-lifecycle", [Topic.AGENT_LIFECYCLE], router_cards.handle, dedupe=False),
         loop("proposer", [Topic.DECISIONS], proposer.handle_decisions),
+        loop("proposer-outcomes", [Topic.TRAINING_EXAMPLES], proposer.handle_outcomes),
         loop("proposer-lifecycle", [Topic.AGENT_LIFECYCLE], proposer.handle_lifecycle, dedupe=False),
         loop("agents", [Topic.TASKS], runtime.handle),
         loop("agents-lifecycle", [Topic.AGENT_LIFECYCLE], agent_cards.handle, dedupe=False),
@@ -235,3 +259,25 @@ def test_repeated_requests_of_a_known_domain_propose_nothing(profile, topics, pr
         assert _wait(lambda: system.collected() == len(texts)), "the proposer did not see every decision"
         assert system.registry.get_sample_value("smolit_discovery_clusters_total", {"verdict": "known"}) > 0
         assert system.lifecycle(1, timeout_s=3) == []
+
+
+def test_confident_requests_rated_bad_become_a_proposal_unless_an_agent_is_named(
+    profile, topics, producer, pool, embedder
+) -> None:
+    """With no confidence threshold nothing is low-confidence, so decisions alone propose nothing; bad ratings of the
+    cooking answers make them unserved and yield one cooking proposal, while bad ratings of finance answers that name
+    the finance agent (a routing or answer problem of an existing agent) add nothing."""
+    with running(profile, topics, producer, pool, embedder, threshold=-1.0) as system:
+        system.ask(FINANCE + COOKING)
+        decisions = read_events(profile, topics, Topic.DECISIONS, len(FINANCE) + len(COOKING))
+        assert not any(isinstance(d, RoutingDecided) and d.low_confidence for d in decisions)
+        by_text = {d.text: d for d in decisions if isinstance(d, RoutingDecided)}
+        system.rate([by_text[t] for t in FINANCE], positive=False, preferred="finance")
+        assert _wait(lambda: system.rated("served") == len(FINANCE)), "the proposer did not see the finance ratings"
+        assert system.lifecycle(1, timeout_s=3) == []
+        system.rate([by_text[t] for t in COOKING], positive=False)
+        [proposal] = system.lifecycle(1, timeout_s=30)
+        assert _wait(lambda: system.rated("unserved") == len(COOKING)), "the proposer did not see every rating"
+        assert system.lifecycle(2, timeout_s=3) == [proposal]  # exactly one
+        assert system.collected() == 0
+    assert isinstance(proposal, AgentProposed) and set(proposal.card.examples) <= set(COOKING)

@@ -15,6 +15,7 @@ from smolit.contracts import (
     AgentUpdated,
     RoutingDecided,
     Topic,
+    TrainingExample,
     pack_vector,
     unpack_vector,
 )
@@ -141,9 +142,9 @@ def _decided(text: str, vector: np.ndarray, low: bool = True) -> RoutingDecided:
     )
 
 
-def _proposer(embedder, mode: str = "approve") -> AgentProposer:
+def _proposer(embedder, mode: str = "approve", discovery: Discovery | None = None) -> AgentProposer:
     return AgentProposer(
-        Discovery(CONFIG),
+        discovery if discovery is not None else Discovery(CONFIG),
         load_cards(),
         embedder,
         ProposerMetrics.create(CollectorRegistry()),
@@ -173,6 +174,74 @@ def test_a_restarted_proposer_remembers_earlier_proposals(embedder) -> None:
     restarted = _proposer(embedder)
     restarted.handle_lifecycle([first])
     assert restarted.handle_decisions(decisions) == []
+
+
+def _rated(decided: RoutingDecided, positive: bool, preferred: str | None = None) -> TrainingExample:
+    """The training example the streams join makes of a decision and its feedback."""
+    return decided.caused(
+        TrainingExample,
+        producer="streams",
+        text=decided.text,
+        embedding=decided.embedding,
+        agent=decided.agent,
+        scores=decided.scores,
+        rating=1 if positive else -1,
+        positive=positive,
+        preferred_agent=preferred,
+    )
+
+
+def test_a_request_counts_once_and_a_withdrawn_one_never_comes_back() -> None:
+    """One request id reaching discovery twice (low-confidence, then rated bad) is one request; a withdrawn request
+    leaves the window, and one withdrawn before it arrives is never taken in."""
+    rng = np.random.default_rng(3)
+    vectors = _blobs(rng, np.eye(1, 32), 3, 0.1)
+    discovery = Discovery(CONFIG)
+    discovery.observe("a", vectors[0], "r1")
+    discovery.observe("a", vectors[0], "r1")
+    discovery.observe("b", vectors[1], "r2")
+    assert len(discovery) == 2
+    assert discovery.withdraw("r1") and len(discovery) == 1
+    discovery.observe("a", vectors[0], "r1")
+    assert not discovery.withdraw("r3")
+    discovery.observe("c", vectors[2], "r3")
+    assert len(discovery) == 1
+
+
+def test_confidently_routed_requests_rated_bad_become_one_proposal(embedder) -> None:
+    """Cooking requests routed confidently (no low-confidence signal) but rated bad are unserved: one proposal."""
+    confident = [_decided(t, v, low=False) for t, v in zip(COOKING, embedder.embed(list(COOKING)), strict=True)]
+    proposer = _proposer(embedder)
+    assert proposer.handle_decisions(confident) == []
+    [proposal] = [o.event for o in proposer.handle_outcomes([_rated(d, positive=False) for d in confident])]
+    assert isinstance(proposal, AgentProposed) and set(proposal.card.examples) <= set(COOKING)
+
+
+def test_requests_served_after_all_make_no_proposal(embedder) -> None:
+    """Low-confidence requests whose answers were rated good, and bad ratings that name an existing agent (a routing
+    mistake, not a new domain), propose nothing; a correction naming an agent that does not exist does not count."""
+    decisions = [_decided(t, v) for t, v in zip(COOKING, embedder.embed(list(COOKING)), strict=True)]
+    proposer = _proposer(embedder)
+    assert proposer.handle_outcomes([_rated(d, positive=True) for d in decisions]) == []
+    assert proposer.handle_decisions(decisions) == []  # rated before they arrived: never taken in
+    corrected = _proposer(embedder)
+    assert corrected.handle_outcomes([_rated(d, positive=False, preferred="finance") for d in decisions]) == []
+    assert corrected.handle_decisions(decisions) == []
+    unknown = _proposer(embedder)
+    out = unknown.handle_outcomes([_rated(d, positive=False, preferred="chef") for d in decisions])
+    assert [o.event.type for o in out] == ["AgentProposed"]
+
+
+def test_a_good_rating_takes_a_request_out_of_the_window(embedder) -> None:
+    """Low-confidence requests already in the window leave it when their answers are rated good."""
+    decisions = [_decided(t, v) for t, v in zip(COOKING, embedder.embed(list(COOKING)), strict=True)]
+    discovery = Discovery(CONFIG)
+    proposer = _proposer(embedder, discovery=discovery)
+    first = decisions[: CONFIG.min_size - 1]  # one short of a cluster: no scan yet
+    assert proposer.handle_decisions(first) == []
+    assert len(discovery) == len(first)
+    proposer.handle_outcomes([_rated(d, positive=True) for d in first])
+    assert len(discovery) == 0
 
 
 def _proposal(name: str = "cooking") -> AgentProposed:
