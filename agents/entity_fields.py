@@ -49,7 +49,8 @@ class Extraction:
 
 # --- document kind and text features --------------------------------------------------------------------------
 
-_INVOICE_WORDS = re.compile(r"\b(invoice|bill to|amount due|total due|vat|tax|payment due|payable)\b", re.IGNORECASE)
+# No word boundaries and optional spaces: OCR output often glues words together (`Totaldue:EUR1,284.50`).
+_INVOICE_WORDS = re.compile(r"invoice|bill\s?to|amount\s?due|total\s?due|vat|tax|payment\s?due|payable", re.I)
 _CONTRACT_WORDS = re.compile(r"\b(agreement|contract|between|governed by|hereby|parties|term)\b", re.IGNORECASE)
 _CODE_AMOUNT = re.compile(r"\b(?:EUR|USD|GBP|CHF)\s?\d|\d\s?(?:EUR|USD|GBP|CHF)\b")
 _SYMBOL_AMOUNT = re.compile(r"[€$£]\s?\d")
@@ -61,8 +62,11 @@ _ENGLISH = re.compile(r"\b(the|and|of|to|for|shall|is|this|by|due)\b", re.IGNORE
 
 
 def document_kind(text: str) -> str:
-    """`invoice` or `contract` by their vocabulary (the one with more distinct cue words), else `other`."""
-    invoice = len({m.lower() for m in _INVOICE_WORDS.findall(text)})
+    """`invoice` or `contract` by their vocabulary (the one with more distinct cue words, at least two; an invoice
+    also needs an amount with cents), else `other`."""
+    invoice = len({re.sub(r"\s", "", m.lower()) for m in _INVOICE_WORDS.findall(text)})
+    if not re.search(r"\d[.,]\d{2}\b", text):
+        invoice = 0
     contract = len({m.lower() for m in _CONTRACT_WORDS.findall(text)})
     if max(invoice, contract) < 2:
         return "other"
@@ -146,7 +150,7 @@ def parse_currency(text: str) -> str | None:
     for symbol, code in CURRENCY_SYMBOLS.items():
         if symbol in text:
             return code
-    found = re.search(r"\b(EUR|USD|GBP|CHF)\b", text)
+    found = re.search(r"(?<![A-Za-z])(EUR|USD|GBP|CHF)(?![A-Za-z])", text)  # `EUR1,284.50` in OCR text too
     return found.group(1) if found else None
 
 

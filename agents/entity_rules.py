@@ -37,7 +37,7 @@ _SELLER = re.compile(r"^\s*(?:from|seller|supplier|vendor|issued by)\s*:\s*(.+)$
 _BUYER = re.compile(
     r"^\s*(?:bill to|billed to|to|buyer|customer|client|sold to)\s*:\s*(.+)$", re.IGNORECASE | re.MULTILINE
 )
-_TOTAL = re.compile(r"\b(?:total|amount due|balance due|amount payable)\b", re.IGNORECASE)
+_TOTAL = re.compile(r"\b(?:total|amount\s?due|balance\s?due|amount\s?payable)", re.IGNORECASE)  # OCR: `Totaldue:`
 _SUBTOTAL = re.compile(r"sub\s*-?\s*total|net\s*total|total\s*net", re.IGNORECASE)
 _BETWEEN = re.compile(
     r"(?:between|parties\s*:)\s+(.+?)(?:,\s*an?\s[^,]+,)?\s+and\s+(.+?)(?=\s*\(|,|;|\.\s|\.$|$)",

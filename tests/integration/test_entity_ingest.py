@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 from typer.testing import CliRunner, Result
 
 from smolit.agents import AgentMetrics, AgentRuntime
+from smolit.bench_pipelines import render
 from smolit.cli import app
 from smolit.contracts import AnswerProduced, ModelOutcomeRecorded, TaskAssigned, Topic, pack_vector
 from smolit.infra.cards import load_cards
@@ -22,6 +23,7 @@ from smolit.infra.knowledge import KnowledgeStore
 from smolit.infra.llm import ExtractiveLLM
 
 from ..conftest import read_events
+from ..invoices import INVOICE as SCANNED
 
 pytestmark = pytest.mark.integration
 
@@ -84,11 +86,12 @@ def test_ingest_extracts_invoice_and_contract_fields_and_the_agent_answers_with_
     (docs / "invoice.txt").write_text(INVOICE)
     (docs / "contract.txt").write_text(CONTRACT)
     (docs / "notes.md").write_text("# Weekly meeting\n\nWe discussed the office move and the new coffee machine.\n")
+    render(SCANNED, size=28, noise=6.0, seed=1).save(docs / "scan.png")  # OCR text first, then the fields
     agent = env["AGENT"]
 
     result = _cli(env, "ingest", str(docs), "--agent", agent, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout[result.stdout.index("{") :])["counts"] == {"added": 3}
+    assert json.loads(result.stdout[result.stdout.index("{") :])["counts"] == {"added": 4}
     store = KnowledgeStore(pool)
     invoice = store.document(agent, str((docs / "invoice.txt").resolve()))
     contract = store.document(agent, str((docs / "contract.txt").resolve()))
@@ -117,18 +120,24 @@ def test_ingest_extracts_invoice_and_contract_fields_and_the_agent_answers_with_
         "amounts": ["4200.00"],
     }
     assert contract.chunks == 2  # the text and the fields chunk
+    scan = store.document(agent, str((docs / "scan.png").resolve()))
+    assert scan is not None and scan.metadata["ocr"]["chars"] > 0
+    # The recogniser glues words (`Totaldue:EUR1,284.50`); the rules still read the labelled fields.
+    scanned = scan.metadata["entities"]["fields"]
+    assert (scanned["invoice_number"], scanned["total"], scanned["currency"]) == ("INV-2026-0417", "1284.50", "EUR")
+    assert scanned["line_amounts"] == ["230.00", "840.42", "214.08"] and scan.metadata["entities"]["check"]["passed"]
 
     listed = _cli(env, "kb", "entities", "--agent", agent, "--json")
     assert listed.exit_code == 0, listed.output
     rows = json.loads(listed.stdout)["documents"]
-    assert [Path(r["source"]).name for r in rows] == ["contract.txt", "invoice.txt"]
+    assert [Path(r["source"]).name for r in rows] == ["contract.txt", "invoice.txt", "scan.png"]
     assert rows[1]["fields"]["total"] == "1284.50"
 
-    events = read_events(profile, topics, Topic.MODEL_OUTCOMES, expect=4)
+    events = read_events(profile, topics, Topic.MODEL_OUTCOMES, expect=6)
     assert all(isinstance(e, ModelOutcomeRecorded) and e.step == "entities" for e in events)
     assert sorted((e.source, e.model, e.selected_by) for e in events) == sorted(  # type: ignore[attr-defined]
         (str((docs / name).resolve()), model, "ensemble")
-        for name in ("contract.txt", "invoice.txt")
+        for name in ("contract.txt", "invoice.txt", "scan.png")
         for model in ("smolit-ner-rules", "smolit-ner-ruler")
     )
 
@@ -159,7 +168,7 @@ def test_ingest_extracts_invoice_and_contract_fields_and_the_agent_answers_with_
     assert Path(parties.sources[0].source).name == "contract.txt"
     total = ask("What is the total amount of the Nordwind invoice?")
     assert "Total amount: EUR 1,284.50." in total.answer
-    assert Path(total.sources[0].source).name == "invoice.txt"
+    assert Path(total.sources[0].source).name in {"invoice.txt", "scan.png"}  # the same invoice, typed and scanned
 
 
 def test_ner_models_are_registered_loadable_and_benchmarked(env: dict[str, str]) -> None:
