@@ -35,6 +35,8 @@ from .ingest import FileError, RawDocument
 from .selection import ModelMemory, SelectionWeights, select
 
 STEP = "entities"
+MIN_CHUNK_FIELDS = 2
+"""Fewest fields an extraction needs before they are stored as a chunk of their own (metadata has them anyway)."""
 Embed = Callable[[list[str]], np.ndarray]
 
 
@@ -343,7 +345,8 @@ class NerLoader:
 def annotate(
     docs: Iterable[RawDocument | FileError], step: EntityStep, *, on_error: Callable[[str, str], None] | None = None
 ) -> Iterator[RawDocument | FileError]:
-    """Documents with `entities` metadata and, when the fields pass their check, a fields chunk; others as they are."""
+    """Documents with `entities` metadata and, when the fields pass their check and are at least
+    `MIN_CHUNK_FIELDS`, a fields chunk; other documents as they are."""
     for doc in docs:
         if not isinstance(doc, RawDocument):
             yield doc
@@ -358,7 +361,9 @@ def annotate(
         if result is None:
             yield doc
             continue
-        extra = (summary(result.extraction, doc.title),) if result.passed else ()
+        # One lone field (a finance article that mentions an invoice and a price) is not worth a chunk of its own.
+        worth = result.passed and len(result.extraction.fields) >= MIN_CHUNK_FIELDS
+        extra = (summary(result.extraction, doc.title),) if worth else ()
         yield replace(doc, metadata=(doc.metadata or {}) | {"entities": result.metadata()}, extra_chunks=extra)
 
 

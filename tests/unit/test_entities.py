@@ -231,7 +231,7 @@ def test_the_ensemble_runs_every_candidate_and_survives_a_timeout() -> None:
 
 def test_annotate_stores_fields_and_a_fields_chunk_only_when_the_check_passes() -> None:
     """A plausible invoice gets `entities` metadata and a fields chunk (which changes its digest); an implausible
-    one only the metadata; other documents and reader errors pass through unchanged."""
+    one, or one with a single field, only the metadata; other documents and reader errors pass through unchanged."""
     good = Fixed("smolit-ner-rules", {"total": "30.00", "currency": "EUR", "line_amounts": ("10.00", "20.00")})
     docs = [
         RawDocument("a.txt", INVOICE, "Invoice A"),
@@ -250,6 +250,9 @@ def test_annotate_stores_fields_and_a_fields_chunk_only_when_the_check_passes() 
     bad = Fixed("smolit-ner-rules", {"total": "31.00", "line_amounts": ("10.00", "20.00")})
     [flagged] = list(annotate(docs[:1], EntityStep(["smolit-ner-rules"], extractors={"smolit-ner-rules": bad})))
     assert flagged.extra_chunks == () and flagged.metadata["entities"]["check"]["total_matches_lines"] is False
+    lone = Fixed("smolit-ner-rules", {"seller": "Nordwind"})
+    [single] = list(annotate(docs[:1], EntityStep(["smolit-ner-rules"], extractors={"smolit-ner-rules": lone})))
+    assert single.extra_chunks == () and single.metadata["entities"]["check"]["passed"] is True
 
 
 def test_the_summary_names_parties_and_formats_amounts() -> None:
