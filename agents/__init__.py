@@ -1,5 +1,5 @@
 """Agents: the runtime that answers tasks, retrieval through the knowledge store, and knowledge ingestion (with
-the `ocr` pipeline step for images and scanned PDFs)."""
+the `ocr` pipeline step for images and scanned PDFs and the `entities` step for invoice and contract fields)."""
 
 from smolit.infra.model_manager import Loaded, ModelManager, ModelNotFound, ModelSource
 
@@ -7,6 +7,7 @@ from .attachments import AttachmentReader, PipelineMetrics
 from .catalog import catalog_listener
 from .chunking import chunk_text, split_sentences
 from .documents import JsonlFields, parse_html, parse_pdf, read_documents
+from .entities import EntitiesFailed, EntityStep, NerLoader, annotate, build_entity_step
 from .ingest import FileError, Ingestor, IngestReport, RawDocument, content_hash, read_text_files
 from .ocr import IMAGE_SUFFIXES, OcrFailed, OcrLoader, OcrPolicy, OcrStep, OcrText, build_ocr_step, plausibility
 from .parking import DeadlineSweeper, Draft, ParkingLot
@@ -22,6 +23,8 @@ __all__ = [
     "Choice",
     "DeadlineSweeper",
     "Draft",
+    "EntitiesFailed",
+    "EntityStep",
     "FileError",
     "IngestReport",
     "Ingestor",
@@ -30,6 +33,7 @@ __all__ = [
     "ModelManager",
     "ModelNotFound",
     "ModelSource",
+    "NerLoader",
     "OcrFailed",
     "OcrLoader",
     "OcrPolicy",
@@ -41,6 +45,8 @@ __all__ = [
     "SubqueryPolicy",
     "Trial",
     "Trials",
+    "annotate",
+    "build_entity_step",
     "build_ocr_step",
     "catalog_listener",
     "chunk_text",

@@ -28,6 +28,13 @@ class RawDocument:
     text: str
     title: str | None = None
     metadata: dict[str, Any] | None = None
+    extra_chunks: tuple[str, ...] = ()
+    """Chunks stored after the text's own, e.g. the fields the `entities` step extracted (searchable, citable)."""
+
+    @property
+    def digest(self) -> str:
+        """Content hash of what gets stored: the text, and the extra chunks when there are any."""
+        return content_hash("\n\n".join((self.text, *self.extra_chunks)))
 
 
 @dataclass(frozen=True)
@@ -127,12 +134,14 @@ class Ingestor:
                 report.errors[doc.source] = doc.reason
                 done()
                 continue
-            digest = content_hash(doc.text)
+            digest = doc.digest
             if self._store.stored_hash(collection, doc.source) == digest:
                 report.outcomes[doc.source] = "unchanged"  # checked before embedding: a re-ingest costs a query
                 done()
                 continue
             chunks = chunk_text(doc.text, self._max_chars)
+            if chunks:
+                chunks += list(doc.extra_chunks)
             if not chunks:
                 report.outcomes[doc.source] = "failed"
                 report.errors[doc.source] = "empty document (no text)"

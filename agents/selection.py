@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -177,6 +178,21 @@ class SelectionWeights:
     """Outcomes at which memory counts half (confidence = n / (n + evidence))."""
 
 
+class Features(Protocol):
+    """Measured properties of one input (`PageFeatures` for OCR, `entity_fields.TextFeatures` for entities)."""
+
+    def buckets(self) -> dict[str, str]: ...
+
+
+class Fits(Protocol):
+    """A candidate model as the selector sees it: its name, description and fit to an input's features."""
+
+    @property
+    def name(self) -> str: ...
+
+    def fit(self, features: Any, /) -> float: ...
+
+
 @dataclass(frozen=True)
 class Choice:
     model: str
@@ -191,8 +207,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def select(
-    candidates: Sequence[Candidate],
-    features: PageFeatures,
+    candidates: Sequence[Fits],
+    features: Features,
     *,
     step: str = "ocr",
     task_vector: np.ndarray | None = None,

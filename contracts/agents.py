@@ -42,8 +42,9 @@ class RetrievalConfig(BaseModel):
     """Passages with a lower cosine similarity are not used."""
 
 
-INGEST_STEPS: frozenset[str] = frozenset({"ocr"})
-"""Pipeline steps an agent card may name under `pipeline.ingest` (`ocr`: images and scanned PDF pages to text)."""
+INGEST_STEPS: frozenset[str] = frozenset({"ocr", "entities"})
+"""Pipeline steps an agent card may name under `pipeline.ingest` (`ocr`: images and scanned PDF pages to text;
+`entities`: invoice and contract fields from the text into the document's metadata and a fields chunk)."""
 
 REQUEST_STEPS: frozenset[str] = frozenset({"ocr"})
 """Pipeline steps an agent card may name under `pipeline.request` (`ocr`: a request's image attachments to text)."""
@@ -51,8 +52,13 @@ REQUEST_STEPS: frozenset[str] = frozenset({"ocr"})
 
 STEP_CANDIDATES: dict[str, tuple[str, ...]] = {
     "ocr": ("smolit-ocr", "smolit-ocr-fast", "smolit-ocr-upscale", "smolit-ocr-faint"),
+    "entities": ("smolit-ner-ruler", "smolit-ner", "smolit-ner-rules"),
 }
 """Registered models a card may list under `pipeline.candidates.<step>` (the first of each is the step's default)."""
+
+ENSEMBLE_MODES: frozenset[str] = frozenset({"vote"})
+"""How a card may combine a step's candidates under `pipeline.ensemble.<step>` (`vote`: all run, per-field weighted
+majority)."""
 
 
 class PipelineConfig(BaseModel):
@@ -100,10 +106,27 @@ class PipelineConfig(BaseModel):
                 raise ValueError(f"unknown {step} candidate(s) {bad}; known: {list(STEP_CANDIDATES[step])}")
         return {step: tuple(dict.fromkeys(models)) for step, models in value.items()}
 
+    ensemble: dict[str, str] = Field(default_factory=dict)
+    """Steps whose candidates all run and are combined instead of selected, e.g. `{entities: vote}` (a per-field
+    vote weighted by each candidate's model memory); needs at least two candidates for the step."""
+
+    @field_validator("ensemble")
+    @classmethod
+    def _known_ensembles(cls, value: dict[str, str]) -> dict[str, str]:
+        for step, mode in value.items():
+            if step not in STEP_CANDIDATES:
+                known = sorted(STEP_CANDIDATES)
+                raise ValueError(f"ensemble for unknown step {step!r}; steps with candidates: {known}")
+            if mode not in ENSEMBLE_MODES:
+                raise ValueError(f"unknown ensemble mode {mode!r} for {step}; known: {sorted(ENSEMBLE_MODES)}")
+        return value
+
     @model_validator(mode="after")
     def _candidates_need_step(self) -> PipelineConfig:
         if missing := [step for step in self.candidates if step not in self.ingest]:
             raise ValueError(f"candidates given for step(s) {missing} that are not in `ingest` {list(self.ingest)}")
+        if few := [step for step in self.ensemble if len(self.candidates.get(step, ())) < 2]:
+            raise ValueError(f"ensemble for step(s) {few} needs at least two `candidates` for the step")
         return self
 
     def candidates_for(self, step: str) -> tuple[str, ...]:

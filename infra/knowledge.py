@@ -148,6 +148,20 @@ class KnowledgeStore:
             ).fetchone()
         return StoredDocument(*row) if row else None
 
+    def metadata_entries(
+        self, collection: str, key: str, source: str | None = None
+    ) -> list[tuple[str, str | None, Any]]:
+        """(source, title, metadata[key]) of the collection's documents whose metadata has `key` (e.g. `entities`),
+        by source; only `source` when given."""
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT source, title, metadata -> %s FROM documents"
+                " WHERE collection = %s AND jsonb_exists(metadata, %s) AND (%s::text IS NULL OR source = %s)"
+                " ORDER BY source",
+                (key, collection, key, source, source),
+            ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
     def pool_sources(self, embedding: np.ndarray, min_score: float, limit: int) -> list[str]:
         """Sources of knowledge-pool documents with a chunk at least `min_score` close to `embedding`, best
         first (at most `limit`)."""

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     """Default chat model for the `openai` backend."""
     ocr_timeout_s: float = Field(default=60.0, gt=0)
     """Longest OCR of one image or scanned PDF page at ingestion (agent cards with `pipeline: {ingest: [ocr]}`)."""
+    entities_timeout_s: float = Field(default=10.0, gt=0)
+    """Longest entity extraction of one document by one candidate model (cards with `pipeline.ingest: [entities]`);
+    a candidate that exceeds it gives no fields for that document."""
     ocr_min_chars: int = Field(default=12, ge=1)
     """Plausibility check: fewest letters and digits OCR must recognise in a file, else the file fails."""
     ocr_min_confidence: float = Field(default=0.7, ge=0, le=1)

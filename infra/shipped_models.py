@@ -8,6 +8,7 @@ Registration is idempotent (one version per content digest), so `smolit models l
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -65,6 +66,46 @@ def shipped_models() -> list[ShippedModel]:
         for v in OCR_VARIANTS.values()
         if v.name != OCR_MODEL  # the default configuration is `smolit-ocr` itself, registered below
     ]
+    return [*_ocr_and_embedder(ocr_files, minilm, candidates), *ner_models()]
+
+
+def ner_models() -> list[ShippedModel]:
+    """The entity-extraction candidates: spaCy's `en_core_web_sm` as shipped (`smolit-ner`) and with the entity
+    ruler (`smolit-ner-ruler`), and the regular expressions (`smolit-ner-rules`, the rules module is the model)."""
+    from .ner_models import NER_VARIANTS, RULER_PATTERNS, SPACY_PACKAGE, rules_file, spacy_model_dir, spacy_model_files
+
+    models = []
+    for v in NER_VARIANTS.values():
+        tags = {
+            "task_type": "ner",
+            "input_format": "text (document text, OCR text included)",
+            "domain": "finance, legal (invoices, contracts)",
+            "framework": "spacy" if v.spacy else "python-re",
+            "description": v.description,
+        }
+        if v.spacy:
+            folder, files = spacy_model_dir(), spacy_model_files()
+            package, params = SPACY_PACKAGE, {"architecture": "spaCy en_core_web_sm 3.8.0 (tok2vec CNN + NER)"}
+        else:
+            folder, files = rules_file().parent, (rules_file(),)
+            package, params = "smolit", {"architecture": "regular expressions over labelled lines and phrasings"}
+        models.append(
+            ShippedModel(
+                v.name,
+                package,
+                folder,
+                files,
+                tags,
+                params | {"ruler": str(v.ruler)},
+                config=repr(v) + (json.dumps(RULER_PATTERNS) if v.ruler else ""),
+            )
+        )
+    return models
+
+
+def _ocr_and_embedder(ocr_files: dict[str, Path], minilm: Path, candidates: list[ShippedModel]) -> list[ShippedModel]:
+    from .ocr import OCR_PACKAGE, OCR_VARIANTS
+
     return [
         ShippedModel(
             name=OCR_MODEL,

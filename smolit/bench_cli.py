@@ -63,13 +63,21 @@ def bench_pipelines(
     candidates: Annotated[
         str, typer.Option(help="OCR candidates compared by the selection part, card order (first = baseline).")
     ] = "smolit-ocr-fast,smolit-ocr,smolit-ocr-upscale",
+    entity_docs: Annotated[
+        int, typer.Option(min=0, help="Generated invoices and contracts for the entity-extraction part (0: skip).")
+    ] = 60,
+    entity_seed: Annotated[int, typer.Option(help="Seed of the invoice and contract generator.")] = 5,
+    entity_candidates: Annotated[
+        str, typer.Option(help="Entity candidates compared, card order (first = baseline).")
+    ] = "smolit-ner-ruler,smolit-ner,smolit-ner-rules",
     record: Annotated[
         bool, typer.Option("--record", help="Log the numbers as metrics of the registered model versions.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Agent model pipelines: OCR and embedding latency, OCR character error rate and amount extraction, and the
-    accuracy gain of OCR model selection over always the first candidate (`selection`)."""
+    """Agent model pipelines: OCR and embedding latency, OCR character error rate and amount extraction, the
+    accuracy gain of OCR model selection over always the first candidate (`selection`), and entity extraction on
+    invoices and contracts per candidate, selected and voted (`entities`)."""
     from smolit.contracts import STEP_CANDIDATES
 
     from .bench_pipelines import record_metrics, run_pipelines_bench
@@ -78,11 +86,18 @@ def bench_pipelines(
     names = tuple(dict.fromkeys(n.strip() for n in candidates.split(",") if n.strip()))
     if bad := [n for n in names if n not in STEP_CANDIDATES["ocr"]]:
         raise typer.BadParameter(f"unknown OCR candidate(s) {bad}; known: {list(STEP_CANDIDATES['ocr'])}")
+    ner = tuple(dict.fromkeys(n.strip() for n in entity_candidates.split(",") if n.strip()))
+    if bad := [n for n in ner if n not in STEP_CANDIDATES["entities"]]:
+        raise typer.BadParameter(f"unknown entity candidate(s) {bad}; known: {list(STEP_CANDIDATES['entities'])}")
     settings = load_settings()
     step = None if as_json else (lambda text: console.print(f"[dim]{text}[/]"))
     result: dict[str, Any] = run_pipelines_bench(settings, images, seed, on_step=step) if images else {}
     if selection_images:
         result["selection"] = run_selection_bench(settings, selection_images, selection_seed, names, on_step=step)
+    if entity_docs:
+        from .bench_entities import run_entities_bench
+
+        result["entities"] = run_entities_bench(settings, entity_docs, entity_seed, ner, on_step=step)
     if record:
         result["recorded_versions"] = record_metrics(settings, result)
     out.print_json(json.dumps(result)) if as_json else out.print(result)

@@ -281,4 +281,16 @@ def record_metrics(settings: Settings, result: dict[str, Any]) -> dict[str, str]
                 "mixed_ms_per_image": summary["ms_per_image"],
             },
         )
+    # Entity extraction: each candidate's field accuracy and latency on the generated invoices and contracts.
+    for name, summary in result.get("entities", {}).get("per_candidate", {}).items():
+        registry.log_metrics(
+            name,
+            versions[name],
+            {
+                "field_accuracy": summary["field_accuracy"],
+                "document_exact_rate": summary["document_exact_rate"],
+                "p50_ms": summary["ms_per_document"]["p50"],
+                "p95_ms": summary["ms_per_document"]["p95"],
+            },
+        )
     return versions

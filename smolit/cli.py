@@ -262,7 +262,8 @@ def ingest(
 
     A file that cannot be read is reported and the rest continues; the exit code is 1 when any file failed.
     Images and scanned PDF pages are read by OCR when the agent's card has `pipeline: {ingest: [ocr]}` (always
-    for --pool); OCR output that fails the plausibility check fails its file.
+    for --pool); OCR output that fails the plausibility check fails its file. With `entities` in the card's ingest
+    steps, invoice and contract fields go into each document's metadata (`smolit kb entities`).
     """
     from smolit.agents import Ingestor, JsonlFields, read_documents
     from smolit.infra.embedder import build_embedder
@@ -281,18 +282,26 @@ def ingest(
     collection, domain = (card.knowledge_collection, card.domain) if card else (POOL_COLLECTION, None)
     target = agent or "the knowledge pool"
     fields = JsonlFields(text=text_field, title=title_field or None, source=source_field or None)
-    from .ocr_ingest import ingest_ocr_step
+    from .ocr_ingest import ingest_entity_step, ingest_ocr_step
 
     ocr, close_ocr = ingest_ocr_step(settings, card)
+    entities, close_entities = ingest_entity_step(settings, card)
+    steps = [label for label, on in (("OCR for images and scans", ocr), ("entity extraction", entities)) if on]
     with _pool(settings) as db, _progress() as progress:  # the database first: no OCR time spent before a setup error
-        reading = progress.add_task("reading files" + (" (OCR for images and scans)" if ocr else ""), total=None)
+        reading = progress.add_task("reading files" + (f" ({', '.join(steps)})" if steps else ""), total=None)
         items = []
         try:
-            for item in read_documents(paths, fields, ocr):  # OCR takes ~1-2 s an image: show it moving
+            read = read_documents(paths, fields, ocr)
+            if entities is not None:
+                from smolit.agents.entities import annotate
+
+                read = annotate(read, entities)
+            for item in read:  # OCR takes ~1-2 s an image: show it moving
                 items.append(item)
                 progress.advance(reading)
         finally:
             close_ocr()
+            close_entities()
         progress.update(reading, total=len(items))
         task = progress.add_task(f"ingesting into {target}", total=len(items))
         report = Ingestor(KnowledgeStore(db), build_embedder(settings)).ingest_report(
@@ -470,9 +479,11 @@ def _register_subcommands() -> None:
     from .ab_cli import ab_app
     from .agents_cli import agents_app
     from .bench_cli import bench_app
+    from .kb_entities import kb_entities
     from .keys_cli import keys_app
     from .models import models_app
 
+    kb_app.command("entities")(kb_entities)
     app.add_typer(bench_app, name="bench")
     app.add_typer(models_app, name="models")
     app.add_typer(keys_app, name="keys")

@@ -38,7 +38,7 @@ console = Console(stderr=True)
 out = Console()
 models_app = typer.Typer(no_args_is_help=True, help="Models in the MLflow registry (router, OCR, embeddings).")
 
-STEP_MODELS = {"ocr": OCR_MODEL}
+STEP_MODELS = {"ocr": OCR_MODEL, "entities": "smolit-ner-ruler"}
 """Registered model behind each pipeline step an agent card may name."""
 ROUTER_TAGS = {"task_type": "routing", "input_format": "request embedding (384 x float32)", "domain": "all agents"}
 """Shown for the router when its registered model carries no tags (the learner registers it without them)."""

@@ -100,6 +100,7 @@ def build_model_manager(settings: Settings, on_change: Callable[[Loaded], None] 
     """The agents' model manager: MLflow opened at the first model asked for, OCR versions loaded on first use
     (one set of ONNX sessions shared by every OCR configuration)."""
     from smolit.agents import ModelManager, OcrLoader
+    from smolit.agents.entities import NerLoader
 
     def source() -> ModelSource:
         from smolit.infra.shipped_models import register_shipped_models
@@ -110,7 +111,7 @@ def build_model_manager(settings: Settings, on_change: Callable[[Loaded], None] 
         register_shipped_models(registry)  # idempotent: the shipped models are there before `smolit models list`
         return registry
 
-    return ModelManager(source, {"ocr": OcrLoader(settings.threads)}, on_change)
+    return ModelManager(source, {"ocr": OcrLoader(settings.threads), "ner": NerLoader()}, on_change)
 
 
 def tool_calls_possible(settings: Settings, cards: dict[str, AgentCard]) -> bool:

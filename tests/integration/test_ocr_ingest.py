@@ -150,6 +150,8 @@ def test_bench_pipelines_reports_accuracy_and_records_it_in_the_registry(env: di
         "3",
         "--candidates",
         "smolit-ocr-fast,smolit-ocr",
+        "--entity-docs",
+        "0",
         "--record",
         "--json",
     )
