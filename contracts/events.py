@@ -370,8 +370,8 @@ class AgentProposed(Event):
     proposal_id: str = Field(min_length=1, max_length=64)
     """Short id an operator approves (`smolit agents approve ID`)."""
     card: AgentCard
-    """The proposed agent: name and description from the cluster's top terms, its requests as examples, a
-    system prompt built from them."""
+    """The proposed agent: name and description from the cluster's top terms (or the LLM, see `named_by`), its
+    requests as examples, a system prompt built from them."""
     knowledge: tuple[str, ...] = ()
     """Knowledge-pool document sources matching the cluster (taken over when the agent is created)."""
     centroid: str
@@ -386,6 +386,9 @@ class AgentProposed(Event):
     nearest_agent: str | None = None
     """Existing agent whose card is closest to the cluster, and how close (below the no-clone threshold)."""
     nearest_similarity: float | None = None
+    named_by: str = "terms"
+    """Who named and described the agent: `terms` (the cluster's top terms) or `llm:<model>` (the configured LLM,
+    from the cluster's requests; `SMOLIT_DISCOVERY_NAMING`)."""
 
 
 class AgentUpdated(Event):

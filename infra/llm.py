@@ -402,6 +402,20 @@ class OpenAILLM:
             completion = dataclasses.replace(completion, tool_calls=calls)
         return completion
 
+    def chat(self, messages: Sequence[dict[str, str]], *, max_tokens: int, temperature: float = 0.0) -> Completion:
+        """One plain chat completion (no passages): for Smolit's own tasks, e.g. naming a proposed agent."""
+        try:
+            response = self._client.chat.completions.create(
+                model=self.default_model,
+                messages=list(messages),  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=temperature,
+            )
+        except openai.OpenAIError as exc:
+            raise _translate(exc) from exc
+        message = response.choices[0].message if response.choices else None
+        return self._completion((message.content or "") if message else "", response.model, response.usage)
+
     def stream(self, question: str, passages: Sequence[Passage], config: LLMConfig) -> Generator[str, None, Completion]:
         """Yields text deltas; the generator's return value is the `Completion` (`yield from`)."""
         request = self._request(question, passages, config)

@@ -177,6 +177,10 @@ class Settings(BaseSettings):
     new agent came after 74, 74 and 76 new-domain requests with it, after 105-176 without (README)."""
     discovery_window: int = Field(default=400, ge=10)
     """Most recent unserved requests (low-confidence, or rated bad) the clustering looks at."""
+    discovery_naming: Literal["auto", "terms", "llm"] = "auto"
+    """Who names and describes a proposed agent: `terms` (the cluster's top terms), `llm` (the OpenAI-compatible
+    endpoint; needs SMOLIT_OPENAI_BASE_URL or SMOLIT_OPENAI_API_KEY), `auto` (the LLM when one is configured). A
+    failed or unusable LLM reply falls back to the top terms."""
     discovery_min_size: int = Field(default=20, ge=2)
     """Distinct unserved requests a cluster needs before it is a new domain."""
     discovery_min_cohesion: float = Field(default=0.18, gt=0, lt=1)

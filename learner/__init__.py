@@ -5,6 +5,7 @@ from .discovery import Discovery, DiscoveryConfig
 from .flags import FlagRule
 from .improvement import MlflowAgentVersions
 from .monitor import FlagMetrics, FlagMonitor, MonitorConfig
+from .naming import LLMNamer
 from .proposals import AgentProposer, ProposerMetrics
 from .service import Learner, LearnerConfig, LearnerMetrics
 
@@ -15,6 +16,7 @@ __all__ = [
     "FlagMetrics",
     "FlagMonitor",
     "FlagRule",
+    "LLMNamer",
     "Learner",
     "LearnerConfig",
     "LearnerMetrics",

@@ -89,6 +89,7 @@ class NewDomain:
     system_prompt: str
     nearest_agent: str | None
     nearest_similarity: float | None
+    named_by: str = "terms"
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,12 @@ def top_terms(cluster: Sequence[str], background: Sequence[str], k: int) -> list
 
 def agent_name(terms: Sequence[str], taken: set[str]) -> str:
     """`term1-term2` (a valid agent name), made unique against `taken` with a number."""
-    base = "-".join(re.sub(r"[^a-z0-9]", "", t) for t in terms[:2] if t) or "topic"
+    return unique_name("-".join(re.sub(r"[^a-z0-9]", "", t) for t in terms[:2] if t), taken)
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """`base` as a valid agent name (`topic` when empty), made unique against `taken` with a number."""
+    base = base or "topic"
     base = base[:40] if base[0].isalpha() else f"topic-{base}"[:40]
     name, n = base, 2
     while name in taken:
@@ -239,6 +245,10 @@ class Discovery:
         """The agents that exist now, with their normalised card vectors (description + examples)."""
         self._agents = tuple(agents)
         self._agent_vectors = np.asarray(card_vectors, dtype=np.float32)
+
+    def taken_names(self) -> set[str]:
+        """Names a new agent must not take: existing agents and pending proposals."""
+        return set(self._agents) | {k.removeprefix("pending:") for k in self._proposed}
 
     def remember_proposal(self, proposal_id: str, centroid: np.ndarray) -> None:
         self._proposed[proposal_id] = np.asarray(centroid, dtype=np.float32)
@@ -330,8 +340,7 @@ class Discovery:
         members = set(cluster.members)
         background = [t for i, t in enumerate(self._texts) if i not in members]
         terms = tuple(top_terms(texts, background, cfg.terms)) or ("topic",)
-        taken = set(self._agents) | {k.removeprefix("pending:") for k in self._proposed}
-        name = agent_name(terms, taken)
+        name = agent_name(terms, self.taken_names())
         order = np.argsort(-(vectors @ cluster.centroid), kind="stable")
         examples = tuple(dict.fromkeys(texts[i] for i in order))[: cfg.examples]
         description, prompt = describe(name, terms, examples)

@@ -92,8 +92,11 @@ class AgentProposer:
         *,
         mode: Literal["approve", "auto"] = "approve",
         knowledge: Callable[[np.ndarray], list[str]] | None = None,
+        namer: Callable[[NewDomain, set[str]], NewDomain] | None = None,
     ) -> None:
+        """`namer`: rewords a new domain (e.g. `LLMNamer`) given the names already taken; None: top terms."""
         self._discovery = discovery
+        self._namer = namer
         self._cards = dict(cards)
         self._embedder = embedder
         self._metrics = metrics
@@ -161,6 +164,8 @@ class AgentProposer:
             log.info("low-confidence cluster of a known domain", agent=report.agent, size=report.size)
             return []
         self._metrics.clusters.labels("new").inc()
+        if self._namer is not None:
+            report = self._namer(report, self._discovery.taken_names() | set(self._cards))
         card = proposal_card(report)
         knowledge = tuple(self._knowledge(report.centroid)) if self._knowledge is not None else ()
         proposal = cause.caused(
@@ -175,6 +180,7 @@ class AgentProposer:
             terms=report.terms,
             nearest_agent=report.nearest_agent,
             nearest_similarity=None if report.nearest_similarity is None else round(report.nearest_similarity, 4),
+            named_by=report.named_by,
         )
         self._discovery.remember_proposal(proposal.proposal_id, report.centroid)
         self._metrics.proposals.labels(self._mode).inc()

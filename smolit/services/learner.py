@@ -113,7 +113,25 @@ def build_proposer(w: Wiring, embedder: Any, mode: Literal["approve", "auto"]) -
         ProposerMetrics.create(w.registry),
         mode=mode,
         knowledge=lambda c: store.pool_sources(c, s.discovery_knowledge_min_score, s.discovery_knowledge_max),
+        namer=proposal_namer(s),
     )
+
+
+def proposal_namer(s: Settings) -> Any:
+    """The LLM that names proposed agents (`SMOLIT_DISCOVERY_NAMING`), or None for the cluster's top terms."""
+    from smolit.infra.llm import OpenAILLM
+    from smolit.learner import LLMNamer
+
+    configured = bool(s.openai_base_url or s.openai_api_key)
+    if s.discovery_naming == "terms" or (s.discovery_naming == "auto" and not configured):
+        return None
+    if not configured:
+        raise SetupError(
+            "SMOLIT_DISCOVERY_NAMING=llm needs an OpenAI-compatible endpoint: set SMOLIT_OPENAI_BASE_URL or "
+            "SMOLIT_OPENAI_API_KEY (or use SMOLIT_DISCOVERY_NAMING=terms)"
+        )
+    key = s.openai_api_key.get_secret_value() if s.openai_api_key else None
+    return LLMNamer(OpenAILLM(s.openai_base_url, key, s.openai_model, s.llm_timeout_s, s.llm_max_retries))
 
 
 def discovery_config(settings: Settings) -> Any:

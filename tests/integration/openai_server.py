@@ -2,8 +2,8 @@
 
 It records every request body. Its behaviour is steered by the model name: `sleep:<s>` answers after `<s>` seconds,
 `status:<code>` answers with that HTTP error, `tool:<agent>` calls the offered tool to consult `<agent>`,
-`calc:<json>` calls `loan_calculator` with `<json>`; moderation flags inputs containing "flagme". Answers quote
-the system prompt, so tests see which prompt arrived.
+`calc:<json>` calls `loan_calculator` with `<json>`, `reply:<text>` answers `<text>`; moderation flags inputs
+containing "flagme". Other answers quote the system prompt, so tests see which prompt arrived.
 """
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ def _fake_openai(received: list[dict[str, Any]]) -> FastAPI:
             choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
             usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
             head = {"id": "chatcmpl-2", "created": 0, "model": body["model"], "object": "chat.completion"}
+            return JSONResponse(head | {"choices": [choice], "usage": usage})
+        if body["model"].startswith("reply:"):  # `reply:<text>` answers exactly `<text>`
+            message = {"role": "assistant", "content": body["model"].split(":", 1)[1]}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+            head = {"id": "chatcmpl-3", "created": 0, "model": body["model"], "object": "chat.completion"}
             return JSONResponse(head | {"choices": [choice], "usage": usage})
         # The answer quotes the system prompt, so tests can see which prompt reached the model.
         words = f"Per the {body['messages'][0]['content']} cheques clear in two days [1]".split()

@@ -42,13 +42,14 @@ from smolit.infra.kafka import (
     ensure_topics,
 )
 from smolit.infra.knowledge import POOL_COLLECTION, KnowledgeStore
-from smolit.infra.llm import ExtractiveLLM
+from smolit.infra.llm import ExtractiveLLM, OpenAILLM
 from smolit.infra.metrics import ConsumerMetrics
-from smolit.learner import AgentProposer, Discovery, DiscoveryConfig, ProposerMetrics
+from smolit.learner import AgentProposer, Discovery, DiscoveryConfig, LLMNamer, ProposerMetrics
 from smolit.router import Router, RouterMetrics
 
 from ..conftest import read_events
 from ..new_domains import COOKING, FINANCE, POOL_DOCUMENTS
+from .openai_server import running_server
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +138,7 @@ def _wait(condition: Callable[[], bool], timeout_s: float = 60.0) -> bool:
 
 
 @contextmanager
-def running(profile, topics, producer, pool, embedder, threshold: float = 0.25) -> Iterator[System]:
+def running(profile, topics, producer, pool, embedder, threshold: float = 0.25, namer=None) -> Iterator[System]:
     cards = load_cards()
     store = KnowledgeStore(pool)
     router = Router(
@@ -159,6 +160,7 @@ def running(profile, topics, producer, pool, embedder, threshold: float = 0.25) 
         embedder,
         metrics,
         knowledge=lambda centroid: store.pool_sources(centroid, 0.25, 20),
+        namer=namer,
     )
     router_cards = CardCatalog(cards, lambda new, _: router.use_cards(new))
     agent_cards = CardCatalog(cards, catalog_listener(runtime, store))
@@ -281,3 +283,26 @@ def test_confident_requests_rated_bad_become_a_proposal_unless_an_agent_is_named
         assert system.lifecycle(2, timeout_s=3) == [proposal]  # exactly one
         assert system.collected() == 0
     assert isinstance(proposal, AgentProposed) and set(proposal.card.examples) <= set(COOKING)
+
+
+def test_a_configured_llm_names_the_proposed_agent(profile, topics, producer, pool, embedder) -> None:
+    """With an OpenAI-compatible endpoint (here a real HTTP server speaking the API), the proposal's name,
+    description and system prompt come from the LLM, which saw the cluster's requests; `named_by` says so."""
+    naming = {
+        "name": "home-cooking",
+        "description": "Answers questions about cooking: roasting, baking, recipes and kitchen timings.",
+        "system_prompt": "You are a home cooking expert. Answer from the passages and cite them as [n].",
+    }
+    with running_server() as (url, received):
+        llm = OpenAILLM(url, "test-key", f"reply:{json.dumps(naming)}", timeout_s=10, max_retries=0)
+        with running(profile, topics, producer, pool, embedder, namer=LLMNamer(llm)) as system:
+            system.ask(COOKING)
+            assert _wait(lambda: system.lifecycle(1, timeout_s=1) != [], 90), "no proposal"
+            [proposal] = system.lifecycle(2, timeout_s=3)  # exactly one
+    assert isinstance(proposal, AgentProposed)
+    assert (proposal.card.name, proposal.card.description) == (naming["name"], naming["description"])
+    assert proposal.card.llm.system_prompt == naming["system_prompt"]
+    assert proposal.named_by.startswith("llm:reply:")
+    assert proposal.card.examples and set(proposal.card.examples) <= set(COOKING)
+    [call] = received
+    assert call["messages"][0]["role"] == "system" and proposal.card.examples[0] in call["messages"][1]["content"]
