@@ -328,6 +328,9 @@ class RolledBack(Event):
     """Version restored."""
     from_version: str
     reason: str
+    evidence: dict[str, float] = Field(default_factory=dict)
+    """The live numbers behind an automatic rollback (good/judged outcomes per version, z score, alpha); empty
+    for a manual one."""
 
 
 class ExperimentStarted(Event):

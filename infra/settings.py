@@ -160,6 +160,13 @@ class Settings(BaseSettings):
     """Judged live outcomes needed under both the new and the previous champion before a rollback is considered."""
     learner_rollback_alpha: float = Field(default=0.05, gt=0, lt=0.5)
     """Significance level of the one-sided test that the new champion's positive rate is below the previous one's."""
+    model_monitor: bool = True
+    """The learner watches every pipeline model's live outcomes (validation outcomes, user feedback on answers the
+    model served) and rolls a new champion back when it is significantly worse than the previous one."""
+    model_rollback_min_outcomes: int = Field(default=30, ge=5)
+    """Judged live outcomes a pipeline model's champion and its previous version each need before a rollback."""
+    model_rollback_alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    """Significance level of the one-sided test behind a pipeline model's automatic rollback."""
     learner_seed: int = 42
     """Seed of the learner's network, sampling and holdout choice (replays are reproducible)."""
 

@@ -71,7 +71,35 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
         load_cards(s.agents_dir), lambda cards, _: learner.use_agents(AgentFeatures.from_cards(cards, embedder))
     )
     agents = follow_lifecycle(w, "learner", catalog.handle)
-    run_consumers(w, "learner", [loop, flags, agents, *proposer_loops(w, embedder)], stop, s.learner_metrics_port)
+    loops = [loop, flags, agents, *model_monitor_loops(w), *proposer_loops(w, embedder)]
+    run_consumers(w, "learner", loops, stop, s.learner_metrics_port)
+
+
+def model_monitor_loops(w: Wiring) -> list[ConsumerLoop]:
+    """Pipeline models (OCR, sentiment) whose live outcomes drop are rolled back: validation outcomes and feedback on
+    the answers they served in, `RolledBack` out on the router-models topic (model managers swap back)."""
+    from smolit.infra.kafka import TopicMissing, read_topic_events
+    from smolit.learner import ModelMonitor, ModelMonitorConfig, ModelMonitorMetrics
+
+    from .wiring import open_model_registry
+
+    s = w.settings
+    if not s.model_monitor:
+        return []
+    monitor = ModelMonitor(
+        lambda: open_model_registry(s, "smolit-models"),
+        ModelMonitorConfig(
+            min_outcomes=s.model_rollback_min_outcomes,
+            alpha=s.model_rollback_alpha,
+            ignore=frozenset({s.router_registry_name}),  # the router's own rollback rule judges it
+        ),
+        ModelMonitorMetrics.create(w.registry),
+    )
+    # The group resumes after its committed offset: who is champion comes from a full read of the topic.
+    with contextlib.suppress(TopicMissing):
+        monitor.prime(read_topic_events(w.profile.consumer("learner-models"), w.topics(Topic.ROUTER_MODELS)))
+    topics = [Topic.MODEL_OUTCOMES, Topic.ANSWERS, Topic.FEEDBACK, Topic.ROUTER_MODELS]
+    return [w.loop("learner-models", topics, monitor.handle)]
 
 
 def proposer_loops(w: Wiring, embedder: Any) -> list[ConsumerLoop]:
