@@ -1,10 +1,13 @@
-"""The `request` pipeline stage: a request's image attachments read by the manager's current OCR model.
+"""The `request` pipeline stage: a request's image attachments read by a registered OCR model.
 
-An agent card opts in with `pipeline: {request: [ocr]}`. The model is resolved per task by the model manager
-(task type `ocr`, the card's OCR candidates preferred, alias `champion`) and held for the whole task, so a
-promotion that lands mid-task changes only the next one. Each image gets the ingest step's timeout and
-plausibility check; text that passes becomes an extra passage for the answer. A failed reading is recorded
-(`ModelUse.error`) and the agent answers from its knowledge alone.
+An agent card opts in with `pipeline: {request: [ocr]}`. With one OCR candidate (or none listed) the model is
+resolved per task by the model manager (task type `ocr`, the card's candidate preferred, alias `champion`). With
+several (`pipeline.candidates.ocr`) the selector picks one per attachment, as ingest does: the page features measured
+on the image against each candidate's declared ranges, plus the model memory (validation outcomes of earlier
+readings with similar features, folded from the model-outcomes topic); the chosen candidate's champion comes from the
+manager. Each model is held for the whole task, so a promotion that lands mid-task changes only the next one. Each
+image gets the ingest step's timeout and plausibility check; text that passes becomes an extra passage for the
+answer. A failed reading is recorded (`ModelUse.error`) and the agent answers from its knowledge alone.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from smolit.contracts import STEP_CANDIDATES, AgentCard, Attachment, ModelOutcomeRecorded, ModelUse
 from smolit.infra.llm import Passage
-from smolit.infra.model_manager import Loaded, ModelManager, ModelNotFound
+from smolit.infra.model_manager import DEFAULT_ALIAS, Loaded, ModelManager, ModelNotFound
 from smolit.infra.ocr import OcrEngine
 
 from .ocr import OcrFailed, OcrPolicy, OcrStep
-from .ocr_selection import output_checks
-from .selection import page_features
+from .ocr_selection import candidate, output_checks
+from .selection import Choice, ModelMemory, PageFeatures, page_features, select
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -87,10 +90,16 @@ class AttachmentReader:
     """Reads request attachments for agents whose card has `pipeline.request: [ocr]`."""
 
     def __init__(
-        self, manager: ModelManager, policy: OcrPolicy | None = None, metrics: PipelineMetrics | None = None
+        self,
+        manager: ModelManager,
+        policy: OcrPolicy | None = None,
+        metrics: PipelineMetrics | None = None,
+        memory: ModelMemory | None = None,
     ) -> None:
         self._manager = manager
         self._metrics = metrics
+        self.memory = memory if memory is not None else ModelMemory()
+        """Model memory the selector reads; the service also folds the model-outcomes topic into it."""
         self._step = OcrStep(
             lambda: _no_engine(), policy or OcrPolicy()
         )  # only its timeout and plausibility check are used
@@ -102,7 +111,8 @@ class AttachmentReader:
     def warm(self, cards: Mapping[str, AgentCard]) -> threading.Thread | None:
         """Resolve and load the OCR model of every card that reads attachments, in a background thread, so the
         first request does not pay the registry open and model load. Failures are logged: requests retry."""
-        wanted = {(c.domain, _prefer(c)) for c in cards.values() if OCR_TASK in c.pipeline.request}
+        wanted = {(c.domain, (name,)) for c in cards.values() if _selects(c) for name in _prefer(c)}
+        wanted |= {(c.domain, _prefer(c)) for c in cards.values() if OCR_TASK in c.pipeline.request and not _selects(c)}
         if not wanted:
             return None
 
@@ -125,62 +135,114 @@ class AttachmentReader:
         if not attachments or OCR_TASK not in card.pipeline.request:
             return Readings([], [], [])
         prefer = _prefer(card)
-        try:
-            loaded = self._manager.for_task(OCR_TASK, card.domain, prefer)
-        except Exception as exc:  # registry down or no OCR model: answer without the attachments, say why
-            log.warning("ocr model unavailable", agent=card.name, error=str(exc))
-            reason = str(exc) if isinstance(exc, ModelNotFound) else f"{type(exc).__name__}: {exc}"
-            name = (prefer or STEP_CANDIDATES[OCR_TASK])[0]
-            failed = [ModelUse(step=OCR_TASK, name=name, version="", input=a.name, error=reason) for a in attachments]
-            return Readings([], failed, [])
-        passages: list[Passage] = []
-        uses: list[ModelUse] = []
-        outcomes: list[ModelOutcomeRecorded] = []
+        held: dict[str, Loaded] = {}  # per task: a model resolved once is held for every attachment
+        if not _selects(card):
+            try:
+                held[""] = self._manager.for_task(OCR_TASK, card.domain, prefer)
+            except Exception as exc:  # registry down or no OCR model: answer without the attachments, say why
+                log.warning("ocr model unavailable", agent=card.name, error=str(exc))
+                name = (prefer or STEP_CANDIDATES[OCR_TASK])[0]
+                failed = [
+                    ModelUse(step=OCR_TASK, name=name, version="", input=a.name, error=_why(exc)) for a in attachments
+                ]
+                return Readings([], failed, [])
+        readings = Readings([], [], [])
         for attachment in attachments:
-            use = ModelUse(
-                step=OCR_TASK, name=loaded.name, version=loaded.version, alias=loaded.alias, input=attachment.name
-            )
+            self._read_one(card, attachment, request_id, held, readings)
+        return readings
+
+    def _read_one(
+        self,
+        card: AgentCard,
+        attachment: Attachment,
+        request_id: uuid.UUID | None,
+        held: dict[str, Loaded],
+        out: Readings,
+    ) -> None:
+        resolved = held.get("")
+        try:
+            images = decode_image(attachment)
+        except OcrFailed as exc:  # not the model's doing: no outcome for its memory
+            name, version = (resolved.name, resolved.version) if resolved else (_prefer(card)[0], "")
+            alias = resolved.alias if resolved else None
+            use = ModelUse(step=OCR_TASK, name=name, version=version, alias=alias, input=attachment.name)
+            out.uses.append(use.model_copy(update={"error": str(exc)}))
+            self._count(name, version, "failed")
+            return
+        fmt = Path(attachment.name).suffix.lstrip(".").lower() or "png"
+        features = page_features(np.asarray(images[0].convert("L")), fmt)
+        choice: Choice | None = None
+        if resolved is not None:
+            loaded = resolved
+        else:
+            choice = self._choose(card, features)
             try:
-                images = decode_image(attachment)
-            except OcrFailed as exc:  # not the model's doing: no outcome for its memory
-                uses.append(use.model_copy(update={"error": str(exc)}))
-                self._count(use, "failed")
-                continue
-            started = time.perf_counter()
-            try:
-                read = self._step.read_with(loaded.model, images)
-            except OcrFailed as exc:
-                uses.append(use.model_copy(update={"error": str(exc)}))
-                self._count(use, "failed")
-                seconds = time.perf_counter() - started
-                outcomes += self._outcome(request_id, card, use, images, False, {}, exc.confidence, seconds)
-                continue
-            checks = output_checks(read.text)
-            ok = all(checks.values())
-            outcomes += self._outcome(request_id, card, use, images, ok, checks, read.mean_confidence, read.seconds)
-            uses.append(use.model_copy(update={"seconds": round(read.seconds, 3)}))
-            self._count(use, "ok", read.seconds)
-            passages.append(
-                Passage(text=read.text, source=f"attachment:{attachment.name}", title=attachment.name, score=1.0)
+                loaded = held.get(choice.model) or self._manager.get(f"{choice.model}@{DEFAULT_ALIAS}")
+            except Exception as exc:
+                log.warning("ocr candidate unavailable", agent=card.name, model=choice.model, error=str(exc))
+                use = ModelUse(step=OCR_TASK, name=choice.model, version="", input=attachment.name, error=_why(exc))
+                out.uses.append(use.model_copy(update={"scores": choice.scores}))
+                self._count(choice.model, "", "failed")
+                return
+            held[choice.model] = loaded
+        use = ModelUse(
+            step=OCR_TASK,
+            name=loaded.name,
+            version=loaded.version,
+            alias=loaded.alias,
+            input=attachment.name,
+            scores=choice.scores if choice else {},
+        )
+        selected_by = "manager" if choice is None else "selector"
+        started = time.perf_counter()
+        try:
+            read = self._step.read_with(loaded.model, images)
+        except OcrFailed as exc:
+            out.uses.append(use.model_copy(update={"error": str(exc)}))
+            self._count(use.name, use.version, "failed")
+            seconds = time.perf_counter() - started
+            out.outcomes.extend(
+                self._outcome(request_id, card, use, features, selected_by, False, {}, exc.confidence, seconds)
             )
-        return Readings(passages, uses, outcomes)
+            return
+        checks = output_checks(read.text)
+        ok = all(checks.values())
+        out.outcomes.extend(
+            self._outcome(request_id, card, use, features, selected_by, ok, checks, read.mean_confidence, read.seconds)
+        )
+        out.uses.append(use.model_copy(update={"seconds": round(read.seconds, 3)}))
+        self._count(use.name, use.version, "ok", read.seconds)
+        out.passages.append(
+            Passage(text=read.text, source=f"attachment:{attachment.name}", title=attachment.name, score=1.0)
+        )
+
+    def _choose(self, card: AgentCard, features: PageFeatures) -> Choice:
+        """The selector over the card's OCR candidates: measured fit plus model memory (no embedder here, so no
+        description similarity)."""
+        from smolit.infra.ocr import OCR_VARIANTS
+
+        candidates = [candidate(OCR_VARIANTS[name]) for name in _prefer(card)]
+        context = {"domain": card.domain} if card.domain else {}
+        choice = select(candidates, features, memory=self.memory, context=context)
+        log.info("ocr candidate selected", agent=card.name, model=choice.model, reason=choice.reason)
+        return choice
 
     def _outcome(
         self,
         request_id: uuid.UUID | None,
         card: AgentCard,
         use: ModelUse,
-        images: list[Image],
+        page: PageFeatures,
+        selected_by: str,
         success: bool,
         checks: dict[str, bool],
         confidence: float | None,
         seconds: float,
     ) -> list[ModelOutcomeRecorded]:
-        if request_id is None or not images:
+        if request_id is None:
             return []
-        fmt = Path(use.input or "").suffix.lstrip(".").lower() or "png"
-        features = page_features(np.asarray(images[0].convert("L")), fmt).buckets()
-        return [
+        features = page.buckets()
+        events = [
             ModelOutcomeRecorded(
                 # Derived id: a redelivered task's reading by the same version is deduped by the memory.
                 event_id=uuid.uuid5(request_id, f"{use.name}/{use.version}/{use.input}"),
@@ -196,19 +258,30 @@ class AttachmentReader:
                 confidence=None if confidence is None else round(confidence, 4),
                 seconds=round(seconds, 3),
                 source=use.input,
-                selected_by="manager",
+                selected_by=selected_by,
             )
         ]
+        self.memory.apply(events)  # the next attachment already sees it (the topic copy is deduped by id)
+        return events
 
-    def _count(self, use: ModelUse, outcome: str, seconds: float | None = None) -> None:
+    def _count(self, model: str, version: str, outcome: str, seconds: float | None = None) -> None:
         if self._metrics is None:
             return
-        self._metrics.reads.labels(use.name, use.version, outcome).inc()
+        self._metrics.reads.labels(model, version, outcome).inc()
         if seconds is not None:
-            self._metrics.read_seconds.labels(use.name).observe(seconds)
+            self._metrics.read_seconds.labels(model).observe(seconds)
 
     def close(self) -> None:
         self._step.close()
+
+
+def _selects(card: AgentCard) -> bool:
+    """The card reads attachments and lists several OCR candidates: the selector picks per attachment."""
+    return OCR_TASK in card.pipeline.request and len(_prefer(card)) > 1
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, ModelNotFound) else f"{type(exc).__name__}: {exc}"
 
 
 def _prefer(card: AgentCard) -> tuple[str, ...]:

@@ -83,8 +83,8 @@ class PipelineConfig(BaseModel):
 
     candidates: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     """Candidate models per step, e.g. `{ocr: [smolit-ocr-fast, smolit-ocr, smolit-ocr-upscale]}`: with more than
-    one, a selector picks per input (task properties, description similarity, model memory); the first is the
-    fallback."""
+    one, a selector picks per input (task properties, description similarity, model memory) at ingest and per
+    request attachment; the first is the fallback."""
 
     @field_validator("candidates")
     @classmethod
@@ -102,8 +102,11 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _candidates_need_step(self) -> PipelineConfig:
-        if missing := [step for step in self.candidates if step not in self.ingest]:
-            raise ValueError(f"candidates given for step(s) {missing} that are not in `ingest` {list(self.ingest)}")
+        if missing := [step for step in self.candidates if step not in self.ingest and step not in self.request]:
+            raise ValueError(
+                f"candidates given for step(s) {missing} that are not in `ingest` {list(self.ingest)}"
+                f" or `request` {list(self.request)}"
+            )
         return self
 
     def candidates_for(self, step: str) -> tuple[str, ...]:

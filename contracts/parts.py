@@ -47,6 +47,8 @@ class ModelUse(BaseModel):
     seconds: float = 0.0
     error: str | None = None
     """Why its output was not used (timeout, implausible output); `None`: used."""
+    scores: dict[str, float] = Field(default_factory=dict)
+    """The selector's score of every candidate when it chose this model among several; empty otherwise."""
 
 
 class Clause(BaseModel):
