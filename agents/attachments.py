@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -128,72 +129,66 @@ class AttachmentReader:
         thread.start()
         return thread
 
-    def read(self, card: AgentCard, attachments: Sequence[Attachment], request_id: uuid.UUID | None = None) -> Readings:
+    def read(
+        self,
+        card: AgentCard,
+        attachments: Sequence[Attachment],
+        request_id: uuid.UUID | None = None,
+        hints: Mapping[str, str] | None = None,
+    ) -> Readings:
         """Passages with each readable attachment's text and the model run per attachment. With a `request_id`,
         each model reading also gives a `ModelOutcomeRecorded` (version, page features, validation) for the model
-        memory."""
+        memory. `hints` (step -> model, from the router's decision) names the model to use when it is one of the
+        card's candidates for the step; otherwise it is ignored and each `ModelUse.hint_ignored` says why."""
         if not attachments or OCR_TASK not in card.pipeline.request:
             return Readings([], [], [])
-        prefer = _prefer(card)
-        held: dict[str, Loaded] = {}  # per task: a model resolved once is held for every attachment
-        if not _selects(card):
+        task = _Task(card, request_id, {}, *_hint(card, (hints or {}).get(OCR_TASK)))
+        if task.hint is None and not _selects(card):
+            prefer = _prefer(card)
             try:
-                held[""] = self._manager.for_task(OCR_TASK, card.domain, prefer)
+                task.held[""] = self._manager.for_task(OCR_TASK, card.domain, prefer)
             except Exception as exc:  # registry down or no OCR model: answer without the attachments, say why
                 log.warning("ocr model unavailable", agent=card.name, error=str(exc))
                 name = (prefer or STEP_CANDIDATES[OCR_TASK])[0]
-                failed = [
-                    ModelUse(step=OCR_TASK, name=name, version="", input=a.name, error=_why(exc)) for a in attachments
-                ]
+                failed = [task.use(name, "", None, a.name, error=_why(exc)) for a in attachments]
                 return Readings([], failed, [])
         readings = Readings([], [], [])
         for attachment in attachments:
-            self._read_one(card, attachment, request_id, held, readings)
+            self._read_one(task, attachment, readings)
         return readings
 
-    def _read_one(
-        self,
-        card: AgentCard,
-        attachment: Attachment,
-        request_id: uuid.UUID | None,
-        held: dict[str, Loaded],
-        out: Readings,
-    ) -> None:
-        resolved = held.get("")
+    def _read_one(self, task: _Task, attachment: Attachment, out: Readings) -> None:
+        card, resolved = task.card, task.held.get("")
         try:
             images = decode_image(attachment)
         except OcrFailed as exc:  # not the model's doing: no outcome for its memory
-            name, version = (resolved.name, resolved.version) if resolved else (_prefer(card)[0], "")
-            alias = resolved.alias if resolved else None
-            use = ModelUse(step=OCR_TASK, name=name, version=version, alias=alias, input=attachment.name)
-            out.uses.append(use.model_copy(update={"error": str(exc)}))
+            name = resolved.name if resolved else task.hint or _prefer(card)[0]
+            version, alias = (resolved.version, resolved.alias) if resolved else ("", None)
+            out.uses.append(task.use(name, version, alias, attachment.name, error=str(exc)))
             self._count(name, version, "failed")
             return
         fmt = Path(attachment.name).suffix.lstrip(".").lower() or "png"
         features = page_features(np.asarray(images[0].convert("L")), fmt)
-        choice: Choice | None = None
+        scores: dict[str, float] = {}
         if resolved is not None:
-            loaded = resolved
+            loaded, selected_by = resolved, "manager"
         else:
-            choice = self._choose(card, features)
+            if task.hint is not None:
+                wanted, selected_by = task.hint, "hint"
+            else:
+                choice = self._choose(card, features)
+                wanted, selected_by, scores = choice.model, "selector", choice.scores
             try:
-                loaded = held.get(choice.model) or self._manager.get(f"{choice.model}@{DEFAULT_ALIAS}")
+                loaded = task.held.get(wanted) or self._manager.get(f"{wanted}@{DEFAULT_ALIAS}")
             except Exception as exc:
-                log.warning("ocr candidate unavailable", agent=card.name, model=choice.model, error=str(exc))
-                use = ModelUse(step=OCR_TASK, name=choice.model, version="", input=attachment.name, error=_why(exc))
-                out.uses.append(use.model_copy(update={"scores": choice.scores}))
-                self._count(choice.model, "", "failed")
+                log.warning("ocr candidate unavailable", agent=card.name, model=wanted, error=str(exc))
+                use = task.use(wanted, "", None, attachment.name, error=_why(exc))
+                out.uses.append(use.model_copy(update={"scores": scores, "selected_by": selected_by}))
+                self._count(wanted, "", "failed")
                 return
-            held[choice.model] = loaded
-        use = ModelUse(
-            step=OCR_TASK,
-            name=loaded.name,
-            version=loaded.version,
-            alias=loaded.alias,
-            input=attachment.name,
-            scores=choice.scores if choice else {},
-        )
-        selected_by = "manager" if choice is None else "selector"
+            task.held[wanted] = loaded
+        use = task.use(loaded.name, loaded.version, loaded.alias, attachment.name)
+        use = use.model_copy(update={"scores": scores, "selected_by": selected_by})
         started = time.perf_counter()
         try:
             read = self._step.read_with(loaded.model, images)
@@ -201,15 +196,11 @@ class AttachmentReader:
             out.uses.append(use.model_copy(update={"error": str(exc)}))
             self._count(use.name, use.version, "failed")
             seconds = time.perf_counter() - started
-            out.outcomes.extend(
-                self._outcome(request_id, card, use, features, selected_by, False, {}, exc.confidence, seconds)
-            )
+            out.outcomes.extend(self._outcome(task, use, features, False, {}, exc.confidence, seconds))
             return
         checks = output_checks(read.text)
         ok = all(checks.values())
-        out.outcomes.extend(
-            self._outcome(request_id, card, use, features, selected_by, ok, checks, read.mean_confidence, read.seconds)
-        )
+        out.outcomes.extend(self._outcome(task, use, features, ok, checks, read.mean_confidence, read.seconds))
         out.uses.append(use.model_copy(update={"seconds": round(read.seconds, 3)}))
         self._count(use.name, use.version, "ok", read.seconds)
         out.passages.append(
@@ -229,16 +220,15 @@ class AttachmentReader:
 
     def _outcome(
         self,
-        request_id: uuid.UUID | None,
-        card: AgentCard,
+        task: _Task,
         use: ModelUse,
         page: PageFeatures,
-        selected_by: str,
         success: bool,
         checks: dict[str, bool],
         confidence: float | None,
         seconds: float,
     ) -> list[ModelOutcomeRecorded]:
+        request_id, card = task.request_id, task.card
         if request_id is None:
             return []
         features = page.buckets()
@@ -258,7 +248,7 @@ class AttachmentReader:
                 confidence=None if confidence is None else round(confidence, 4),
                 seconds=round(seconds, 3),
                 source=use.input,
-                selected_by=selected_by,
+                selected_by=use.selected_by or "manager",
             )
         ]
         self.memory.apply(events)  # the next attachment already sees it (the topic copy is deduped by id)
@@ -273,6 +263,39 @@ class AttachmentReader:
 
     def close(self) -> None:
         self._step.close()
+
+
+@dataclass
+class _Task:
+    """One task's reading: the models held for it and the router's hint."""
+
+    card: AgentCard
+    request_id: uuid.UUID | None
+    held: dict[str, Loaded]
+    """Models resolved once and held for every attachment (`""`: the manager's resolution for the card)."""
+    hint: str | None
+    hint_ignored: str | None
+
+    def use(self, name: str, version: str, alias: str | None, source: str, error: str | None = None) -> ModelUse:
+        return ModelUse(
+            step=OCR_TASK,
+            name=name,
+            version=version,
+            alias=alias,
+            input=source,
+            error=error,
+            hint_ignored=self.hint_ignored,
+        )
+
+
+def _hint(card: AgentCard, hint: str | None) -> tuple[str | None, str | None]:
+    """(the hinted model to use, why a hint is ignored): honoured only for one of the card's candidates."""
+    if hint is None:
+        return None, None
+    allowed = card.pipeline.candidates_for(OCR_TASK)
+    if hint in allowed:
+        return hint, None
+    return None, f"hint {hint} is not an {OCR_TASK} candidate of agent {card.name} ({', '.join(allowed)})"
 
 
 def _selects(card: AgentCard) -> bool:

@@ -228,7 +228,7 @@ class AgentRuntime:
     ) -> tuple[list[Passage], list[ModelUse]]:
         if self._attachments is None or not isinstance(work, TaskAssigned) or not work.attachments:
             return [], []
-        passages, uses, read = self._attachments.read(card, work.attachments, work.correlation_id)
+        passages, uses, read = self._attachments.read(card, work.attachments, work.correlation_id, work.model_hints)
         outcomes += read
         for use in uses:
             log.info(

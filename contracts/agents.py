@@ -55,6 +55,17 @@ STEP_CANDIDATES: dict[str, tuple[str, ...]] = {
 """Registered models a card may list under `pipeline.candidates.<step>` (the first of each is the step's default)."""
 
 
+def check_model_hints(hints: dict[str, str]) -> dict[str, str]:
+    """A request's model hints (step -> model) name a known step and one of its registered models, else ValueError
+    naming the known ones."""
+    for step, model in hints.items():
+        if step not in STEP_CANDIDATES:
+            raise ValueError(f"model hint for unknown step {step!r}; steps with models: {sorted(STEP_CANDIDATES)}")
+        if model not in STEP_CANDIDATES[step]:
+            raise ValueError(f"unknown {step} model {model!r} in the hint; known: {list(STEP_CANDIDATES[step])}")
+    return hints
+
+
 class PipelineConfig(BaseModel):
     """The agent's specialised models, per stage. Each step names a model in the registry (`smolit models list`)."""
 

@@ -10,10 +10,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+from psycopg_pool import ConnectionPool
 
 from smolit.bench_pipelines import render
 from smolit.contracts import ModelOutcomeRecorded, TaskAssigned, Topic, TopicNames, pack_vector
 from smolit.contracts.parts import Attachment
+from smolit.gateway import GatewayDeps, PendingRequests, create_app
+from smolit.infra.cards import load_cards
 from smolit.infra.kafka import EventProducer, KafkaProfile, Outgoing
 from smolit.services.agents import run_agents
 
@@ -43,7 +48,9 @@ def env(tmp_path: Path, broker: str, database_url: str, topics: TopicNames) -> d
     }
 
 
-def _ask(producer: EventProducer, embedder, n: int, upside_down: bool) -> TaskAssigned:
+def _ask(
+    producer: EventProducer, embedder, n: int, upside_down: bool, hints: dict[str, str] | None = None
+) -> TaskAssigned:
     page = render(INVOICE, size=28, noise=6.0, seed=1)
     buffer = io.BytesIO()
     (page.rotate(180) if upside_down else page).save(buffer, format="JPEG")
@@ -57,6 +64,7 @@ def _ask(producer: EventProducer, embedder, n: int, upside_down: bool) -> TaskAs
         attachments=(
             Attachment(name=f"scan{n}.jpg", media_type="image/jpeg", data=base64.b64encode(buffer.getvalue()).decode()),
         ),
+        model_hints=hints or {},
     )
     producer.send(Outgoing(Topic.TASKS, "invoices", task))
     producer.flush(10)
@@ -81,13 +89,49 @@ def test_the_selector_picks_the_ocr_candidate_per_attachment_from_page_features_
         # Upright first: only the topic's failures can tip its tie (no reading of this service precedes it).
         upright = _answer(profile, topics, _ask(producer, embedder, 1, upside_down=False), 0)
         turned = _answer(profile, topics, _ask(producer, embedder, 2, upside_down=True), 1)
+        # The router's hint names a candidate: it is followed although the memory speaks against that model.
+        hinted = _answer(profile, topics, _ask(producer, embedder, 3, False, {"ocr": "smolit-ocr-fast"}), 2)
     for answer in (turned, upright):
         [use] = answer.models
         assert (use.name, use.error) == ("smolit-ocr", None), use
         assert use.scores["smolit-ocr"] > use.scores["smolit-ocr-fast"]
         assert "1,284.50" in answer.answer
-    outcomes = read_events(profile, topics, Topic.MODEL_OUTCOMES, 5)[3:]
+    [use] = hinted.models
+    assert (use.name, use.selected_by, use.error) == ("smolit-ocr-fast", "hint", None)
+    assert "1,284.50" in hinted.answer
+    outcomes = read_events(profile, topics, Topic.MODEL_OUTCOMES, 6)[3:]
     assert [(o.model, o.selected_by, o.success, o.features["orientation"]) for o in outcomes] == [  # type: ignore[attr-defined]
         ("smolit-ocr", "selector", True, "upright"),
         ("smolit-ocr", "selector", True, "upside-down"),
+        ("smolit-ocr-fast", "hint", True, "upright"),
     ]
+
+
+def test_the_gateway_refuses_a_hint_for_an_unknown_model_and_publishes_a_known_one(
+    producer: EventProducer, pool: ConnectionPool, profile: KafkaProfile, topics: TopicNames
+) -> None:
+    """`POST /v1/requests` with `models: {ocr: tesseract}` answers 422 naming the registered OCR models; a known
+    hint travels in the published `RequestReceived`."""
+    client = TestClient(
+        create_app(
+            GatewayDeps(
+                producer=producer,
+                pool=pool,
+                pending=PendingRequests(),
+                cards=load_cards(),
+                registry=CollectorRegistry(),
+                broker_check=lambda: None,
+                request_timeout_s=0.2,  # no router here: an accepted request answers 504 after publishing
+                max_request_chars=4000,
+            )
+        )
+    )
+    unknown = client.post("/v1/requests", json={"text": "total?", "models": {"ocr": "tesseract"}})
+    assert unknown.status_code == 422 and "unknown ocr model 'tesseract'" in unknown.text
+    assert "smolit-ocr-upscale" in unknown.text
+    step = client.post("/v1/requests", json={"text": "total?", "models": {"asr": "whisper"}})
+    assert step.status_code == 422 and "unknown step 'asr'" in step.text
+    accepted = client.post("/v1/requests", json={"text": "total?", "models": {"ocr": "smolit-ocr-upscale"}})
+    assert accepted.status_code == 504
+    [request] = read_events(profile, topics, Topic.REQUESTS, 1)
+    assert request.model_hints == {"ocr": "smolit-ocr-upscale"}  # type: ignore[attr-defined]

@@ -9,12 +9,13 @@ import uuid
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from smolit.agents import AttachmentReader, ModelManager, OcrPolicy
 from smolit.agents.selection import ModelMemory, page_features
 from smolit.bench_pipelines import render
-from smolit.contracts import AgentCard, Attachment, ModelOutcomeRecorded
+from smolit.contracts import AgentCard, Attachment, ModelOutcomeRecorded, TaskAssigned, check_model_hints
 from smolit.infra.ocr import OcrLine
 
 from ..invoices import INVOICE
@@ -120,3 +121,45 @@ def test_one_candidate_keeps_the_managers_resolution() -> None:
     reader, _ = _reader("x")
     _, [use], [outcome] = reader.read(card, [_attachment("a.png", PAGE)], uuid.uuid4())
     assert (use.name, use.version, use.scores, outcome.selected_by) == ("smolit-ocr", "3", {}, "manager")
+
+
+def test_a_hint_for_a_candidate_is_followed_and_any_other_is_ignored_with_the_reason() -> None:
+    """The request's hint overrides the selector when it names one of the card's candidates (even against the
+    page's fit); a hint for another model is ignored, the selector decides, and each use says why."""
+    reader, _ = _reader(GOOD)
+    upside_down = _attachment("c.png", PAGE.rotate(180))
+    _, [use], [outcome] = reader.read(CARD, [upside_down], uuid.uuid4(), {"ocr": "smolit-ocr-fast"})
+    assert (use.name, use.selected_by, use.scores, use.hint_ignored) == ("smolit-ocr-fast", "hint", {}, None)
+    assert outcome.selected_by == "hint"
+    _, [use], [outcome] = reader.read(CARD, [upside_down], uuid.uuid4(), {"ocr": "smolit-ocr-upscale"})
+    assert (use.name, use.selected_by, outcome.selected_by) == ("smolit-ocr", "selector", "selector")
+    assert use.hint_ignored == (
+        "hint smolit-ocr-upscale is not an ocr candidate of agent invoices (smolit-ocr-fast, smolit-ocr)"
+    )
+    plain = AgentCard(name="p", description="d", pipeline={"request": ["ocr"]})  # type: ignore[arg-type]
+    _, [use], _ = reader.read(plain, [upside_down], uuid.uuid4(), {"ocr": "smolit-ocr"})  # the default candidate
+    assert (use.name, use.selected_by, use.hint_ignored) == ("smolit-ocr", "hint", None)
+
+
+def test_model_hints_are_checked_against_the_registered_models_and_old_tasks_decode() -> None:
+    """An unknown step or model in a hint is a ValueError naming the known ones; tasks from before hints decode."""
+    assert check_model_hints({"ocr": "smolit-ocr-faint"}) == {"ocr": "smolit-ocr-faint"}
+    with pytest.raises(ValueError, match=r"unknown ocr model 'tesseract' in the hint; known: \['smolit-ocr'"):
+        check_model_hints({"ocr": "tesseract"})
+    with pytest.raises(ValueError, match="model hint for unknown step 'asr'"):
+        check_model_hints({"asr": "whisper"})
+    old = TaskAssigned(correlation_id=uuid.uuid4(), agent="a", text="t", conversation_id="c", embedding="")
+    payload = old.model_dump(mode="json")
+    del payload["model_hints"]
+    assert TaskAssigned.model_validate(payload).model_hints == {}
+
+
+def test_smolit_ask_model_option_needs_step_equals_model() -> None:
+    """`smolit ask --model` takes STEP=MODEL and says so before contacting the gateway."""
+    from typer.testing import CliRunner
+
+    from smolit.cli import app
+
+    result = CliRunner().invoke(app, ["ask", "total?", "--model", "smolit-ocr", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code != 0
+    assert "--model takes STEP=MODEL" in str(result.exception) + result.output
