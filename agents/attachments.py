@@ -27,12 +27,12 @@ import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from smolit.contracts import STEP_CANDIDATES, AgentCard, Attachment, ModelOutcomeRecorded, ModelUse
+from smolit.contracts import STEP_CANDIDATES, AgentCard, Attachment, Event, ModelOutcomeRecorded, ModelUse, TaskAssigned
 from smolit.infra.llm import Passage
 from smolit.infra.model_manager import DEFAULT_ALIAS, Loaded, ModelManager, ModelNotFound
 from smolit.infra.ocr import OcrEngine
 
-from .ocr import OcrFailed, OcrPolicy, OcrStep
+from .ocr import OcrBudgetSpent, OcrFailed, OcrPolicy, OcrStep
 from .ocr_selection import candidate, output_checks
 from .selection import Choice, ModelMemory, PageFeatures, page_features, select
 
@@ -53,7 +53,8 @@ class PipelineMetrics(NamedTuple):
         return cls(
             reads=Counter(
                 "smolit_agent_attachment_reads_total",
-                "Request attachments read by a pipeline model, per model, version and outcome (ok, failed)",
+                "Request attachments read by a pipeline model, per model, version and outcome (ok, failed, skipped:"
+                " time budget spent)",
                 ["model", "version", "outcome"],
                 registry=registry,
             ),
@@ -96,9 +97,16 @@ class AttachmentReader:
         policy: OcrPolicy | None = None,
         metrics: PipelineMetrics | None = None,
         memory: ModelMemory | None = None,
+        task_budget_s: float | None = None,
+        batch_budget_s: float | None = None,
     ) -> None:
         self._manager = manager
         self._metrics = metrics
+        # OCR runs inside the tasks consumer loop: a task's attachments share `task_budget_s`, and all tasks of one
+        # consumed batch share `batch_budget_s`, so a batch returns to polling well within max.poll.interval.ms.
+        self._task_budget_s = task_budget_s
+        self._batch_budget_s = batch_budget_s
+        self._batch_spent = 0.0
         self.memory = memory if memory is not None else ModelMemory()
         """Model memory the selector reads; the service also folds the model-outcomes topic into it."""
         self._step = OcrStep(
@@ -129,6 +137,28 @@ class AttachmentReader:
         thread.start()
         return thread
 
+    def new_batch(self) -> None:
+        """A consumed batch starts: its tasks get a fresh `batch_budget_s`."""
+        self._batch_spent = 0.0
+
+    def for_work(self, card: AgentCard, work: Event, outcomes: list[Event]) -> tuple[list[Passage], list[ModelUse]]:
+        """The runtime's entry: a task's attachments read (passages, model uses), outcomes appended for publishing."""
+        if not isinstance(work, TaskAssigned) or not work.attachments:
+            return [], []
+        passages, uses, read = self.read(card, work.attachments, work.correlation_id, work.model_hints)
+        outcomes += read
+        for use in uses:
+            log.info(
+                "attachment read",
+                request_id=str(work.correlation_id),
+                agent=card.name,
+                model=use.name,
+                version=use.version,
+                selected_by=use.selected_by,
+                error=use.error,
+            )
+        return passages, uses
+
     def read(
         self,
         card: AgentCard,
@@ -153,12 +183,31 @@ class AttachmentReader:
                 failed = [task.use(name, "", None, a.name, error=_why(exc)) for a in attachments]
                 return Readings([], failed, [])
         readings = Readings([], [], [])
+        started = time.perf_counter()
         for attachment in attachments:
-            self._read_one(task, attachment, readings)
+            budget = self._budget(started)
+            before = time.perf_counter()
+            self._read_one(task, attachment, readings, budget)
+            self._batch_spent += time.perf_counter() - before
         return readings
 
-    def _read_one(self, task: _Task, attachment: Attachment, out: Readings) -> None:
+    def _budget(self, task_started: float) -> float | None:
+        """Seconds this attachment may take: what is left of the task's and of the batch's budget."""
+        left = [
+            *([self._task_budget_s - (time.perf_counter() - task_started)] if self._task_budget_s else []),
+            *([self._batch_budget_s - self._batch_spent] if self._batch_budget_s else []),
+        ]
+        return min(left) if left else None
+
+    def _read_one(self, task: _Task, attachment: Attachment, out: Readings, budget: float | None) -> None:
         card, resolved = task.card, task.held.get("")
+        if budget is not None and budget <= 0:  # not the model's doing: no outcome for its memory
+            name = resolved.name if resolved else task.hint or _prefer(card)[0]
+            version, alias = (resolved.version, resolved.alias) if resolved else ("", None)
+            why = "attachment time budget spent (settings SMOLIT_ATTACHMENT_TASK_BUDGET_S, _BATCH_BUDGET_S)"
+            out.uses.append(task.use(name, version, alias, attachment.name, error=why))
+            self._count(name, version, "skipped")
+            return
         try:
             images = decode_image(attachment)
         except OcrFailed as exc:  # not the model's doing: no outcome for its memory
@@ -191,7 +240,11 @@ class AttachmentReader:
         use = use.model_copy(update={"scores": scores, "selected_by": selected_by})
         started = time.perf_counter()
         try:
-            read = self._step.read_with(loaded.model, images)
+            read = self._step.read_with(loaded.model, images, budget)
+        except OcrBudgetSpent as exc:  # cut short by the budget: recorded, but not held against the model
+            out.uses.append(use.model_copy(update={"error": str(exc)}))
+            self._count(use.name, use.version, "skipped")
+            return
         except OcrFailed as exc:
             out.uses.append(use.model_copy(update={"error": str(exc)}))
             self._count(use.name, use.version, "failed")

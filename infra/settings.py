@@ -228,6 +228,12 @@ class Settings(BaseSettings):
     max_attachment_bytes: int = Field(default=196_608, ge=1, le=600_000)
     """Largest total decoded size of one request's attachments in bytes (larger: HTTP 413). Attachments travel
     inside the request and task events, so this stays well under the broker's 1 MB message limit."""
+    attachment_task_budget_s: float = Field(default=30.0, gt=0)
+    """Seconds the agent may spend reading all attachments of one task (each image also has `ocr_timeout_s`);
+    attachments left when it is spent are recorded as not read and the agent answers without them."""
+    attachment_batch_budget_s: float = Field(default=120.0, gt=0, le=240)
+    """Seconds of attachment reading per consumed batch of tasks: OCR runs inside the agents' consumer loop, which
+    must poll again within Kafka's max.poll.interval.ms (300 s by default), so this stays well below it."""
     auth: Literal["auto", "required"] = "auto"
     """API keys (`Authorization: Bearer`): `required` always; `auto` requires them only when `host` is not
     loopback (127.0.0.1, ::1, localhost) and lets anonymous loopback callers in (dev mode)."""

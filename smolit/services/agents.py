@@ -75,7 +75,11 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
         trials=(trials := Trials()),
         attachments=(
             reader := AttachmentReader(
-                manager, OcrPolicy(s.ocr_timeout_s, s.ocr_min_chars, s.ocr_min_confidence), pipeline_metrics
+                manager,
+                OcrPolicy(s.ocr_timeout_s, s.ocr_min_chars, s.ocr_min_confidence),
+                pipeline_metrics,
+                task_budget_s=s.attachment_task_budget_s,
+                batch_budget_s=s.attachment_batch_budget_s,
             )
         ),
     )
@@ -93,8 +97,13 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
 
     topics = [Topic.AGENT_LIFECYCLE, Topic.ROUTER_MODELS, Topic.MODEL_OUTCOMES]
     agents = follow_topics(w, "agents", topics, lifecycle)
+
+    def handle(events: Sequence[Event]) -> list[Outgoing]:
+        reader.new_batch()  # the batch's attachment budget keeps the loop polling within max.poll.interval.ms
+        return runtime.handle(events)
+
     # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
-    loop = w.loop("agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
+    loop = w.loop("agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], handle)
     sweeper = DeadlineSweeper(runtime.sweep, runtime.delivered, w.producer, s.subquery_sweep_s)
     run_consumers(w, "agents", [loop, agents], stop, s.agents_metrics_port, sweeper)
 

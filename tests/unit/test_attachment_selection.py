@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 import uuid
 from typing import Any
 
@@ -163,3 +164,36 @@ def test_smolit_ask_model_option_needs_step_equals_model() -> None:
     result = CliRunner().invoke(app, ["ask", "total?", "--model", "smolit-ocr", "--url", "http://127.0.0.1:9"])
     assert result.exit_code != 0
     assert "--model takes STEP=MODEL" in str(result.exception) + result.output
+
+
+class SlowEngine(Engine):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(GOOD)
+        self.seconds = seconds
+
+    def read(self, image: Any) -> list[OcrLine]:
+        time.sleep(self.seconds)
+        return super().read(image)
+
+
+def test_a_tasks_and_a_batchs_time_budget_cut_attachment_reading_short_without_blaming_the_model() -> None:
+    """With a 1.5 s task budget and 1 s per image, the first attachment is read, the second is cut short by the
+    budget and the third is not started; neither counts as the model's failure. A batch budget spans tasks and
+    `new_batch` restores it."""
+    manager = ModelManager(lambda: Registry(), {"ocr": lambda n, v, t: SlowEngine(1.0)})
+    card = AgentCard(name="i", description="d", pipeline={"request": ["ocr"]})  # type: ignore[arg-type]
+    pages = [_attachment(f"{n}.png", PAGE) for n in "abc"]
+    reader = AttachmentReader(manager, OcrPolicy(timeout_s=5), task_budget_s=1.5)
+    passages, uses, outcomes = reader.read(card, pages, uuid.uuid4())
+    assert [p.source for p in passages] == ["attachment:a.png"]
+    assert uses[0].error is None
+    assert "OCR budget of" in (uses[1].error or "") and "spent during image 1" in (uses[1].error or "")
+    assert "time budget spent" in (uses[2].error or "")
+    assert [o.source for o in outcomes] == ["a.png"]  # budget cuts are not outcomes of the model
+
+    batch = AttachmentReader(manager, OcrPolicy(timeout_s=5), batch_budget_s=1.5)
+    assert batch.read(card, pages[:1]).uses[0].error is None
+    assert batch.read(card, pages[:1]).uses[0].error is not None  # the second task of the batch: 0.5 s left
+    assert "time budget spent" in (batch.read(card, pages[:1]).uses[0].error or "")
+    batch.new_batch()
+    assert batch.read(card, pages[:1]).uses[0].error is None
