@@ -120,7 +120,10 @@ class AttachmentReader:
     def warm(self, cards: Mapping[str, AgentCard]) -> threading.Thread | None:
         """Resolve and load the OCR model of every card that reads attachments, in a background thread, so the
         first request does not pay the registry open and model load. Failures are logged: requests retry."""
-        wanted = {(c.domain, (name,)) for c in cards.values() if _selects(c) for name in _prefer(c)}
+        # A selecting card may use any of its candidates: all are warmed (they share one set of ONNX sessions).
+        wanted: set[tuple[str | None, tuple[str, ...]]] = {
+            (c.domain, (name,)) for c in cards.values() if _selects(c) for name in _prefer(c)
+        }
         wanted |= {(c.domain, _prefer(c)) for c in cards.values() if OCR_TASK in c.pipeline.request and not _selects(c)}
         if not wanted:
             return None
