@@ -33,6 +33,10 @@ class OcrFailed(ValueError):
         self.confidence = confidence
 
 
+class OcrBudgetSpent(OcrFailed):
+    """The caller's time budget ran out before or during the reading (not a failure of the model)."""
+
+
 @dataclass(frozen=True)
 class OcrPolicy:
     timeout_s: float = 60.0
@@ -128,19 +132,26 @@ class OcrStep:
             raise OcrFailed(f"OCR model unavailable: {type(exc).__name__}: {exc}") from exc
         return self.read_with(engine, images)
 
-    def read_with(self, engine: OcrEngine, images: Sequence[Image]) -> OcrText:
-        """`engine` (e.g. a model manager's current OCR model) on the images, with this step's timeout and
-        plausibility check. Raises OcrFailed."""
+    def read_with(self, engine: OcrEngine, images: Sequence[Image], budget_s: float | None = None) -> OcrText:
+        """`engine` (e.g. a model manager's current OCR model) on the images, with this step's timeout per image
+        (and at most `budget_s` for all of them) and plausibility check. Raises OcrFailed."""
         started = time.perf_counter()
         pages: list[list[OcrLine]] = []
         for number, image in enumerate(images, start=1):
+            timeout = self.policy.timeout_s
+            if budget_s is not None:
+                timeout = min(timeout, budget_s - (time.perf_counter() - started))
+                if timeout <= 0:
+                    raise OcrBudgetSpent(f"OCR budget of {budget_s:.3g} s spent before image {number}")
             future = self._pool.submit(engine.read, image)
             try:
-                pages.append(future.result(timeout=self.policy.timeout_s))
+                pages.append(future.result(timeout=timeout))
             except FutureTimeout:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="ocr")
-                raise OcrFailed(f"OCR timed out after {self.policy.timeout_s:g} s (image {number})") from None
+                if timeout < self.policy.timeout_s:  # cut short by the budget: not the model's failure
+                    raise OcrBudgetSpent(f"OCR budget of {budget_s:.3g} s spent during image {number}") from None
+                raise OcrFailed(f"OCR timed out after {timeout:.3g} s (image {number})") from None
             except Exception as exc:  # the engine's own errors (bad pixel data, ONNX Runtime) fail this file only
                 raise OcrFailed(f"OCR failed on image {number}: {type(exc).__name__}: {exc}") from exc
         lines = [line for page in pages for line in page]

@@ -26,7 +26,6 @@ from smolit.contracts import (
     Clause,
     Event,
     ModelOutcomeRecorded,
-    ModelUse,
     Source,
     SubqueryAnswered,
     SubqueryRequested,
@@ -210,7 +209,8 @@ class AgentRuntime:
             if isinstance(work, TaskAssigned) and work.context:  # a follow-up: answer it with the turn it follows
                 text = "\n".join((*work.context, text))
             offered = self._offer(card, work, consults)
-            extra, uses = self._read_attachments(card, work, audits)  # outcomes published even if answering fails
+            # Outcomes of attachment readings are published even if answering fails.
+            extra, uses = self._attachments.for_work(card, work, audits) if self._attachments else ([], [])
             draft, asked = self._draft(card, text, embedding, started, offered, work, audits, extra)
             draft = draft.model_copy(update={"models": tuple(uses)})
             if asked:
@@ -222,24 +222,6 @@ class AgentRuntime:
         if not consults:
             return [*_audit(audits), self._final(work, draft, [])]
         return _audit(audits) + self._ask(card, work, draft, consults)
-
-    def _read_attachments(
-        self, card: AgentCard, work: Work, outcomes: list[Event]
-    ) -> tuple[list[Passage], list[ModelUse]]:
-        if self._attachments is None or not isinstance(work, TaskAssigned) or not work.attachments:
-            return [], []
-        passages, uses, read = self._attachments.read(card, work.attachments, work.correlation_id)
-        outcomes += read
-        for use in uses:
-            log.info(
-                "attachment read",
-                request_id=str(work.correlation_id),
-                agent=card.name,
-                model=use.name,
-                version=use.version,
-                error=use.error,
-            )
-        return passages, uses
 
     def _small_talk(self, work: TaskAssigned, started: float) -> Outgoing:
         """A short reply to a greeting or thanks: no knowledge search, no LLM call, no tokens."""

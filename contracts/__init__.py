@@ -10,6 +10,7 @@ from .agents import (
     PipelineConfig,
     RetrievalConfig,
     apply_variant,
+    check_model_hints,
 )
 from .events import (
     EVENT_TYPES,
@@ -101,6 +102,7 @@ __all__ = [
     "apply_variant",
     "arm",
     "challenger_trial",
+    "check_model_hints",
     "decode",
     "encode",
     "pack_vector",

@@ -61,6 +61,17 @@ ENSEMBLE_MODES: frozenset[str] = frozenset({"vote"})
 majority)."""
 
 
+def check_model_hints(hints: dict[str, str]) -> dict[str, str]:
+    """A request's model hints (step -> model) name a known step and one of its registered models, else ValueError
+    naming the known ones."""
+    for step, model in hints.items():
+        if step not in STEP_CANDIDATES:
+            raise ValueError(f"model hint for unknown step {step!r}; steps with models: {sorted(STEP_CANDIDATES)}")
+        if model not in STEP_CANDIDATES[step]:
+            raise ValueError(f"unknown {step} model {model!r} in the hint; known: {list(STEP_CANDIDATES[step])}")
+    return hints
+
+
 class PipelineConfig(BaseModel):
     """The agent's specialised models, per stage. Each step names a model in the registry (`smolit models list`)."""
 
@@ -89,8 +100,8 @@ class PipelineConfig(BaseModel):
 
     candidates: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     """Candidate models per step, e.g. `{ocr: [smolit-ocr-fast, smolit-ocr, smolit-ocr-upscale]}`: with more than
-    one, a selector picks per input (task properties, description similarity, model memory); the first is the
-    fallback."""
+    one, a selector picks per input (task properties, description similarity, model memory) at ingest and per
+    request attachment; the first is the fallback."""
 
     @field_validator("candidates")
     @classmethod
@@ -123,8 +134,11 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _candidates_need_step(self) -> PipelineConfig:
-        if missing := [step for step in self.candidates if step not in self.ingest]:
-            raise ValueError(f"candidates given for step(s) {missing} that are not in `ingest` {list(self.ingest)}")
+        if missing := [step for step in self.candidates if step not in self.ingest and step not in self.request]:
+            raise ValueError(
+                f"candidates given for step(s) {missing} that are not in `ingest` {list(self.ingest)}"
+                f" or `request` {list(self.request)}"
+            )
         if few := [step for step in self.ensemble if len(self.candidates.get(step, ())) < 2]:
             raise ValueError(f"ensemble for step(s) {few} needs at least two `candidates` for the step")
         return self

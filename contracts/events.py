@@ -71,6 +71,9 @@ class RequestReceived(Event):
     the same embedder settings; the router then does not encode the text again. `None`: the router encodes it."""
     attachments: tuple[Attachment, ...] = ()
     """Images sent with the request; the answering agent reads them when its card has `pipeline.request: [ocr]`."""
+    model_hints: dict[str, str] = Field(default_factory=dict)
+    """Pipeline step -> registered model the caller asks the answering agent to use (e.g. `{"ocr":
+    "smolit-ocr-upscale"}`); the agent follows it only for one of its card's candidates for that step."""
 
     @property
     def request_id(self) -> UUID:
@@ -109,6 +112,8 @@ class RoutingDecided(Event):
     """Router A/B test this request's conversation took part in (`smolit ab start`); `None`: no test running."""
     arm: str | None = None
     """`control` (champion) or `treatment` (the tested version), from a hash of the conversation id."""
+    model_hints: dict[str, str] = Field(default_factory=dict)
+    """Which internal model the chosen agent should use per pipeline step (the request's own hints)."""
 
 
 class TaskAssigned(Event):
@@ -133,6 +138,8 @@ class TaskAssigned(Event):
     the follow-up together with them."""
     attachments: tuple[Attachment, ...] = ()
     """The request's attachments, passed on by the router."""
+    model_hints: dict[str, str] = Field(default_factory=dict)
+    """The router's hint of which internal model to use per pipeline step (`RoutingDecided.model_hints`)."""
 
 
 class SubqueryRequested(Event):
@@ -328,6 +335,9 @@ class RolledBack(Event):
     """Version restored."""
     from_version: str
     reason: str
+    evidence: dict[str, float] = Field(default_factory=dict)
+    """The live numbers behind an automatic rollback (good/judged outcomes per version, z score, alpha); empty
+    for a manual one."""
 
 
 class ExperimentStarted(Event):
@@ -505,8 +515,8 @@ class ModelOutcomeRecorded(Event):
     source: str | None = None
     """The input it ran on (file name), for audit."""
     selected_by: str = "selector"
-    """Why this model ran: `selector`, `only-candidate`, `bench` (a benchmark ran every candidate), or `manager`
-    (the model manager's current version read a request attachment)."""
+    """Why this model ran: `selector`, `only-candidate`, `bench` (a benchmark ran every candidate), `manager`
+    (the model manager's current version read a request attachment) or `hint` (the request's model hint)."""
     version: str | None = None
     """Registry version that ran, when the model manager resolved it (`None`: not resolved through the registry)."""
 

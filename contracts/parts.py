@@ -47,6 +47,13 @@ class ModelUse(BaseModel):
     seconds: float = 0.0
     error: str | None = None
     """Why its output was not used (timeout, implausible output); `None`: used."""
+    scores: dict[str, float] = Field(default_factory=dict)
+    """The selector's score of every candidate when it chose this model among several; empty otherwise."""
+    selected_by: str | None = None
+    """Why this model ran: `manager` (the card's one model), `selector` (among several candidates) or `hint` (the
+    request asked for it); `None` in events from before it was recorded."""
+    hint_ignored: str | None = None
+    """Why the request's model hint was not followed (not a candidate of the agent); `None`: no hint, or followed."""
 
 
 class Clause(BaseModel):

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from smolit.contracts import IMAGE_MEDIA_TYPES, AgentCard, Attachment, RequestReceived, Topic
+from smolit.contracts import IMAGE_MEDIA_TYPES, AgentCard, Attachment, RequestReceived, Topic, check_model_hints
 from smolit.infra.heartbeat import service_statuses
 from smolit.infra.kafka import EventProducer, Outgoing
 
@@ -150,6 +150,16 @@ class AskBody(BaseModel):
         default_factory=list,
         description="Images (png, jpeg, tiff, bmp; base64) read by agents whose card has `pipeline.request: [ocr]`.",
     )
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description='Pipeline step -> registered model to use (e.g. {"ocr": "smolit-ocr-upscale"}); the agent '
+        "follows it when the model is one of its card's candidates for the step.",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_model_hints(value)
 
     @field_validator("text")
     @classmethod
@@ -317,6 +327,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
             allowed_agents=allowed,
             embedding=embedding,
             attachments=attachments,
+            model_hints=body.models,
         )
         await run_in_threadpool(_record_request, deps.pool, request_id, conversation, body.text)
         future = deps.pending.expect(request_id)

@@ -163,6 +163,13 @@ class Settings(BaseSettings):
     """Judged live outcomes needed under both the new and the previous champion before a rollback is considered."""
     learner_rollback_alpha: float = Field(default=0.05, gt=0, lt=0.5)
     """Significance level of the one-sided test that the new champion's positive rate is below the previous one's."""
+    model_monitor: bool = True
+    """The learner watches every pipeline model's live outcomes (validation outcomes, user feedback on answers the
+    model served) and rolls a new champion back when it is significantly worse than the previous one."""
+    model_rollback_min_outcomes: int = Field(default=30, ge=5)
+    """Judged live outcomes a pipeline model's champion and its previous version each need before a rollback."""
+    model_rollback_alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    """Significance level of the one-sided test behind a pipeline model's automatic rollback."""
     learner_seed: int = 42
     """Seed of the learner's network, sampling and holdout choice (replays are reproducible)."""
 
@@ -233,6 +240,12 @@ class Settings(BaseSettings):
     max_attachment_bytes: int = Field(default=196_608, ge=1, le=600_000)
     """Largest total decoded size of one request's attachments in bytes (larger: HTTP 413). Attachments travel
     inside the request and task events, so this stays well under the broker's 1 MB message limit."""
+    attachment_task_budget_s: float = Field(default=30.0, gt=0)
+    """Seconds the agent may spend reading all attachments of one task (each image also has `ocr_timeout_s`);
+    attachments left when it is spent are recorded as not read and the agent answers without them."""
+    attachment_batch_budget_s: float = Field(default=120.0, gt=0, le=240)
+    """Seconds of attachment reading per consumed batch of tasks: OCR runs inside the agents' consumer loop, which
+    must poll again within Kafka's max.poll.interval.ms (300 s by default), so this stays well below it."""
     auth: Literal["auto", "required"] = "auto"
     """API keys (`Authorization: Bearer`): `required` always; `auto` requires them only when `host` is not
     loopback (127.0.0.1, ::1, localhost) and lets anonymous loopback callers in (dev mode)."""

@@ -302,6 +302,7 @@ class Router:
                 demoted=tuple(sorted(flagged & scores.keys())),
                 experiment_id=experiment[0].experiment_id if experiment is not None else None,
                 arm=arms[n],
+                model_hints=request.model_hints,
             )
             task = decided.caused(
                 TaskAssigned,
@@ -315,6 +316,7 @@ class Router:
                 small_talk=kinds[n],
                 context=(previous_turn[n],) if context_used else (),
                 attachments=request.attachments,
+                model_hints=request.model_hints,
             )
             outputs += [
                 Outgoing(Topic.DECISIONS, str(request.request_id), decided),

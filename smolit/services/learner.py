@@ -31,6 +31,10 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
         w.loop("learner-flags", [Topic.TRAINING_EXAMPLES, Topic.AGENT_LIFECYCLE], flags_in),
         lifecycle_loop(w, "learner", agents_in),
     ]
+    models_in = Deferred()
+    if s.model_monitor:
+        model_topics = [Topic.MODEL_OUTCOMES, Topic.ANSWERS, Topic.FEEDBACK, Topic.ROUTER_MODELS]
+        loops.append(w.loop("learner-models", model_topics, models_in))
     decisions_in, proposals_in, outcomes_in = Deferred(), Deferred(), Deferred()
     if s.discovery != "off":
         loops += [w.loop("proposer", [Topic.DECISIONS], decisions_in), lifecycle_loop(w, "proposer", proposals_in)]
@@ -79,6 +83,8 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
     )
     examples.set(learner.handle)
     flags_in.set(flag_monitor(w).handle)
+    if s.model_monitor:
+        models_in.set(model_monitor(w).handle)
     timer = threading.Thread(target=tick_learner, args=(learner, w.producer, stop), name="learner-timer", daemon=True)
     timer.start()
     # Agents created at runtime: the learner trains on their outcomes too.
@@ -96,6 +102,30 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
     # Building the optimizer imports torch._dynamo (2-8 s): aside, while the consumer groups are joined.
     threading.Thread(target=learner.warm_up, name="learner-warm-up", daemon=True).start()
     run_consumers(w, "learner", loops, stop, s.learner_metrics_port, started=started)
+
+
+def model_monitor(w: Wiring) -> Any:
+    """Pipeline models (OCR, sentiment) whose live outcomes drop are rolled back: validation outcomes and feedback on
+    the answers they served in, `RolledBack` out on the router-models topic (model managers swap back)."""
+    from smolit.infra.kafka import TopicMissing, read_topic_events
+    from smolit.learner import ModelMonitor, ModelMonitorConfig, ModelMonitorMetrics
+
+    from .wiring import open_model_registry
+
+    s = w.settings
+    monitor = ModelMonitor(
+        lambda: open_model_registry(s, "smolit-models"),
+        ModelMonitorConfig(
+            min_outcomes=s.model_rollback_min_outcomes,
+            alpha=s.model_rollback_alpha,
+            ignore=frozenset({s.router_registry_name}),  # the router's own rollback rule judges it
+        ),
+        ModelMonitorMetrics.create(w.registry),
+    )
+    # The group resumes after its committed offset: who is champion comes from a full read of the topic.
+    with contextlib.suppress(TopicMissing):
+        monitor.prime(read_topic_events(w.profile.consumer("learner-models"), w.topics(Topic.ROUTER_MODELS)))
+    return monitor
 
 
 def build_proposer(w: Wiring, embedder: Any, mode: Literal["approve", "auto"]) -> Any:

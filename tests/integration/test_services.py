@@ -68,12 +68,19 @@ def test_router_honours_a_requested_agent(router: Router) -> None:
     assert outputs[0].event.agent == "legal"  # type: ignore[attr-defined]
 
 
-def test_router_passes_a_requests_attachments_on_to_the_task(router: Router) -> None:
-    """Attachments of a request travel unchanged in its TaskAssigned."""
+def test_router_passes_a_requests_attachments_and_model_hints_on_to_the_task(router: Router) -> None:
+    """Attachments and model hints of a request travel unchanged in its TaskAssigned; the decision records the
+    hint too."""
     scan = Attachment(name="scan.png", media_type="image/png", data="iVBORw0KGgo=")
-    request = _request("What is the total on this invoice?").model_copy(update={"attachments": (scan,)})
-    [task] = [o.event for o in router.handle([request]) if o.topic is Topic.TASKS]
-    assert isinstance(task, TaskAssigned) and task.attachments == (scan,)
+    hints = {"ocr": "smolit-ocr-upscale"}
+    request = _request("What is the total on this invoice?").model_copy(
+        update={"attachments": (scan,), "model_hints": hints}
+    )
+    out = router.handle([request])
+    [task] = [o.event for o in out if o.topic is Topic.TASKS]
+    [decided] = [o.event for o in out if o.topic is Topic.DECISIONS]
+    assert isinstance(task, TaskAssigned) and task.attachments == (scan,) and task.model_hints == hints
+    assert decided.model_hints == hints  # type: ignore[attr-defined]
 
 
 def _runtime(pool: ConnectionPool, cards: dict[str, AgentCard]) -> AgentRuntime:

@@ -92,3 +92,20 @@ def test_the_router_ignores_rollbacks_of_other_models_but_follows_its_own() -> N
     assert loads == []
     watcher.handle([rolled_back("smolit-router")])
     assert loads == [1]
+
+
+def test_the_evaluation_split_is_the_same_for_every_training_seed() -> None:
+    """Whatever the seed, the held-out texts are those seed 42 holds out, no seed trains on them, and every other
+    text trains (for seed 42 exactly the split before the fix)."""
+    import numpy as np
+
+    from smolit.infra.sentiment import split
+    from smolit.sentiment import fixed_split
+
+    base_train, base_eval = split(200, 42)
+    for seed in (42, 7, 1234):
+        train, evaluation = fixed_split(200, seed)
+        assert np.array_equal(evaluation, base_eval)
+        assert not set(train.tolist()) & set(evaluation.tolist())
+    assert np.array_equal(fixed_split(200, 42)[0], base_train)
+    assert sorted(fixed_split(200, 7)[0].tolist()) == sorted(base_train.tolist())
