@@ -243,7 +243,7 @@ class AttachmentReader:
         use = use.model_copy(update={"scores": scores, "selected_by": selected_by})
         started = time.perf_counter()
         try:
-            read = self._step.read_with(loaded.model, images, budget)
+            read = self._step.read_with(loaded.model, images, budget, self._policy(card))
         except OcrBudgetSpent as exc:  # cut short by the budget: recorded, but not held against the model
             out.uses.append(use.model_copy(update={"error": str(exc)}))
             self._count(use.name, use.version, "skipped")
@@ -262,6 +262,10 @@ class AttachmentReader:
         out.passages.append(
             Passage(text=read.text, source=f"attachment:{attachment.name}", title=attachment.name, score=1.0)
         )
+
+    def _policy(self, card: AgentCard) -> OcrPolicy:
+        """The service's OCR thresholds with the card's declared checks (`pipeline.checks.ocr`) in their place."""
+        return self._step.policy.with_checks(card.pipeline.checks_for(OCR_TASK))
 
     def _choose(self, card: AgentCard, features: PageFeatures) -> Choice:
         """The selector over the card's OCR candidates: measured fit plus model memory (no embedder here, so no

@@ -29,7 +29,7 @@ from smolit.contracts import ModelOutcomeRecorded
 from smolit.infra.ner_models import NER_VARIANTS, NerVariant
 from smolit.infra.settings import Settings
 
-from .entity_fields import Extraction, FieldValue, TextFeatures, check, coverage, text_features, vote
+from .entity_fields import FIELDS, Extraction, FieldValue, TextFeatures, check, coverage, text_features, vote
 from .entity_rules import RULES_MODEL, RulesExtractor
 from .ingest import FileError, RawDocument
 from .selection import ModelMemory, SelectionWeights, select
@@ -160,6 +160,15 @@ class EntityPolicy:
     """Longest run of one candidate on one document."""
     ensemble: bool = False
     """Every candidate runs and the fields are voted on (else one candidate is selected per document)."""
+    require: tuple[str, ...] = ()
+    """Fields a document of their kind must yield (the card's `pipeline.checks.entities.require`): check `required`."""
+
+    def checks(self, extraction: Extraction) -> dict[str, bool]:
+        """The built-in checks of an extraction plus the card's `required` fields of its kind, when any apply."""
+        result = check(extraction)
+        if wanted := [f for f in self.require if f in FIELDS.get(extraction.kind, ())]:
+            result["required"] = all(f in extraction.fields for f in wanted)
+        return result
 
 
 class EntityStep:
@@ -267,7 +276,7 @@ class EntityStep:
                 errors[name] = str(exc)
                 self._record(name, features, False, 0.0, None, source, selected_by, {})
                 continue
-            checks = check(result)
+            checks = self.policy.checks(result)
             self._record(name, features, all(checks.values()), coverage(result), result, source, selected_by, checks)
             results.append(result)
         if not results:
@@ -275,7 +284,7 @@ class EntityStep:
         final = vote(results, weights) if len(names) > 1 else results[0]
         return EntityResult(
             final,
-            check(final),
+            self.policy.checks(final),
             tuple(names),
             time.perf_counter() - started,
             selection if len(self.names) > 1 else None,
@@ -319,9 +328,10 @@ def build_entity_step(
     settings: Settings,
     names: Sequence[str],
     ensemble: bool = False,
+    require: Sequence[str] = (),
     **kwargs: Any,
 ) -> EntityStep:
-    return EntityStep(names, EntityPolicy(settings.entities_timeout_s, ensemble), **kwargs)
+    return EntityStep(names, EntityPolicy(settings.entities_timeout_s, ensemble, tuple(require)), **kwargs)
 
 
 class NerLoader:

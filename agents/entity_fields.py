@@ -16,10 +16,10 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from smolit.contracts.agents import CONTRACT_FIELDS, INVOICE_FIELDS
+
 FieldValue = str | tuple[str, ...]
 
-INVOICE_FIELDS = ("invoice_number", "issue_date", "due_date", "seller", "buyer", "total", "currency", "line_amounts")
-CONTRACT_FIELDS = ("parties", "effective_date", "term", "governing_law", "amounts")
 FIELDS = {"invoice": INVOICE_FIELDS, "contract": CONTRACT_FIELDS}
 LIST_FIELDS = frozenset({"line_amounts", "parties", "amounts"})
 DATE_FIELDS = frozenset({"issue_date", "due_date", "effective_date"})

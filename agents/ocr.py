@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from smolit.contracts import StepChecks
 from smolit.infra.ocr import OcrEngine, OcrLine, RapidOcrEngine, to_text
 from smolit.infra.settings import Settings
 
@@ -45,6 +46,14 @@ class OcrPolicy:
     """Fewest letters and digits a file's OCR text must have."""
     min_confidence: float = 0.7
     """Lowest mean recogniser confidence, weighted by each box's characters."""
+
+    def with_checks(self, checks: StepChecks) -> OcrPolicy:
+        """This policy with the thresholds a card declares (`pipeline.checks.ocr`) in place of the settings'."""
+        return replace(
+            self,
+            min_chars=checks.min_chars if checks.min_chars is not None else self.min_chars,
+            min_confidence=checks.min_confidence if checks.min_confidence is not None else self.min_confidence,
+        )
 
 
 @dataclass(frozen=True)
@@ -132,9 +141,12 @@ class OcrStep:
             raise OcrFailed(f"OCR model unavailable: {type(exc).__name__}: {exc}") from exc
         return self.read_with(engine, images)
 
-    def read_with(self, engine: OcrEngine, images: Sequence[Image], budget_s: float | None = None) -> OcrText:
+    def read_with(
+        self, engine: OcrEngine, images: Sequence[Image], budget_s: float | None = None, policy: OcrPolicy | None = None
+    ) -> OcrText:
         """`engine` (e.g. a model manager's current OCR model) on the images, with this step's timeout per image
-        (and at most `budget_s` for all of them) and plausibility check. Raises OcrFailed."""
+        (and at most `budget_s` for all of them) and plausibility check (`policy`'s thresholds when given, e.g. a
+        card's). Raises OcrFailed."""
         started = time.perf_counter()
         pages: list[list[OcrLine]] = []
         for number, image in enumerate(images, start=1):
@@ -155,7 +167,7 @@ class OcrStep:
             except Exception as exc:  # the engine's own errors (bad pixel data, ONNX Runtime) fail this file only
                 raise OcrFailed(f"OCR failed on image {number}: {type(exc).__name__}: {exc}") from exc
         lines = [line for page in pages for line in page]
-        chars, confidence, problem = plausibility(lines, self.policy)
+        chars, confidence, problem = plausibility(lines, policy or self.policy)
         if problem:
             raise OcrFailed(problem, confidence)
         texts = tuple(to_text(page) for page in pages)

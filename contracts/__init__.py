@@ -9,6 +9,7 @@ from .agents import (
     LLMConfig,
     PipelineConfig,
     RetrievalConfig,
+    StepChecks,
     apply_variant,
     check_model_hints,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "RouterModelPromoted",
     "RoutingDecided",
     "Source",
+    "StepChecks",
     "SubqueryAnswered",
     "SubqueryRequested",
     "TaskAssigned",

@@ -56,6 +56,10 @@ STEP_CANDIDATES: dict[str, tuple[str, ...]] = {
 }
 """Registered models a card may list under `pipeline.candidates.<step>` (the first of each is the step's default)."""
 
+INVOICE_FIELDS = ("invoice_number", "issue_date", "due_date", "seller", "buyer", "total", "currency", "line_amounts")
+CONTRACT_FIELDS = ("parties", "effective_date", "term", "governing_law", "amounts")
+"""The `entities` step's output fields per document kind (its output contract)."""
+
 ENSEMBLE_MODES: frozenset[str] = frozenset({"vote"})
 """How a card may combine a step's candidates under `pipeline.ensemble.<step>` (`vote`: all run, per-field weighted
 majority)."""
@@ -70,6 +74,32 @@ def check_model_hints(hints: dict[str, str]) -> dict[str, str]:
         if model not in STEP_CANDIDATES[step]:
             raise ValueError(f"unknown {step} model {model!r} in the hint; known: {list(STEP_CANDIDATES[step])}")
     return hints
+
+
+class StepChecks(BaseModel):
+    """Post-processing checks a card declares for one step's output, on top of the step's built-in ones (a reading
+    that fails them fails like any implausible output: not used, recorded as the model's failed outcome)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_chars: int | None = Field(default=None, ge=1)
+    """`ocr`: fewest letters and digits a reading must have (instead of SMOLIT_OCR_MIN_CHARS)."""
+    min_confidence: float | None = Field(default=None, ge=0, le=1)
+    """`ocr`: lowest character-weighted mean recogniser confidence (instead of SMOLIT_OCR_MIN_CONFIDENCE)."""
+    require: tuple[str, ...] = ()
+    """`entities`: fields a document of their kind must yield, e.g. `[invoice_number, total]` (an invoice without
+    them fails the check; contract fields apply to contracts only)."""
+
+    @field_validator("require")
+    @classmethod
+    def _known_fields(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = INVOICE_FIELDS + CONTRACT_FIELDS
+        if bad := [f for f in value if f not in known]:
+            raise ValueError(f"unknown entity field(s) {bad}; known: {list(known)}")
+        return tuple(dict.fromkeys(value))
+
+
+_CHECKS_OF_STEP = {"ocr": {"min_chars", "min_confidence"}, "entities": {"require"}}
 
 
 class PipelineConfig(BaseModel):
@@ -117,6 +147,10 @@ class PipelineConfig(BaseModel):
                 raise ValueError(f"unknown {step} candidate(s) {bad}; known: {list(STEP_CANDIDATES[step])}")
         return {step: tuple(dict.fromkeys(models)) for step, models in value.items()}
 
+    checks: dict[str, StepChecks] = Field(default_factory=dict)
+    """Post-processing checks per step, e.g. `{ocr: {min_chars: 40}, entities: {require: [invoice_number, total]}}`
+    (each step accepts only its own: `ocr` min_chars/min_confidence, `entities` require)."""
+
     ensemble: dict[str, str] = Field(default_factory=dict)
     """Steps whose candidates all run and are combined instead of selected, e.g. `{entities: vote}` (a per-field
     vote weighted by each candidate's model memory); needs at least two candidates for the step."""
@@ -141,7 +175,17 @@ class PipelineConfig(BaseModel):
             )
         if few := [step for step in self.ensemble if len(self.candidates.get(step, ())) < 2]:
             raise ValueError(f"ensemble for step(s) {few} needs at least two `candidates` for the step")
+        for step, checks in self.checks.items():
+            if step not in self.ingest and step not in self.request:
+                raise ValueError(f"checks given for step {step!r}, which is not in `ingest` or `request`")
+            if wrong := sorted(checks.model_fields_set - _CHECKS_OF_STEP.get(step, set())):
+                allowed = sorted(_CHECKS_OF_STEP.get(step, set()))
+                raise ValueError(f"check(s) {wrong} do not apply to step {step!r}; its checks: {allowed}")
         return self
+
+    def checks_for(self, step: str) -> StepChecks:
+        """The card's declared checks of `step` (none declared: an empty `StepChecks`)."""
+        return self.checks.get(step) or StepChecks()
 
     def candidates_for(self, step: str) -> tuple[str, ...]:
         """The step's candidate models (the step's default model when the card lists none)."""

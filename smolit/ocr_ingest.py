@@ -72,6 +72,8 @@ def ingest_ocr_step(settings: Settings, card: AgentCard | None) -> tuple[OcrStep
     names = card.pipeline.candidates_for("ocr") if card is not None else ()
     if card is None or names == ("smolit-ocr",):  # the pool has no card: the default model
         step = build_ocr_step(settings)
+        if card is not None:
+            step.policy = step.policy.with_checks(card.pipeline.checks_for("ocr"))
         return step, step.close
     from smolit.agents.ocr_selection import build_selecting_step
     from smolit.infra.embedder import build_embedder
@@ -87,6 +89,7 @@ def ingest_ocr_step(settings: Settings, card: AgentCard | None) -> tuple[OcrStep
         domain=card.domain or card.name,
         on_outcome=memory.on_outcome,
     )
+    step.policy = step.policy.with_checks(card.pipeline.checks_for("ocr"))
 
     def close() -> None:
         step.close()
@@ -104,8 +107,9 @@ def ingest_entity_step(settings: Settings, card: AgentCard | None) -> tuple[Enti
 
     names = card.pipeline.candidates_for("entities")
     ensemble = card.pipeline.ensemble.get("entities") == "vote"
+    require = card.pipeline.checks_for("entities").require
     if len(names) == 1:
-        step = build_entity_step(settings, names, agent=card.name, domain=card.domain or card.name)
+        step = build_entity_step(settings, names, require=require, agent=card.name, domain=card.domain or card.name)
         return step, step.close
     from smolit.infra.embedder import build_embedder
 
@@ -114,6 +118,7 @@ def ingest_entity_step(settings: Settings, card: AgentCard | None) -> tuple[Enti
         settings,
         names,
         ensemble,
+        require,
         memory=memory.memory,
         embed=build_embedder(settings).embed,
         agent=card.name,

@@ -213,3 +213,44 @@ def test_ner_models_are_registered_loadable_and_benchmarked(env: dict[str, str])
     rows = {r["name"]: r for r in json.loads(_cli(env, "models", "list", "--json").stdout)}
     for name, summary in entities["per_candidate"].items():
         assert rows[name]["metrics"]["field_accuracy"] == summary["field_accuracy"]
+
+
+def test_checks_declared_in_the_card_decide_what_passes(
+    tmp_path: Path, database_url: str, broker: str, profile, topics, pool: ConnectionPool
+) -> None:
+    """`pipeline.checks` in the card: an invoice without the required `due_date` fails the entities check (no fields
+    chunk), one with it passes; a scanned page below the card's `ocr.min_chars` fails its file with that number."""
+    agent = f"chk{uuid.uuid4().hex[:8]}"
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / f"{agent}.yaml").write_text(
+        f"name: {agent}\ndomain: finance\ndescription: Supplier invoices.\n"
+        "pipeline:\n  ingest: [ocr, entities]\n"
+        "  candidates:\n    entities: [smolit-ner-rules]\n"
+        "  checks:\n    ocr: {min_chars: 100000}\n    entities: {require: [invoice_number, due_date]}\n"
+    )
+    env = {
+        "SMOLIT_DATABASE_URL": database_url,
+        "SMOLIT_AGENTS_DIR": str(cards),
+        "SMOLIT_DATA_DIR": str(tmp_path / "data"),
+        "SMOLIT_KAFKA_BOOTSTRAP": broker,
+        "SMOLIT_KAFKA_PROFILE": "tansu" if profile.embedded else "kafka",
+        "SMOLIT_TOPIC_PREFIX": topics.prefix,
+    }
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "with-due.txt").write_text(INVOICE)
+    (docs / "without-due.txt").write_text(INVOICE.replace("Due date: 03.12.2026\n", ""))
+    render(SCANNED, size=28, noise=6.0, seed=1).save(docs / "scan.png")
+
+    result = CliRunner().invoke(app, ["ingest", str(docs), "--agent", agent, "--json"], env=env)
+    assert result.exit_code == 1, result.output  # the scan failed its check: a per-file error
+    assert "need 100000" in result.output
+    store = KnowledgeStore(pool)
+    passed = store.document(agent, str((docs / "with-due.txt").resolve()))
+    failed = store.document(agent, str((docs / "without-due.txt").resolve()))
+    assert passed is not None and failed is not None
+    assert {"passed": True, "required": True}.items() <= passed.metadata["entities"]["check"].items()
+    assert {"passed": False, "required": False}.items() <= failed.metadata["entities"]["check"].items()
+    assert (passed.chunks, failed.chunks) == (2, 1)  # only a passing extraction becomes a fields chunk
+    assert store.document(agent, str((docs / "scan.png").resolve())) is None
