@@ -257,6 +257,26 @@ def test_agents_are_listed_and_a_retired_one_is_refused(system: Running) -> None
     assert json.loads(_cli(system, "agents", "--json").stdout)[2]["status"] == "retired"
 
 
+def test_a_scanned_invoice_is_ingested_through_ocr_and_its_total_answered(system: Running, tmp_path: Path) -> None:
+    """Issue 9's end-to-end path on the running system: a scanned invoice image is ingested for the finance agent
+    (its card runs OCR, then entity extraction), and the question about its amount is answered with the figure and
+    the image as a source."""
+    from smolit.bench_pipelines import render
+
+    from ..invoices import INVOICE
+
+    scan = tmp_path / "nordwind-invoice-scan.png"
+    render(INVOICE, size=28, noise=6.0, seed=1).save(scan)
+    ingested = json.loads(_cli(system, "ingest", str(scan), "--agent", "finance", "--json").stdout)
+    assert ingested["counts"] == {"added": 1}, ingested
+    question = "What is the total amount due on the Nordwind Office Supplies invoice INV-2026-0417?"
+    r = httpx.post(f"{system.url}/v1/requests", json={"text": question, "agent": "finance"}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["agent"] == "finance" and "1,284.50" in body["answer"], body["answer"]
+    assert any(s["source"].endswith("nordwind-invoice-scan.png") for s in body["sources"]), body["sources"]
+
+
 def test_stop_and_restart_keeps_events_and_knowledge(system: Running) -> None:
     """Ctrl-C stops everything cleanly; a second `smolit up` on the same data finds earlier answers and knowledge."""
     first = httpx.post(f"{system.url}/v1/requests", json={"text": QUESTION}, timeout=60).json()
