@@ -28,7 +28,7 @@ from .minilm_build import _exclusive_lock, _write_atomically, cached_model_path
 
 log = structlog.get_logger("smolit.embedder")
 
-_RECIPE = 2
+_RECIPE = 3
 """Bump when the build below changes what it produces (part of the cache key)."""
 _FIT_SENTENCES = 3000
 _FIT_SEED = 0
@@ -100,7 +100,8 @@ def build_static(
         batch = [[_CLS, i, _SEP] for i in range(start, min(size, start + 256))]
         raw[start : start + len(batch)] = model.token_states(batch)[:, 1]
     table = decorrelate(raw)
-    words = [i for w, i in vocab.items() if i >= _FIRST_WORD_ID and w.isalpha()]
+    # Sorted: tokenizers' get_vocab() order changes from call to call, and the build must be reproducible.
+    words = sorted(i for w, i in vocab.items() if i >= _FIRST_WORD_ID and w.isalpha())
     rng = np.random.default_rng(_FIT_SEED)
     texts = [list(rng.choice(words, size=int(rng.integers(4, 20)))) for _ in range(_FIT_SENTENCES)]
     texts += [list(t) for t in extra_texts]

@@ -162,6 +162,14 @@ class StaticTeacher:
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
+def test_build_static_is_reproducible_whatever_the_vocab_order() -> None:
+    """The same model and vocabulary give the same table, however the vocabulary dict is ordered."""
+    vocab = {"".join(chr(97 + int(d)) for d in str(i)) if i >= 1996 else f"[unused{i}]": i for i in range(2100)}
+    shuffled = dict(reversed(list(vocab.items())))
+    teacher = StaticTeacher(len(vocab))
+    assert np.array_equal(build_static(teacher, vocab)["table"], build_static(teacher, shuffled)["table"])
+
+
 def test_build_static_distils_a_static_teacher() -> None:
     """The distilled table + projection reproduce the teacher's sentence vectors on texts it was not fitted on."""
 
