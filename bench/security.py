@@ -34,6 +34,7 @@ from smolit.infra.db import migrate, open_pool
 from smolit.infra.embedded import EmbeddedBroker, EmbeddedPostgres
 from smolit.infra.embedder import OnnxMiniLMEmbedder
 from smolit.infra.kafka import EventProducer, KafkaProfile, ensure_topics
+from smolit.infra.settings import Settings
 
 QUESTIONS = (
     "What is the difference between a Roth IRA and a 401k?",
@@ -97,7 +98,8 @@ def main() -> None:
                     limiter=RateLimiter(1e6, 10**6),
                     cards=cards,
                 )
-                deps.guard = PromptGuard(PromptFilter(embedder, threshold=0.6), producer, GuardMetrics.create(registry))
+                flt = PromptFilter.for_settings(Settings(), embedder)
+                deps.guard = PromptGuard(flt, producer, GuardMetrics.create(registry))
             return create_app(deps)
 
         from smolit.infra.keys import KeyStore
@@ -114,7 +116,7 @@ def main() -> None:
                 "p95_ms": round(timings[int(len(timings) * 0.95) - 1], 3),
                 "requests_per_s": round(len(timings) / (sum(timings) / 1000), 1),
             }
-        flt = PromptFilter(embedder, threshold=0.6)
+        flt = PromptFilter.for_settings(Settings(), embedder)
         filter_ms = []
         for i in range(args.requests):
             started = time.perf_counter()

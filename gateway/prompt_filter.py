@@ -4,7 +4,11 @@ Three checks, cheapest first; the first that fires decides:
 1. rules: regular expressions for unambiguous injection markers (instruction overrides, system-prompt leaks,
    chat-template tokens, "developer mode"), in English, German, French and Spanish;
 2. similarity: cosine similarity of the request's MiniLM embedding to a list of known injection/abuse patterns;
-   at `threshold` or above the request is blocked (threshold chosen on the false-positive set, README);
+   at `threshold` or above the request is blocked (threshold chosen on the false-positive set, README). With a
+   `prescreen` (a static lookup-table embedder distilled from MiniLM, `smolit.infra.static_embedder`) this is a
+   cascade: a text whose static similarity stays under `prescreen_threshold` is let through without the MiniLM
+   encode (~0.05 ms instead of 3-10 ms); only the rest pays the encode, and only the encode's score blocks, so the
+   prescreen can cost detection (an attack scored too low) but never adds a false positive;
 3. moderation: the OpenAI moderation endpoint, when configured (fails open: an outage is logged and counted).
 
 Ordinary words are never rules on their own (the old prototype rejected umlauts and "password").
@@ -15,9 +19,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from smolit.infra.settings import Settings
 
 _I = re.IGNORECASE | re.UNICODE
 
@@ -135,6 +142,8 @@ class Verdict:
     score: float | None = None
     embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
     """The text's embedding when the similarity check computed it (the router reuses it)."""
+    stage: str = ""
+    """The last check that ran: `rules`, `prescreen` (let through without an encode), `similarity`, `moderation`."""
 
 
 ALLOWED = Verdict(False)
@@ -151,7 +160,8 @@ class Moderation(Protocol):
 
 
 class PromptFilter:
-    """Rules, then similarity to `patterns` (when an embedder is given), then moderation (when given)."""
+    """Rules, then similarity to `patterns` (when an embedder is given; behind the prescreen when one is given),
+    then moderation (when given)."""
 
     def __init__(
         self,
@@ -160,12 +170,36 @@ class PromptFilter:
         threshold: float = 0.6,
         patterns: Sequence[str] = PATTERNS,
         moderation: Moderation | None = None,
+        prescreen: TextEmbedder | None = None,
+        prescreen_threshold: float = 0.5,
     ) -> None:
         self._embedder = embedder
         self.threshold = threshold
+        self.prescreen_threshold = prescreen_threshold
         self._patterns = tuple(patterns)
         self._moderation = moderation
         self._matrix = embedder.embed(list(self._patterns)) if embedder is not None and patterns else None
+        self._prescreen = prescreen if self._matrix is not None else None
+        self._static_matrix = prescreen.embed(list(self._patterns)) if self._prescreen is not None else None
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, embedder: TextEmbedder | None, moderation: Moderation | None = None
+    ) -> PromptFilter:
+        """The filter `smolit run gateway` runs: threshold and cascade from `settings`. The prescreen needs the ONNX
+        embedder (its table is distilled from it; built once, cached); any other embedder encodes every text."""
+        from smolit.infra.embedder import OnnxMiniLMEmbedder
+
+        prescreen = None
+        if isinstance(embedder, OnnxMiniLMEmbedder) and settings.prompt_filter_prescreen > 0:
+            prescreen = embedder.static(PATTERNS)
+        return cls(
+            embedder,
+            threshold=settings.prompt_filter_threshold,
+            moderation=moderation,
+            prescreen=prescreen,
+            prescreen_threshold=settings.prompt_filter_prescreen,
+        )
 
     def rules(self, text: str) -> Verdict:
         for name, rule in RULES:
@@ -185,20 +219,54 @@ class PromptFilter:
         best = sims.argmax(axis=1)
         return [(float(sims[i, j]), int(j), vectors[i]) for i, j in enumerate(best)]
 
+    def prescreen_score(self, text: str) -> float | None:
+        """Best static similarity to a pattern (None without a prescreen)."""
+        if self._prescreen is None or self._static_matrix is None:
+            return None
+        return float((self._prescreen.embed([text]) @ self._static_matrix.T).max())
+
     def check(self, text: str) -> Verdict:
+        verdict = self.decide_cheaply(text)
+        return verdict if verdict is not None else self.check_after_rules(text)
+
+    def decide_cheaply(self, text: str) -> Verdict | None:
+        """Rules and prescreen only (well under a millisecond, no I/O): the verdict when they settle it, None when
+        the encode or the moderation call must run (`check_after_rules`)."""
         verdict = self.rules(text)
         if verdict.blocked:
-            return verdict
-        vector = None
+            return Verdict(True, verdict.reason, verdict.detail, stage="rules")
+        if self._moderation is not None:
+            return None
+        if self._matrix is None:
+            return Verdict(False, stage="rules")
+        if not needs_encode(self.prescreen_score(text), self.prescreen_threshold):
+            return Verdict(False, stage="prescreen")
+        return None
+
+    def check_after_rules(self, text: str) -> Verdict:
+        """Similarity and moderation for a text `decide_cheaply` left open (the prescreen is not repeated unless
+        moderation is configured, where `decide_cheaply` stops before it)."""
+        vector, stage = None, "rules"
         if self._matrix is not None:
-            score, index, vector = self._similarity([text])[0]
-            if score >= self.threshold:
-                return Verdict(True, "injection_similarity", self._patterns[index], round(score, 4))
+            static = self.prescreen_score(text) if self._moderation is not None else None
+            if needs_encode(static, self.prescreen_threshold):
+                score, index, vector = self._similarity([text])[0]
+                stage = "similarity"
+                if score >= self.threshold:
+                    return Verdict(True, "injection_similarity", self._patterns[index], round(score, 4), stage=stage)
+            else:
+                stage = "prescreen"
         if self._moderation is not None:
             categories = self._moderation.flagged(text)
             if categories:
-                return Verdict(True, "moderation", ",".join(categories))
-        return Verdict(False, embedding=vector)
+                return Verdict(True, "moderation", ",".join(categories), stage="moderation")
+        return Verdict(False, embedding=vector, stage=stage)
+
+
+def needs_encode(static_score: float | None, prescreen_threshold: float) -> bool:
+    """The cascade's decision: the MiniLM encode runs unless a prescreen scored the text clearly below the band
+    (`prescreen_threshold`) where a pattern match is possible. No prescreen (None): always encode."""
+    return static_score is None or static_score >= prescreen_threshold
 
 
 class OpenAIModeration:

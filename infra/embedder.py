@@ -39,6 +39,7 @@ import structlog
 from smolit.infra.settings import Settings
 
 from .minilm_build import Variant, load_or_build, minilm_tokenizer_path, pad_batch
+from .static_embedder import StaticEmbedder, load_or_build_static
 
 if TYPE_CHECKING:
     import openai
@@ -107,6 +108,7 @@ class OnnxMiniLMEmbedder:
         self.max_length = max_length
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens or _BATCH_TOKENS_PER_THREAD * threads
+        self._cache_dir = cache_dir
 
         tokenizer = Tokenizer.from_file(str(minilm_tokenizer_path()))
         # The shipped tokenizer.json truncates at 128 and pads to a fixed 128; the sentence-transformers
@@ -175,8 +177,19 @@ class OnnxMiniLMEmbedder:
             start = end
         return out
 
-    def _embed_ids(self, ids: list[list[int]]) -> np.ndarray:
-        input_ids, attention_mask = pad_batch(ids)
+    def token_states(self, ids: list[list[int]]) -> np.ndarray:
+        """Last hidden states, shape (batch, longest, dim), of token id lists (with [CLS]/[SEP]); for distilling."""
+        return self._run(*pad_batch(ids))
+
+    def embed_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """Sentence vectors of token id lists (with [CLS]/[SEP]), as `embed` computes them; for distilling."""
+        return self._embed_ids(ids)
+
+    def static(self, extra_texts: Sequence[str] = (), cache_dir: Path | None = None) -> StaticEmbedder:
+        """A lookup-table approximation of this model (`smolit.infra.static_embedder`), built once and cached."""
+        return load_or_build_static(self, self._tokenizer, self.variant, extra_texts, cache_dir or self._cache_dir)
+
+    def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feeds = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -184,6 +197,11 @@ class OnnxMiniLMEmbedder:
         }
         feeds = {k: v for k, v in feeds.items() if k in self._input_names}
         (tokens,) = self._session.run([self._output_name], feeds)
+        return tokens
+
+    def _embed_ids(self, ids: list[list[int]]) -> np.ndarray:
+        input_ids, attention_mask = pad_batch(ids)
+        tokens = self._run(input_ids, attention_mask)
         # Mean over real tokens only (padding masked out), as sentence-transformers' Pooling does.
         mask = attention_mask[:, :, None].astype(np.float32)
         summed = (tokens * mask).sum(axis=1)

@@ -260,6 +260,10 @@ class Settings(BaseSettings):
     patterns (loads the ONNX embedder in the gateway), `rules` = rules only, `off`."""
     prompt_filter_threshold: float = Field(default=0.6, gt=0, le=1)
     """Cosine similarity to a known injection/abuse pattern at which a request is blocked (README: measured)."""
+    prompt_filter_prescreen: float = Field(default=0.5, ge=0, le=1)
+    """Cascade bound of the prompt filter (`on`, ONNX embedder only): a text whose similarity to the patterns under a
+    static lookup-table model distilled from MiniLM stays below it is let through without the MiniLM encode
+    (README: measured); 0 encodes every text. The table is built once (minutes) and cached under the models dir."""
     moderation: Literal["off", "openai"] = "off"
     """`openai`: also ask the OpenAI moderation endpoint (SMOLIT_OPENAI_BASE_URL/API_KEY) and block flagged text."""
     moderation_model: str = "omni-moderation-latest"

@@ -242,6 +242,10 @@ def bench_filter(
         float | None, typer.Option(help="Similarity threshold (default: SMOLIT_PROMPT_FILTER_THRESHOLD).")
     ] = None,
     rules_only: Annotated[bool, typer.Option("--rules-only", help="Rules without embedding similarity.")] = False,
+    prescreen: Annotated[
+        float | None,
+        typer.Option(help="Cascade bound, 0 = encode every text (default: SMOLIT_PROMPT_FILTER_PRESCREEN)."),
+    ] = None,
 ) -> None:
     """Prompt filter: false-positive rate on ordinary questions, detection rate on injection sets, latency (JSON)."""
     from smolit.agents.corpora import CorpusUnavailable
@@ -251,8 +255,14 @@ def bench_filter(
     from .filter_bench import run_filter_bench
 
     settings = load_settings()
+    overrides: dict[str, float] = {}
+    if threshold is not None:
+        overrides["prompt_filter_threshold"] = threshold
+    if prescreen is not None:
+        overrides["prompt_filter_prescreen"] = prescreen
+    settings = settings.model_copy(update=overrides)
     embedder = None if rules_only else build_embedder(settings)
-    flt = PromptFilter(embedder, threshold=threshold or settings.prompt_filter_threshold)
+    flt = PromptFilter.for_settings(settings, embedder)
     try:
         result = run_filter_bench(flt, settings.cache_dir, work_dir)
     except CorpusUnavailable as exc:

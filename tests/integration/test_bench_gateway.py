@@ -29,5 +29,6 @@ def test_bench_gateway_prints_overhead_and_time_to_first_token() -> None:
     security = out["security"]
     assert security["open"]["requests_per_s_sequential"] > 0 and security["secured"]["requests_per_s_sequential"] > 0
     assert isinstance(security["added_end_to_end_ms_p50"], float)
-    # The secured gateway's prompt filter sends its vector along: the router scores without encoding again.
-    assert security["secured"]["routing_ms"]["p50"] < security["open"]["routing_ms"]["p50"]
+    assert isinstance(security["added_gateway_ms_p50"], float)
+    # Whether the router reuses the filter's vector depends on the cascade (only encoded texts carry one):
+    # test_security.py checks both paths functionally instead of comparing timings here.
