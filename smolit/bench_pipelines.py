@@ -23,18 +23,13 @@ import numpy as np
 
 from smolit.infra.settings import Settings
 
+from .entity_docs import COMPANIES
+
 if TYPE_CHECKING:
     from PIL.Image import Image
     from PIL.ImageFont import FreeTypeFont, ImageFont
 
-_VENDORS = (
-    "Nordwind Office Supplies GmbH",
-    "Blue Harbour Logistics Ltd",
-    "Alpine Print & Paper AG",
-    "Meridian IT Services BV",
-    "Cedar Facility Management SA",
-    "Oakline Catering Co",
-)
+_VENDORS = COMPANIES[:6]
 _ITEMS = (
     "Printer paper A4",
     "Toner cartridge",
