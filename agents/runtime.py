@@ -12,12 +12,11 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import psycopg
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from smolit.contracts import (
@@ -40,6 +39,7 @@ from smolit.infra.knowledge import Hit, KnowledgeStore
 from smolit.infra.llm import LLM, Completion, CompletionCache, LLMError, LLMUnavailable, Passage, cache_key
 
 from . import smalltalk
+from .agent_metrics import AgentMetrics
 from .attachments import AttachmentReader
 from .parking import Draft, ParkingLot
 from .subqueries import Consult, SubqueryPolicy, SubResult, merge_answers, plan_consults, subanswer_passages
@@ -52,48 +52,6 @@ MAX_TOOL_CALLS = 4
 """Most declared-tool calls one answer may make (one round: the model then answers with their results)."""
 Work = TaskAssigned | SubqueryRequested
 """What an agent answers: a routed task, or another agent's subquery."""
-
-
-class AgentMetrics(NamedTuple):
-    answers: Counter
-    failures: Counter
-    answer_seconds: Histogram
-    tokens: Counter
-    cost: Counter
-    cache_hits: Counter
-    fallbacks: Counter
-    subqueries: Counter
-
-    @classmethod
-    def create(cls, registry: CollectorRegistry) -> AgentMetrics:
-        return cls(
-            answers=Counter("smolit_agent_answers_total", "Answers produced", ["agent"], registry=registry),
-            failures=Counter("smolit_agent_failures_total", "Tasks failed", ["agent"], registry=registry),
-            answer_seconds=Histogram(
-                "smolit_agent_answer_seconds",
-                "Task receipt to answer",
-                ["agent"],
-                registry=registry,
-                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            ),
-            tokens=Counter("smolit_llm_tokens_total", "LLM tokens", ["agent", "kind"], registry=registry),
-            cost=Counter("smolit_llm_cost_usd_total", "LLM cost in USD", ["agent"], registry=registry),
-            cache_hits=Counter(
-                "smolit_llm_cache_hits_total", "LLM calls answered from the cache", ["agent"], registry=registry
-            ),
-            fallbacks=Counter(
-                "smolit_llm_fallbacks_total",
-                "Answers written by the fallback backend because the agent's backend was unavailable",
-                ["agent", "backend"],
-                registry=registry,
-            ),
-            subqueries=Counter(
-                "smolit_agent_subqueries_total",
-                "Agent-to-agent subqueries by outcome (sent, answered, failed, expired, received)",
-                ["agent", "outcome"],
-                registry=registry,
-            ),
-        )
 
 
 class TextEmbedder(Protocol):
