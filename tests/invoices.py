@@ -11,3 +11,17 @@ INVOICE = Invoice(
     vat_percent=20,
 )
 """Total due EUR 1,284.50."""
+
+INVOICE_TEXT = """Nordwind Office Supplies GmbH
+INVOICE
+Invoice number: INV-2026-0417
+Invoice date: 3 November 2026
+Due date: 03.12.2026
+Bill to: Meridian IT Services BV
+
+Printer paper A4 x 40   EUR 230.00
+Toner cartridge x 6   EUR 840.42
+VAT 20%   EUR 214.08
+Total due: EUR 1,284.50
+"""
+"""The same invoice as typed text (entity extraction reads it without OCR)."""

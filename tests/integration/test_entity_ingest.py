@@ -10,35 +10,23 @@ import uuid
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 from typer.testing import CliRunner, Result
 
-from smolit.agents import AgentMetrics, AgentRuntime
 from smolit.bench_pipelines import render
 from smolit.cli import app
-from smolit.contracts import AnswerProduced, ModelOutcomeRecorded, TaskAssigned, Topic, pack_vector
+from smolit.contracts import AnswerProduced, ModelOutcomeRecorded, Topic
 from smolit.infra.cards import load_cards
 from smolit.infra.knowledge import KnowledgeStore
-from smolit.infra.llm import ExtractiveLLM
 
+from ..agent_calls import ask as ask_agent
+from ..agent_calls import extractive_agent
 from ..conftest import read_events
 from ..invoices import INVOICE as SCANNED
+from ..invoices import INVOICE_TEXT as INVOICE
 
 pytestmark = pytest.mark.integration
 
-INVOICE = """Nordwind Office Supplies GmbH
-INVOICE
-Invoice number: INV-2026-0417
-Invoice date: 3 November 2026
-Due date: 03.12.2026
-Bill to: Meridian IT Services BV
-
-Printer paper A4 x 40   EUR 230.00
-Toner cartridge x 6   EUR 840.42
-VAT 20%   EUR 214.08
-Total due: EUR 1,284.50
-"""
 
 CONTRACT = """SERVICE AGREEMENT
 This Service Agreement is entered into as of 1 March 2026 by and between Acme Robotics GmbH ("Provider") and Blue Harbour Logistics Ltd ("Client").
@@ -141,27 +129,10 @@ def test_ingest_extracts_invoice_and_contract_fields_and_the_agent_answers_with_
         for model in ("smolit-ner-rules", "smolit-ner-ruler")
     )
 
-    card = load_cards(Path(env["SMOLIT_AGENTS_DIR"]))[agent]
-    runtime = AgentRuntime(
-        {agent: card},
-        KnowledgeStore(pool),
-        {"extractive": ExtractiveLLM()},
-        default_backend="extractive",
-        default_top_k=3,
-        metrics=AgentMetrics.create(CollectorRegistry()),
-    )
+    runtime = extractive_agent(load_cards(Path(env["SMOLIT_AGENTS_DIR"]))[agent], pool)
 
     def ask(question: str) -> AnswerProduced:
-        task = TaskAssigned(
-            correlation_id=uuid.uuid4(),
-            agent=agent,
-            text=question,
-            conversation_id="c",
-            embedding=pack_vector(embedder.embed([question])[0].tolist()),
-        )
-        [answer] = [o.event for o in runtime.handle([task]) if o.topic == Topic.ANSWERS]
-        assert isinstance(answer, AnswerProduced)
-        return answer
+        return ask_agent(runtime, agent, question, embedder)
 
     parties = ask("Who are the parties to the service agreement?")
     assert "Parties: Acme Robotics GmbH and Blue Harbour Logistics Ltd." in parties.answer

@@ -10,18 +10,16 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 from typer.testing import CliRunner, Result
 
-from smolit.agents import AgentMetrics, AgentRuntime
 from smolit.bench_pipelines import render
 from smolit.cli import app
-from smolit.contracts import AnswerProduced, TaskAssigned, Topic, pack_vector
+from smolit.contracts import Topic
 from smolit.infra.cards import load_cards
 from smolit.infra.knowledge import KnowledgeStore
-from smolit.infra.llm import ExtractiveLLM
 
+from ..agent_calls import ask, extractive_agent
 from ..invoices import INVOICE
 
 pytestmark = pytest.mark.integration
@@ -69,25 +67,8 @@ def test_a_scanned_invoice_is_ingested_by_ocr_and_its_amount_is_answered_with_th
     assert stored is not None and stored.metadata["format"] == "png"
     assert stored.metadata["ocr"]["model"] == "ppocr-v4-onnx" and stored.metadata["ocr"]["mean_confidence"] > 0.8
 
-    card = load_cards(Path(env["SMOLIT_AGENTS_DIR"]))[agent]
-    runtime = AgentRuntime(
-        {agent: card},
-        KnowledgeStore(pool),
-        {"extractive": ExtractiveLLM()},
-        default_backend="extractive",
-        default_top_k=3,
-        metrics=AgentMetrics.create(CollectorRegistry()),
-    )
-    question = f"What is the total amount due on invoice {INVOICE.number}?"
-    task = TaskAssigned(
-        correlation_id=uuid.uuid4(),
-        agent=agent,
-        text=question,
-        conversation_id="c",
-        embedding=pack_vector(embedder.embed([question])[0].tolist()),
-    )
-    [answer] = [o.event for o in runtime.handle([task]) if o.topic == Topic.ANSWERS]
-    assert isinstance(answer, AnswerProduced)
+    runtime = extractive_agent(load_cards(Path(env["SMOLIT_AGENTS_DIR"]))[agent], pool)
+    answer = ask(runtime, agent, f"What is the total amount due on invoice {INVOICE.number}?", embedder)
     assert "1,284.50" in answer.answer
     assert answer.sources and Path(answer.sources[0].source).name == "nordwind-invoice.png"
 

@@ -37,17 +37,7 @@ from smolit.contracts import AgentCard, ModelOutcomeRecorded
 from smolit.entity_docs import random_contract_doc, random_invoice_doc, sample_documents
 from smolit.infra.ner_models import NER_VARIANTS
 
-INVOICE = """Nordwind Office Supplies GmbH
-INVOICE
-Invoice number: INV-2026-0417
-Invoice date: 3 November 2026
-Due date: 03.12.2026
-Bill to: Meridian IT Services BV
-
-Printer paper A4 x 40   EUR 230.00
-Toner cartridge x 6   EUR 840.42
-VAT 20%   EUR 214.08
-Total due: EUR 1,284.50"""
+from ..invoices import INVOICE_TEXT as INVOICE
 
 CONTRACT = """SERVICE AGREEMENT
 This Service Agreement is entered into as of 1 March 2026 by and between Acme Robotics GmbH ("Provider") and Blue
