@@ -138,3 +138,36 @@ def test_the_threshold_counts_unnamed_bad_outcomes_of_the_networks_pick(world: d
     # Unnamed bad outcomes of an agent the network would not pick say nothing about its pick.
     elsewhere = [Outcome(o.embedding, next(a for a in "abc" if a != o.agent), good=False) for o in strays]
     assert trainer.fitted_threshold(known + elsewhere, 0.8) == base
+
+
+def test_format_1_models_keep_scoring_as_they_were_trained(world: dict) -> None:
+    """Registered format-1 networks (correction inside the temperature product) restore with that formula; new
+    networks export format 2 and round-trip exactly."""
+    import torch
+
+    from smolit.router.model import FORMAT, RouterNet, export, restore
+
+    features = _features(world)
+    x = torch.from_numpy(_requests(world, 0, 5))
+    cards = torch.from_numpy(features.card_vectors())
+    priors = torch.from_numpy(features.priors(x.numpy()))
+    legacy = RouterNet(DIM, hidden=8, scaled_deltas=True)
+    legacy.ensure_agents(features.agents)
+    with torch.no_grad():
+        for delta in legacy.deltas.values():
+            delta.normal_()
+    legacy.eval()
+    payload = export(legacy)
+    assert payload["format"] == 1
+    with torch.no_grad():
+        expected = legacy.log_temperature.exp() * (x @ (cards + torch.stack(list(legacy.deltas.values()))).T)
+        expected = expected + legacy.prior_weight * priors + legacy.offset
+        assert torch.allclose(restore(payload)(x, cards, priors, features.agents), expected, atol=1e-5)
+        unscaled = restore(payload | {"format": FORMAT})  # the same weights read as format 2 score differently
+        assert not torch.allclose(unscaled(x, cards, priors, features.agents), expected, atol=1e-3)
+        assert export(unscaled)["format"] == FORMAT == 2
+        assert torch.equal(
+            restore(export(unscaled))(x, cards, priors, features.agents), unscaled(x, cards, priors, features.agents)
+        )
+    with pytest.raises(ValueError, match="format"):
+        restore(payload | {"format": 3})
