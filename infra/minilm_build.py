@@ -37,7 +37,7 @@ def minilm_tokenizer_path() -> Path:
     return Path(str(path))
 
 
-_BUILD_FORMAT = 1
+_BUILD_FORMAT = 2
 """Bump whenever `_build_graph`, `_calibrate` or `_quantise_columns` change what they produce: it is part
 of the cache file name, so a new build replaces files from older code."""
 
@@ -133,11 +133,43 @@ def _smoothing_scale(act_max: np.ndarray, weight_max: np.ndarray) -> np.ndarray:
     return np.maximum(act_max, 1e-5) ** _SMOOTHING_ALPHA / np.maximum(weight_max, 1e-5) ** (1 - _SMOOTHING_ALPHA)
 
 
+_PAIR_LIMIT = 128
+"""Largest |q[2i]| + |q[2i+1]| of two same-sign weights: on AVX2 without VNNI the u8 x s8 kernel multiplies
+adjacent pairs with `vpmaddubsw`, which saturates at 16 bits; 255 * 128 = 32640 still fits."""
+
+_SCALE_CANDIDATES = np.arange(127, 63, -4)
+"""Per column, the weight scale is max |w| / L for the L here that loses least to rounding and the pair bound."""
+
+
+def _bound_pairs(q: np.ndarray) -> np.ndarray:
+    """Shrink the larger of every same-sign adjacent pair (rows 2i, 2i+1) until |q0| + |q1| <= 128."""
+    q0, q1 = q[0::2], q[1::2]
+    excess = np.where(np.sign(q0) == np.sign(q1), np.maximum(np.abs(q0) + np.abs(q1) - _PAIR_LIMIT, 0), 0)
+    first = np.abs(q0) >= np.abs(q1)
+    out = q.copy()
+    out[0::2] = q0 - np.sign(q0) * excess * first
+    out[1::2] = q1 - np.sign(q1) * excess * ~first
+    return out
+
+
 def _quantise_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output column, stored as uint8 with zero point 128; returns (q, scale)."""
-    scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0
-    q = np.clip(np.round(w / scale), -127, 127) + 128
-    return q.astype(np.uint8), scale.astype(np.float32)
+    """Symmetric int8 per output column, bounded so the u8 x s8 kernel cannot saturate (`_PAIR_LIMIT`);
+    returns (q, scale). Of the candidate scales (`_SCALE_CANDIDATES`) each column takes the one with the least
+    squared error: a smaller step, with the few pairs over the bound shrunk, usually beats a coarser step
+    that needs no shrinking."""
+    if w.shape[0] % 2:
+        raise ValueError("the pair bound needs an even number of input channels")
+    peak = np.maximum(np.abs(w).max(axis=0), 1e-12)
+    best_q = np.zeros(w.shape, dtype=np.float64)
+    best_scale = np.zeros(w.shape[1])
+    best_err = np.full(w.shape[1], np.inf)
+    for levels in _SCALE_CANDIDATES:
+        scale = peak / levels
+        q = _bound_pairs(np.clip(np.round(w / scale), -127, 127))
+        err = ((w - q * scale) ** 2).sum(axis=0)
+        better = err < best_err
+        best_q[:, better], best_scale[better], best_err[better] = q[:, better], scale[better], err[better]
+    return best_q.astype(np.int8), best_scale.astype(np.float32)
 
 
 class _GraphBuilder:
@@ -221,18 +253,11 @@ def _build_graph(
         n_out=2,
         epsilon=eps,
     )
-    out_shapes: dict[int, str] = {}
-
-    def out_shape(n: int) -> str:  # [B, S, n]
-        if n not in out_shapes:
-            out_shapes[n] = g.op("Concat", [batch_seq, g.const([n], np.int64)], axis=0)
-        return out_shapes[n]
-
     if amax is not None:
         inv127 = g.const(1.0 / 127.0, np.float32)
         tiny = g.const(1e-8, np.float32)
-        one = g.const(1.0, np.float32)
         zp128 = g.const(128, np.uint8)
+        zp0 = g.const(0, np.int8)
 
     def linears(group: str, x: str, mats: list[np.ndarray], smooth: bool) -> list[str]:
         """x @ m for each m in mats (shape (K, N), no bias), in fp32 or int8."""
@@ -245,21 +270,17 @@ def _build_graph(
         if smooth:  # divide the activations' channels by `scale` and multiply the weights' rows by it
             scale = _smoothing_scale(amax[group], np.max([np.abs(m).max(axis=1) for m in mats], axis=0))
             x = g.op("Mul", [x, g.const(1.0 / scale, np.float32)])
-        rows = g.op("Reshape", [x, g.const([-1, k], np.int64)])  # [B*S, K]
-        # One symmetric scale per token row: max |x| / 127, zero point 128 (uint8).
-        high = g.op("ReduceMax", [rows], axes=[1], keepdims=0)
-        low = g.op("Neg", [g.op("ReduceMin", [rows], axes=[1], keepdims=0)])
-        row_scale = g.op("Mul", [g.op("Max", [high, low, tiny]), inv127])  # [B*S]
-        zero_points = g.op("Expand", [zp128, g.op("Shape", [row_scale])])
-        q = g.op("QuantizeLinear", [rows, row_scale, zero_points], axis=0)
-        row_scale_col = g.op("Unsqueeze", [row_scale, g.const([1], np.int64)])  # [B*S, 1]
-        outs = []
-        for m in mats:
-            wq, wscale = _quantise_columns(m * scale[:, None])
-            y = g.op("MatMulIntegerToFloat", [q, g.const(wq, np.uint8), one, g.const(wscale, np.float32), zp128, zp128])
-            y = g.op("Mul", [y, row_scale_col])
-            outs.append(g.op("Reshape", [y, out_shape(m.shape[1])]))
-        return outs
+        # One symmetric scale per token: peak = max |x| over its channels, q = round(127 x / peak) + 128 (uint8).
+        # Few nodes on purpose: at batch 1 each node's dispatch costs about as much as its arithmetic.
+        peak = g.op("Max", [g.op("ReduceMax", [g.op("Abs", [x])], axes=[-1], keepdims=1), tiny])  # [B, S, 1]
+        q = g.op("QuantizeLinear", [g.op("Div", [x, peak]), inv127, zp128])
+        # The projections sharing an input (Q, K, V) run as one wider product, split afterwards.
+        w8, wscale = _quantise_columns(np.concatenate([m * scale[:, None] for m in mats], axis=1))
+        y = g.op("MatMulIntegerToFloat", [q, g.const(w8, np.int8), inv127, g.const(wscale, np.float32), zp128, zp0])
+        y = g.op("Mul", [y, peak])
+        if len(mats) == 1:
+            return [y]
+        return list(g.op("Split", [y, g.const([m.shape[1] for m in mats], np.int64)], n_out=len(mats), axis=-1))
 
     for i in range(config["num_hidden_layers"]):
         p = f"encoder.layer.{i}."
