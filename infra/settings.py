@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     `learner_min_holdout` examples stay held out (0, the default: holdout examples never train; README: why)."""
     learner_min_holdout: int = Field(default=50, ge=1)
     """Smallest holdout on which a candidate may be promoted."""
+    learner_fresh_gate: bool = True
+    """Once `learner_min_holdout` held-out examples with a user-named right agent arrived after the champion was
+    chosen, the gate compares on those only (the champion's score on the examples it was chosen on is inflated)."""
     learner_promotion_margin: float = Field(default=0.01, ge=0)
     """Accuracy a candidate must add over the champion on the same holdout to be promoted."""
     learner_target_precision: float = Field(default=0.8, gt=0, lt=1)

@@ -41,6 +41,9 @@ class LearnerConfig:
     holdout_rounds: int = 0
     """Candidate evaluations a holdout example serves before it joins training (0: it never does)."""
     min_holdout: int = 50
+    fresh_gate: bool = True
+    """Compare on user-labelled holdout examples that arrived after the champion was chosen, once there are
+    `min_holdout` of them (see `Learner._gate_sample`)."""
     promotion_margin: float = 0.01
     target_precision: float = 0.8
     min_confidence: float = 0.4
@@ -94,9 +97,13 @@ class Learner:
         self.metrics = metrics
         self._clock = clock
         self._features = features
-        # Oldest first; `_rounds[i]` counts the candidate evaluations `holdout[i]` has served.
+        # Oldest first; `_rounds[i]` counts the candidate evaluations `holdout[i]` has served, `_arrived[i]` numbers
+        # its arrival; holdout examples numbered from `_champion_since` on arrived after the champion was chosen.
         self.holdout: deque[Outcome] = deque()
         self._rounds: deque[int] = deque()
+        self._arrived: deque[int] = deque()
+        self._arrivals = 0
+        self._champion_since = 0
         self._pending = 0
         self._last_candidate = clock()
         self._lock = threading.Lock()  # the consumer thread and the timer share the trainer
@@ -132,6 +139,7 @@ class Learner:
         if registered == self.champion_version:
             return
         self.champion_version = registered
+        self._champion_changed()
         if registered is None:
             self.champion = None
             return
@@ -173,10 +181,11 @@ class Learner:
             if in_holdout(event.event_id, self.config.holdout_share, self.config.seed):
                 self.holdout.append(outcome)
                 self._rounds.append(0)
+                self._arrived.append(self._arrivals)
+                self._arrivals += 1
                 self.metrics.examples.labels("holdout").inc()
                 if len(self.holdout) > self.config.holdout_size:  # a full window: the oldest example trains
-                    self._rounds.popleft()
-                    self._learn(self.holdout.popleft(), "graduated")
+                    self._graduate_oldest()
                 continue
             self._learn(outcome, "train")
         rolled = self._check_rollback()
@@ -202,8 +211,36 @@ class Learner:
         for i in range(len(self._rounds)):
             self._rounds[i] += 1
         while len(self._rounds) > self.config.min_holdout and self._rounds[0] >= rounds:
-            self._rounds.popleft()
-            self._learn(self.holdout.popleft(), "graduated")
+            self._graduate_oldest()
+
+    def _graduate_oldest(self) -> None:
+        self._rounds.popleft()
+        self._arrived.popleft()
+        self._learn(self.holdout.popleft(), "graduated")
+
+    def _champion_changed(self) -> None:
+        """Holdout examples from now on are fresh for the new champion (it was not chosen on them)."""
+        self._champion_since = self._arrivals
+
+    def _gate_sample(self) -> tuple[list[Outcome], str]:
+        """The holdout examples the gate compares candidate and champion on.
+
+        Once the champion was chosen as the best of several candidates on the holdout, its score there is inflated
+        (winner's curse): later candidates that are really better rarely clear the margin, and the champion freezes.
+        Examples that arrived after it was chosen are free of that bias, and so are their labels when the user named
+        the right agent (`preferred_agent`): such a label does not depend on who answered. A thumbs-up alone labels
+        the agent that answered, i.e. the champion's own choice on fresh traffic, which no challenger can beat, so
+        rating-only examples keep the whole holdout. Falls back to the whole holdout below `min_holdout` fresh ones.
+        """
+        if self.config.fresh_gate and self.champion is not None:
+            fresh = [
+                o
+                for n, o in zip(self._arrived, self.holdout, strict=True)
+                if n >= self._champion_since and o.preferred is not None
+            ]
+            if len(fresh) >= self.config.min_holdout:
+                return fresh, "fresh"
+        return list(self.holdout), "holdout"
 
     def _check_rollback(self) -> list[Outgoing]:
         """Restore the previous champion when the live outcomes of the current one are significantly worse."""
@@ -222,6 +259,7 @@ class Learner:
         self.registry.set_alias(name, CHAMPION, previous)
         self.registry.set_alias(name, PREVIOUS, current)
         self.champion_version, self.previous_version = previous, current
+        self._champion_changed()
         self.champion = Trainer(
             restore(self.registry.load(name, previous)), self.trainer.features, seed=self.config.seed
         )
@@ -252,16 +290,21 @@ class Learner:
         started = time.perf_counter()
         holdout = list(self.holdout)
         mine = self.trainer.evaluate(holdout)
-        theirs = (self.champion or self._baseline()).evaluate(holdout)
+        sample, which = self._gate_sample()
+        theirs = (self.champion or self._baseline()).evaluate(sample)
+        mine_on_sample = mine if which == "holdout" else self.trainer.evaluate(sample)
         fitted = self.trainer.fitted_threshold(holdout, self.config.target_precision)
         threshold = max(fitted, self.config.min_confidence)
-        promote, reason = self._gate(mine, theirs, len(holdout))
+        promote, reason = self._gate(mine_on_sample, theirs, len(sample))
+        reason = f"{reason} ({which}: {len(sample)} examples)"
         center = self.trainer.features.center  # the router must measure priors exactly as training did
         payload = export(self.trainer.net, center=None if center is None else center.tolist(), threshold=threshold)
         metrics = mine.as_metrics() | {
             "champion_accuracy": theirs.accuracy if theirs.accuracy is not None else float("nan"),
             "examples_seen": float(self.trainer.seen),
             "holdout_size": float(len(holdout)),
+            "gate_examples": float(len(sample)),
+            "gate_candidate_accuracy": mine_on_sample.accuracy if mine_on_sample.accuracy is not None else float("nan"),
             "threshold": threshold,
             "fitted_threshold": fitted,
             "train_time_s": time.perf_counter() - started,
@@ -296,6 +339,7 @@ class Learner:
         self.registry.set_alias(self.config.registry_name, CHAMPION, version)
         self.champion = self._frozen_copy(self.trainer)
         self.champion_version = version
+        self._champion_changed()
         self.metrics.promotions.inc()
         self.metrics.champion_version.set(float(version))
         event = RouterModelPromoted(

@@ -73,6 +73,7 @@ def run_learner(w: Wiring, stop: threading.Event) -> None:
             holdout_size=s.learner_holdout_size,
             holdout_rounds=s.learner_holdout_rounds,
             min_holdout=s.learner_min_holdout,
+            fresh_gate=s.learner_fresh_gate,
             promotion_margin=s.learner_promotion_margin,
             target_precision=s.learner_target_precision,
             min_confidence=s.learner_min_confidence,

@@ -344,3 +344,44 @@ def test_the_router_restarts_with_its_cached_champion(world: World, tmp_path: Pa
     assert ChampionCache(fresh).load(restarted) == (True, None)
     cache.path.write_bytes(b"not a torch file")
     assert cache.load(restarted) == (False, None)
+
+
+def test_the_gate_compares_on_user_labelled_examples_that_arrived_after_the_champion(
+    world: World, tmp_path: Path
+) -> None:
+    """Rating-only examples keep the whole holdout; once `min_holdout` held-out examples naming the right agent
+    arrived after the champion was chosen, candidate and champion are compared on exactly those."""
+    from smolit.learner.dataset import in_holdout
+
+    router = _router(world)
+    learner = _learner(world, router, tmp_path, min_holdout=10)
+    learner.handle(world.bandit_examples(500))
+    assert learner.champion is not None
+    registry = learner.registry
+
+    def gate_examples() -> float:
+        return registry.versions("smolit-router")[-1].metrics["gate_examples"]
+
+    learner.handle(world.bandit_examples(100))
+    learner.candidate()
+    assert gate_examples() == len(learner.holdout)  # ratings alone: the whole holdout
+
+    corrected = []
+    for example in world.bandit_examples(300):
+        domain = int(example.text.rsplit(" ", 1)[1])
+        corrected.append(example.model_copy(update={"preferred_agent": AGENTS[domain]}))
+    fresh = sum(in_holdout(e.event_id, learner.config.holdout_share, learner.config.seed) for e in corrected)
+    assert fresh >= 10
+    learner.handle(corrected)
+    promotions_before = learner.metrics.promotions._value.get()
+    learner.candidate()
+    assert gate_examples() == fresh < len(learner.holdout)
+    if learner.metrics.promotions._value.get() > promotions_before:  # a new champion: nothing is fresh for it yet
+        learner.handle(world.bandit_examples(20))
+        learner.candidate()
+        assert gate_examples() == len(learner.holdout)
+
+    off = _learner(world, router, tmp_path / "off", min_holdout=10, fresh_gate=False)
+    off.handle(world.bandit_examples(500) + corrected)
+    off.candidate()
+    assert off.registry.versions("smolit-router")[-1].metrics["gate_examples"] == len(off.holdout)
