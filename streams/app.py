@@ -31,7 +31,7 @@ from typing import Any
 
 import faust
 import structlog
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from smolit.contracts import (
     AnswerProduced,
@@ -99,8 +99,13 @@ class StreamsConfig:
 @dataclass
 class _Watermark:
     """Event-time watermark of one partition: the newest event time seen; once the partition has been idle for
-    `idle_s`, the wall clock minus `idle_s` when that is later (so a quiet system still closes its last windows and
-    timeouts, while a replay of old events, which keeps the partition busy, is judged by event time alone)."""
+    `idle_s` with nothing left to read, the wall clock minus `idle_s` when that is later (so a quiet system still
+    closes its last windows and timeouts, while a replay of old events, which keeps the partition busy, is judged by
+    event time alone).
+
+    "Nothing left to read" matters during a backlog: the consumer may feed the stage from other partitions for
+    seconds, and a waiting partition moved to the wall clock would close the windows its unread events belong to
+    (they then count as late and are dropped)."""
 
     event_time: float | None = None
     last_wall: float = field(default_factory=time.monotonic)
@@ -109,8 +114,8 @@ class _Watermark:
         self.event_time = t if self.event_time is None else max(self.event_time, t)
         self.last_wall = time.monotonic()
 
-    def current(self, idle_s: float) -> float | None:
-        if time.monotonic() - self.last_wall < idle_s:
+    def current(self, idle_s: float, caught_up: bool = True) -> float | None:
+        if not caught_up or time.monotonic() - self.last_wall < idle_s:
             return self.event_time
         wall = time.time() - idle_s
         return wall if self.event_time is None else max(self.event_time, wall)
@@ -177,6 +182,10 @@ class StreamsApp:
         self.panes = app.Table("panes", partitions=config.partitions)
         self._join_wm: dict[int, _Watermark] = {}
         """Stage 1: watermark per input partition."""
+        self._input_topics = tuple(t(x) for x in (Topic.DECISIONS, Topic.ANSWERS, Topic.FEEDBACK, Topic.SUBQUERIES))
+        self._handled: dict[TP, int] = {}
+        """Input topic-partition → the last offset stage 1 handled (this consumer generation)."""
+        self._handled_generation: int | None = None
         self._pane_wm: dict[int, dict[int, float]] = {}
         """Stage 2: facts partition → input partition → the watermark that input partition last announced."""
         self._deadlines: dict[int, list[tuple[float, str]]] = {}
@@ -238,8 +247,10 @@ class StreamsApp:
         async for events in stream.take_events(self.config.batch_size, within=self.config.batch_within_s):
             async with self._join_lock:
                 batch = _RouteBatch()
+                self._check_handled()
                 for ev in events:
                     msg = ev.message
+                    self._handled[msg.tp] = msg.offset
                     self.metrics.consumed.labels(msg.topic).inc()
                     try:
                         await self._route_one(msg, batch)
@@ -275,6 +286,36 @@ class StreamsApp:
                 batch.examples.append(entry.example())
         elif isinstance(event, SubqueryRequested):
             batch.add(direct_facts(event, position), self.config.known_agents)
+
+    def _check_handled(self) -> None:
+        """Forget handled offsets after a rebalance: another member may have read on meanwhile."""
+        generation = self.app.consumer_generation_id
+        if generation != self._handled_generation:
+            self._handled_generation = generation
+            self._handled.clear()
+
+    def _caught_up(self, partition: int) -> bool:
+        """True when stage 1 has handled every record of this partition number in every input topic, as far as the
+        consumer's last fetch knows (see `_Watermark`)."""
+        self._check_handled()
+        consumer = self.app.consumer
+        read = getattr(consumer, "_read_offset", {})  # faust-internal; from the committed offset until we handle one
+        for topic in self._input_topics:
+            tp = TP(topic, partition)
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # not assigned (any more): not ours to advance
+                return False
+            if highwater is None:
+                return False  # not fetched yet
+            handled = self._handled.get(tp)
+            position = handled + 1 if handled is not None else (read.get(tp) or 0)
+            if position < highwater:
+                return False
+        return True
+
+    def _wm_now(self, partition: int) -> float | None:
+        return self._join_wm[partition].current(self.config.idle_advance_s, self._caught_up(partition))
 
     async def _flush_route(self, batch: _RouteBatch) -> None:
         """One changelog pack per partition, one facts message per agent and the examples, for the whole batch."""
@@ -334,7 +375,7 @@ class StreamsApp:
         for partition, heap in self._deadlines.items():
             if partition not in self._join_wm:
                 continue  # not ours (any more)
-            wm = self._join_wm[partition].current(self.config.idle_advance_s)
+            wm = self._wm_now(partition)
             while heap and wm is not None and heap[0][0] <= wm:
                 if budget <= 0:
                     held[partition] = heap[0][0]
@@ -520,8 +561,8 @@ class StreamsApp:
             # Announce each input partition's watermark to every facts partition, after the timeouts it caused
             # (same producer, same partition: the facts arrive first), so stage 2 closes a window only when every
             # input partition has passed it.
-            for p, wm in self._join_wm.items():
-                current = wm.current(self.config.idle_advance_s)
+            for p in self._join_wm:
+                current = self._wm_now(p)
                 if current is None:
                     continue
                 if p in held:  # timeouts still to come at or after this time

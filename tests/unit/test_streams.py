@@ -197,3 +197,14 @@ def test_fetch_wait_follows_the_embedded_storage() -> None:
     profile = KafkaProfile("127.0.0.1:9092", embedded=True, fetch_wait_ms=50)
     assert profile.consumer("g")["fetch.wait.max.ms"] == 50 and profile.faust_fetch_wait_ms == 50
     assert "fetch.wait.max.ms" not in KafkaProfile("a:1", embedded=False, fetch_wait_ms=50).consumer("g")
+
+
+def test_idle_partition_advances_to_the_wall_clock_only_when_nothing_is_left_to_read() -> None:
+    """A partition waiting in a backlog keeps its event-time watermark; a caught-up idle one follows the clock."""
+    from smolit.streams.app import _Watermark
+
+    wm = _Watermark()
+    wm.observe(1_000.0)
+    assert wm.current(idle_s=0.0, caught_up=False) == 1_000.0
+    assert wm.current(idle_s=0.0, caught_up=True) > 1_000.0
+    assert wm.current(idle_s=3_600.0, caught_up=True) == 1_000.0
