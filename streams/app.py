@@ -61,6 +61,8 @@ log = structlog.get_logger("smolit.streams")
 _RAW = {"key_serializer": "raw", "value_serializer": "raw"}
 _SEND_WINDOW = 64
 """Sends awaited together (see `_send_all`)."""
+_ENTRY_CACHE = 20_000
+"""Decoded join entries kept in memory (the events of one request arrive close together; ~2.5 KB each)."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,9 @@ class StreamsApp:
         self._input_topics = tuple(t(x) for x in (Topic.DECISIONS, Topic.ANSWERS, Topic.FEEDBACK, Topic.SUBQUERIES))
         self._handled: dict[TP, int] = {}
         """Input topic-partition → the last offset stage 1 handled (this consumer generation)."""
+        self._entries: dict[str, JoinEntry] = {}
+        """Decoded join entries as last written (this consumer generation), oldest first: spares a RocksDB read and a
+        JSON decode per event of a request already seen."""
         self._handled_generation: int | None = None
         self._pane_wm: dict[int, dict[int, float]] = {}
         """Stage 2: facts partition → input partition → the watermark that input partition last announced."""
@@ -257,6 +262,7 @@ class StreamsApp:
                     except DecodeError as exc:
                         await self._dead(msg, f"undecodable: {exc}")
                     except Exception as exc:  # one bad message never stops the worker
+                        self._entries.clear()  # an entry may have been changed half-way: read them from the table
                         log.warning("routing failed", topic=msg.topic, offset=msg.offset, error=repr(exc))
                         await self._dead(msg, f"handler error: {exc!r}")
                 await self._flush_route(batch)
@@ -269,10 +275,9 @@ class StreamsApp:
         self._join_wm.setdefault(msg.partition, _Watermark()).observe(t)
         if isinstance(event, RoutingDecided | AnswerProduced | TaskFailed | FeedbackGiven):
             request_id = str(event.correlation_id)
-            entry = batch.entries.get(request_id)
+            entry = batch.entries.get(request_id) or self._entry(request_id)
             if entry is None:
-                raw = self.joins.data.get(request_id)
-                entry = JoinEntry.from_dict(raw) if raw else JoinEntry(request_id, msg.partition, t)
+                entry = JoinEntry(request_id, msg.partition, t)
             replay = str(event.event_id) in entry.seen
             if entry.is_duplicate(event, ":".join(map(str, position))):
                 self.metrics.duplicates.inc()
@@ -287,12 +292,28 @@ class StreamsApp:
         elif isinstance(event, SubqueryRequested):
             batch.add(direct_facts(event, position), self.config.known_agents)
 
+    def _entry(self, request_id: str) -> JoinEntry | None:
+        entry = self._entries.get(request_id)
+        if entry is None:
+            raw = self.joins.data.get(request_id)
+            entry = JoinEntry.from_dict(raw) if raw else None
+        return entry
+
+    def _put_entry(self, entry: JoinEntry | None, request_id: str, partition: int) -> None:
+        self._entries.pop(request_id, None)  # re-inserted last: the dict stays oldest first
+        if entry is not None:
+            self._entries[request_id] = entry
+            if len(self._entries) > _ENTRY_CACHE:
+                del self._entries[next(iter(self._entries))]
+        self._put(self.joins, partition, request_id, None if entry is None else entry.to_dict())
+
     def _check_handled(self) -> None:
-        """Forget handled offsets after a rebalance: another member may have read on meanwhile."""
+        """Forget handled offsets and cached entries after a rebalance: another member may have moved on."""
         generation = self.app.consumer_generation_id
         if generation != self._handled_generation:
             self._handled_generation = generation
             self._handled.clear()
+            self._entries.clear()
 
     def _caught_up(self, partition: int) -> bool:
         """True when stage 1 has handled every record of this partition number in every input topic, as far as the
@@ -321,7 +342,7 @@ class StreamsApp:
         """One changelog pack per partition, one facts message per agent and the examples, for the whole batch."""
         ttl = self.config.feedback_ttl_s
         for request_id, entry in batch.entries.items():
-            self._put(self.joins, entry.partition, request_id, entry.to_dict())
+            self._put_entry(entry, request_id, entry.partition)
             heapq.heappush(self._deadlines.setdefault(entry.partition, []), (entry.deadline(ttl), request_id))
         self._flush_changelog()
         sends = [self._emit_example(example) for example in batch.examples]
@@ -382,10 +403,9 @@ class StreamsApp:
                     break
                 budget -= 1
                 deadline, request_id = heapq.heappop(heap)
-                raw = self.joins.data.get(request_id)
-                if raw is None:
+                entry = self._entry(request_id)
+                if entry is None:
                     continue
-                entry = JoinEntry.from_dict(raw)
                 if entry.deadline(self.config.feedback_ttl_s) != deadline:
                     continue  # a stale index entry: the decision arrived after and moved the deadline
                 example, timeout = entry.expire(self.config.feedback_ttl_s)
@@ -393,7 +413,7 @@ class StreamsApp:
                     batch.add([timeout], self.config.known_agents)
                 if example is not None:
                     batch.examples.append(example)
-                self._put(self.joins, entry.partition, request_id, None)
+                self._put_entry(None, request_id, entry.partition)
         await self._flush_route(batch)
         return held
 
