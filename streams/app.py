@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
 import structlog
 from faust.types import TP, EventT
 
@@ -219,9 +220,10 @@ class StreamsApp:
         if value is None:
             store.pop(key, None)
         else:
-            encoded = json.dumps(value, separators=(",", ":"))
+            raw = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)  # ~5x json.dumps; int keys as strings too
+            encoded = raw.decode()
             if isinstance(store, PartitionedRocksStore):  # one JSON encoding for the store and the changelog
-                store._set(store._encode_key(key), encoded.encode())
+                store._set(store._encode_key(key), raw)
             else:
                 store[key] = value
         self._changes.setdefault((table.name, partition), {})[key] = encoded
@@ -347,8 +349,7 @@ class StreamsApp:
         self._flush_changelog()
         sends = [self._emit_example(example) for example in batch.examples]
         sends += [
-            self.facts.send(key=agent.encode(), value=json.dumps(facts, separators=(",", ":")).encode())
-            for agent, facts in batch.facts.items()
+            self.facts.send(key=agent.encode(), value=orjson.dumps(facts)) for agent, facts in batch.facts.items()
         ]
         await self._send_all(sends)
 
@@ -466,7 +467,7 @@ class StreamsApp:
         touched: dict[str, tuple[int, Pane]] = {}
         announced: set[int] = set()
         for ev in events:
-            value = json.loads(ev.message.value)
+            value = orjson.loads(ev.message.value)
             p = ev.message.partition
             if isinstance(value, dict):  # a watermark announcement of one input partition
                 self._pane_wm.setdefault(p, {})[value["src"]] = value["wm"]
