@@ -101,27 +101,34 @@ class StreamsConfig:
 
 @dataclass
 class _Watermark:
-    """Event-time watermark of one partition: the newest event time seen; once the partition has been idle for
-    `idle_s` with nothing left to read, the wall clock minus `idle_s` when that is later (so a quiet system still
-    closes its last windows and timeouts, while a replay of old events, which keeps the partition busy, is judged by
-    event time alone).
+    """Event-time watermark of one partition number (over the input topics): the newest event time seen; once the
+    partition has been idle for `idle_s` with nothing left to read, the wall clock minus `idle_s` when that is later
+    (so a quiet system still closes its last windows and timeouts, while a replay of old events, which keeps the
+    partition busy, is judged by event time alone).
 
-    "Nothing left to read" matters during a backlog: the consumer may feed the stage from other partitions for
-    seconds, and a waiting partition moved to the wall clock would close the windows its unread events belong to
-    (they then count as late and are dropped)."""
+    While input topics still have records to read (`lagging`), the watermark is the lowest of *their* newest event
+    times instead, and never follows the clock. In a backlog the consumer reads topics and partitions at different
+    speeds (the feedback topic, a third the size, ran minutes of event time ahead of the decisions): the newest
+    event time of the fastest topic, or the clock for a partition that merely waited, would close windows and
+    feedback TTLs that unread events still belong to (their facts then count as late and are dropped)."""
 
-    event_time: float | None = None
+    event_times: dict[str, float] = field(default_factory=dict)
+    """Input topic ("" for entries recovered from the table) → newest event time seen."""
     last_wall: float = field(default_factory=time.monotonic)
 
-    def observe(self, t: float) -> None:
-        self.event_time = t if self.event_time is None else max(self.event_time, t)
+    def observe(self, t: float, topic: str = "") -> None:
+        self.event_times[topic] = max(self.event_times.get(topic, t), t)
         self.last_wall = time.monotonic()
 
-    def current(self, idle_s: float, caught_up: bool = True) -> float | None:
-        if not caught_up or time.monotonic() - self.last_wall < idle_s:
-            return self.event_time
+    def current(self, idle_s: float, lagging: Sequence[str] = ()) -> float | None:
+        if lagging:
+            behind = [self.event_times.get(topic) for topic in lagging]
+            return None if None in behind else min(t for t in behind if t is not None)  # None: hold it
+        newest = max(self.event_times.values(), default=None)
+        if time.monotonic() - self.last_wall < idle_s:
+            return newest
         wall = time.time() - idle_s
-        return wall if self.event_time is None else max(self.event_time, wall)
+        return wall if newest is None else max(newest, wall)
 
 
 @dataclass
@@ -274,7 +281,7 @@ class StreamsApp:
         event = decode(msg.value)
         position = (msg.topic, msg.partition, msg.offset)
         t = event.occurred_at.timestamp()
-        self._join_wm.setdefault(msg.partition, _Watermark()).observe(t)
+        self._join_wm.setdefault(msg.partition, _Watermark()).observe(t, msg.topic)
         if isinstance(event, RoutingDecided | AnswerProduced | TaskFailed | FeedbackGiven):
             request_id = str(event.correlation_id)
             entry = batch.entries.get(request_id) or self._entry(request_id)
@@ -317,28 +324,27 @@ class StreamsApp:
             self._handled.clear()
             self._entries.clear()
 
-    def _caught_up(self, partition: int) -> bool:
-        """True when stage 1 has handled every record of this partition number in every input topic, as far as the
+    def _lagging(self, partition: int) -> list[str]:
+        """The input topics whose records of this partition stage 1 has not all handled yet, as far as the
         consumer's last fetch knows (see `_Watermark`)."""
         self._check_handled()
         consumer = self.app.consumer
         read = getattr(consumer, "_read_offset", {})  # faust-internal; from the committed offset until we handle one
+        lagging = []
         for topic in self._input_topics:
             tp = TP(topic, partition)
             try:
                 highwater = consumer.highwater(tp)
-            except Exception:  # not assigned (any more): not ours to advance
-                return False
-            if highwater is None:
-                return False  # not fetched yet
+            except Exception:  # not assigned (any more): hold the watermark
+                highwater = None
             handled = self._handled.get(tp)
             position = handled + 1 if handled is not None else (read.get(tp) or 0)
-            if position < highwater:
-                return False
-        return True
+            if highwater is None or position < highwater:  # None: not fetched yet
+                lagging.append(topic)
+        return lagging
 
     def _wm_now(self, partition: int) -> float | None:
-        return self._join_wm[partition].current(self.config.idle_advance_s, self._caught_up(partition))
+        return self._join_wm[partition].current(self.config.idle_advance_s, self._lagging(partition))
 
     async def _flush_route(self, batch: _RouteBatch) -> None:
         """One changelog pack per partition, one facts message per agent and the examples, for the whole batch."""
