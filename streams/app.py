@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
 import structlog
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from smolit.contracts import (
     AnswerProduced,
@@ -61,6 +62,8 @@ log = structlog.get_logger("smolit.streams")
 _RAW = {"key_serializer": "raw", "value_serializer": "raw"}
 _SEND_WINDOW = 64
 """Sends awaited together (see `_send_all`)."""
+_ENTRY_CACHE = 20_000
+"""Decoded join entries kept in memory (the events of one request arrive close together; ~2.5 KB each)."""
 
 
 @dataclass(frozen=True)
@@ -98,22 +101,34 @@ class StreamsConfig:
 
 @dataclass
 class _Watermark:
-    """Event-time watermark of one partition: the newest event time seen; once the partition has been idle for
-    `idle_s`, the wall clock minus `idle_s` when that is later (so a quiet system still closes its last windows and
-    timeouts, while a replay of old events, which keeps the partition busy, is judged by event time alone)."""
+    """Event-time watermark of one partition number (over the input topics): the newest event time seen; once the
+    partition has been idle for `idle_s` with nothing left to read, the wall clock minus `idle_s` when that is later
+    (so a quiet system still closes its last windows and timeouts, while a replay of old events, which keeps the
+    partition busy, is judged by event time alone).
 
-    event_time: float | None = None
+    While input topics still have records to read (`lagging`), the watermark is the lowest of *their* newest event
+    times instead, and never follows the clock. In a backlog the consumer reads topics and partitions at different
+    speeds (the feedback topic, a third the size, ran minutes of event time ahead of the decisions): the newest
+    event time of the fastest topic, or the clock for a partition that merely waited, would close windows and
+    feedback TTLs that unread events still belong to (their facts then count as late and are dropped)."""
+
+    event_times: dict[str, float] = field(default_factory=dict)
+    """Input topic ("" for entries recovered from the table) → newest event time seen."""
     last_wall: float = field(default_factory=time.monotonic)
 
-    def observe(self, t: float) -> None:
-        self.event_time = t if self.event_time is None else max(self.event_time, t)
+    def observe(self, t: float, topic: str = "") -> None:
+        self.event_times[topic] = max(self.event_times.get(topic, t), t)
         self.last_wall = time.monotonic()
 
-    def current(self, idle_s: float) -> float | None:
+    def current(self, idle_s: float, lagging: Sequence[str] = ()) -> float | None:
+        if lagging:
+            behind = [self.event_times.get(topic) for topic in lagging]
+            return None if None in behind else min(t for t in behind if t is not None)  # None: hold it
+        newest = max(self.event_times.values(), default=None)
         if time.monotonic() - self.last_wall < idle_s:
-            return self.event_time
+            return newest
         wall = time.time() - idle_s
-        return wall if self.event_time is None else max(self.event_time, wall)
+        return wall if newest is None else max(newest, wall)
 
 
 @dataclass
@@ -177,6 +192,13 @@ class StreamsApp:
         self.panes = app.Table("panes", partitions=config.partitions)
         self._join_wm: dict[int, _Watermark] = {}
         """Stage 1: watermark per input partition."""
+        self._input_topics = tuple(t(x) for x in (Topic.DECISIONS, Topic.ANSWERS, Topic.FEEDBACK, Topic.SUBQUERIES))
+        self._handled: dict[TP, int] = {}
+        """Input topic-partition → the last offset stage 1 handled (this consumer generation)."""
+        self._entries: dict[str, JoinEntry] = {}
+        """Decoded join entries as last written (this consumer generation), oldest first: spares a RocksDB read and a
+        JSON decode per event of a request already seen."""
+        self._handled_generation: int | None = None
         self._pane_wm: dict[int, dict[int, float]] = {}
         """Stage 2: facts partition → input partition → the watermark that input partition last announced."""
         self._deadlines: dict[int, list[tuple[float, str]]] = {}
@@ -205,9 +227,10 @@ class StreamsApp:
         if value is None:
             store.pop(key, None)
         else:
-            encoded = json.dumps(value, separators=(",", ":"))
+            raw = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)  # ~5x json.dumps; int keys as strings too
+            encoded = raw.decode()
             if isinstance(store, PartitionedRocksStore):  # one JSON encoding for the store and the changelog
-                store._set(store._encode_key(key), encoded.encode())
+                store._set(store._encode_key(key), raw)
             else:
                 store[key] = value
         self._changes.setdefault((table.name, partition), {})[key] = encoded
@@ -238,14 +261,17 @@ class StreamsApp:
         async for events in stream.take_events(self.config.batch_size, within=self.config.batch_within_s):
             async with self._join_lock:
                 batch = _RouteBatch()
+                self._check_handled()
                 for ev in events:
                     msg = ev.message
+                    self._handled[msg.tp] = msg.offset
                     self.metrics.consumed.labels(msg.topic).inc()
                     try:
                         await self._route_one(msg, batch)
                     except DecodeError as exc:
                         await self._dead(msg, f"undecodable: {exc}")
                     except Exception as exc:  # one bad message never stops the worker
+                        self._entries.clear()  # an entry may have been changed half-way: read them from the table
                         log.warning("routing failed", topic=msg.topic, offset=msg.offset, error=repr(exc))
                         await self._dead(msg, f"handler error: {exc!r}")
                 await self._flush_route(batch)
@@ -255,13 +281,12 @@ class StreamsApp:
         event = decode(msg.value)
         position = (msg.topic, msg.partition, msg.offset)
         t = event.occurred_at.timestamp()
-        self._join_wm.setdefault(msg.partition, _Watermark()).observe(t)
+        self._join_wm.setdefault(msg.partition, _Watermark()).observe(t, msg.topic)
         if isinstance(event, RoutingDecided | AnswerProduced | TaskFailed | FeedbackGiven):
             request_id = str(event.correlation_id)
-            entry = batch.entries.get(request_id)
+            entry = batch.entries.get(request_id) or self._entry(request_id)
             if entry is None:
-                raw = self.joins.data.get(request_id)
-                entry = JoinEntry.from_dict(raw) if raw else JoinEntry(request_id, msg.partition, t)
+                entry = JoinEntry(request_id, msg.partition, t)
             replay = str(event.event_id) in entry.seen
             if entry.is_duplicate(event, ":".join(map(str, position))):
                 self.metrics.duplicates.inc()
@@ -276,17 +301,61 @@ class StreamsApp:
         elif isinstance(event, SubqueryRequested):
             batch.add(direct_facts(event, position), self.config.known_agents)
 
+    def _entry(self, request_id: str) -> JoinEntry | None:
+        entry = self._entries.get(request_id)
+        if entry is None:
+            raw = self.joins.data.get(request_id)
+            entry = JoinEntry.from_dict(raw) if raw else None
+        return entry
+
+    def _put_entry(self, entry: JoinEntry | None, request_id: str, partition: int) -> None:
+        self._entries.pop(request_id, None)  # re-inserted last: the dict stays oldest first
+        if entry is not None:
+            self._entries[request_id] = entry
+            if len(self._entries) > _ENTRY_CACHE:
+                del self._entries[next(iter(self._entries))]
+        self._put(self.joins, partition, request_id, None if entry is None else entry.to_dict())
+
+    def _check_handled(self) -> None:
+        """Forget handled offsets and cached entries after a rebalance: another member may have moved on."""
+        generation = self.app.consumer_generation_id
+        if generation != self._handled_generation:
+            self._handled_generation = generation
+            self._handled.clear()
+            self._entries.clear()
+
+    def _lagging(self, partition: int) -> list[str]:
+        """The input topics whose records of this partition stage 1 has not all handled yet, as far as the
+        consumer's last fetch knows (see `_Watermark`)."""
+        self._check_handled()
+        consumer = self.app.consumer
+        read = getattr(consumer, "_read_offset", {})  # faust-internal; from the committed offset until we handle one
+        lagging = []
+        for topic in self._input_topics:
+            tp = TP(topic, partition)
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # not assigned (any more): hold the watermark
+                highwater = None
+            handled = self._handled.get(tp)
+            position = handled + 1 if handled is not None else (read.get(tp) or 0)
+            if highwater is None or position < highwater:  # None: not fetched yet
+                lagging.append(topic)
+        return lagging
+
+    def _wm_now(self, partition: int) -> float | None:
+        return self._join_wm[partition].current(self.config.idle_advance_s, self._lagging(partition))
+
     async def _flush_route(self, batch: _RouteBatch) -> None:
         """One changelog pack per partition, one facts message per agent and the examples, for the whole batch."""
         ttl = self.config.feedback_ttl_s
         for request_id, entry in batch.entries.items():
-            self._put(self.joins, entry.partition, request_id, entry.to_dict())
+            self._put_entry(entry, request_id, entry.partition)
             heapq.heappush(self._deadlines.setdefault(entry.partition, []), (entry.deadline(ttl), request_id))
         self._flush_changelog()
         sends = [self._emit_example(example) for example in batch.examples]
         sends += [
-            self.facts.send(key=agent.encode(), value=json.dumps(facts, separators=(",", ":")).encode())
-            for agent, facts in batch.facts.items()
+            self.facts.send(key=agent.encode(), value=orjson.dumps(facts)) for agent, facts in batch.facts.items()
         ]
         await self._send_all(sends)
 
@@ -334,17 +403,16 @@ class StreamsApp:
         for partition, heap in self._deadlines.items():
             if partition not in self._join_wm:
                 continue  # not ours (any more)
-            wm = self._join_wm[partition].current(self.config.idle_advance_s)
+            wm = self._wm_now(partition)
             while heap and wm is not None and heap[0][0] <= wm:
                 if budget <= 0:
                     held[partition] = heap[0][0]
                     break
                 budget -= 1
                 deadline, request_id = heapq.heappop(heap)
-                raw = self.joins.data.get(request_id)
-                if raw is None:
+                entry = self._entry(request_id)
+                if entry is None:
                     continue
-                entry = JoinEntry.from_dict(raw)
                 if entry.deadline(self.config.feedback_ttl_s) != deadline:
                     continue  # a stale index entry: the decision arrived after and moved the deadline
                 example, timeout = entry.expire(self.config.feedback_ttl_s)
@@ -352,7 +420,7 @@ class StreamsApp:
                     batch.add([timeout], self.config.known_agents)
                 if example is not None:
                     batch.examples.append(example)
-                self._put(self.joins, entry.partition, request_id, None)
+                self._put_entry(None, request_id, entry.partition)
         await self._flush_route(batch)
         return held
 
@@ -405,7 +473,7 @@ class StreamsApp:
         touched: dict[str, tuple[int, Pane]] = {}
         announced: set[int] = set()
         for ev in events:
-            value = json.loads(ev.message.value)
+            value = orjson.loads(ev.message.value)
             p = ev.message.partition
             if isinstance(value, dict):  # a watermark announcement of one input partition
                 self._pane_wm.setdefault(p, {})[value["src"]] = value["wm"]
@@ -520,8 +588,8 @@ class StreamsApp:
             # Announce each input partition's watermark to every facts partition, after the timeouts it caused
             # (same producer, same partition: the facts arrive first), so stage 2 closes a window only when every
             # input partition has passed it.
-            for p, wm in self._join_wm.items():
-                current = wm.current(self.config.idle_advance_s)
+            for p in self._join_wm:
+                current = self._wm_now(p)
                 if current is None:
                     continue
                 if p in held:  # timeouts still to come at or after this time

@@ -197,3 +197,26 @@ def test_fetch_wait_follows_the_embedded_storage() -> None:
     profile = KafkaProfile("127.0.0.1:9092", embedded=True, fetch_wait_ms=50)
     assert profile.consumer("g")["fetch.wait.max.ms"] == 50 and profile.faust_fetch_wait_ms == 50
     assert "fetch.wait.max.ms" not in KafkaProfile("a:1", embedded=False, fetch_wait_ms=50).consumer("g")
+
+
+def test_idle_partition_advances_to_the_wall_clock_only_when_nothing_is_left_to_read() -> None:
+    """A partition waiting in a backlog keeps its event-time watermark; a caught-up idle one follows the clock."""
+    from smolit.streams.app import _Watermark
+
+    wm = _Watermark()
+    wm.observe(1_000.0, "decisions")
+    assert wm.current(idle_s=0.0, lagging=["decisions"]) == 1_000.0
+    assert wm.current(idle_s=0.0) > 1_000.0
+    assert wm.current(idle_s=3_600.0) == 1_000.0
+
+
+def test_a_topic_read_ahead_does_not_carry_the_watermark_past_one_still_behind() -> None:
+    """With records left to read, the watermark is the slowest lagging topic's event time (held while unknown)."""
+    from smolit.streams.app import _Watermark
+
+    wm = _Watermark()
+    wm.observe(1_000.0, "decisions")
+    wm.observe(1_090.0, "feedback")
+    assert wm.current(idle_s=3_600.0) == 1_090.0
+    assert wm.current(idle_s=3_600.0, lagging=["decisions"]) == 1_000.0
+    assert wm.current(idle_s=0.0, lagging=["decisions", "answers"]) is None
