@@ -22,7 +22,6 @@ from smolit.router.features import AgentFeatures
 from smolit.router.model import export, restore
 
 from .dataset import in_holdout, outcome_of
-from .evaluation import Evaluation
 from .rollback import LiveOutcomes, significantly_worse
 from .trainer import Outcome, Trainer, new_trainer
 
@@ -229,8 +228,8 @@ class Learner:
         (winner's curse): later candidates that are really better rarely clear the margin, and the champion freezes.
         Examples that arrived after it was chosen are free of that bias, and so are their labels when the user named
         the right agent (`preferred_agent`): such a label does not depend on who answered. A thumbs-up alone labels
-        the agent that answered, i.e. the champion's own choice on fresh traffic, which no challenger can beat, so
-        rating-only examples keep the whole holdout. Falls back to the whole holdout below `min_holdout` fresh ones.
+        the agent that answered, i.e. the champion's own choice on fresh traffic, so rating-only examples keep the whole
+        holdout, scored by `Trainer.policy_value`. Falls back to the whole holdout below `min_holdout` fresh ones.
         """
         if self.config.fresh_gate and self.champion is not None:
             fresh = [
@@ -291,11 +290,12 @@ class Learner:
         holdout = list(self.holdout)
         mine = self.trainer.evaluate(holdout)
         sample, which = self._gate_sample()
-        theirs = (self.champion or self._baseline()).evaluate(sample)
-        mine_on_sample = mine if which == "holdout" else self.trainer.evaluate(sample)
+        champion = self.champion or self._baseline()
+        theirs = champion.evaluate(holdout)
+        mine_value, their_value = self.trainer.policy_value(sample), champion.policy_value(sample)
         fitted = self.trainer.fitted_threshold(holdout, self.config.target_precision)
         threshold = max(fitted, self.config.min_confidence)
-        promote, reason = self._gate(mine_on_sample, theirs, len(sample))
+        promote, reason = self._gate(mine_value, their_value, len(sample))
         reason = f"{reason} ({which}: {len(sample)} examples)"
         center = self.trainer.features.center  # the router must measure priors exactly as training did
         payload = export(self.trainer.net, center=None if center is None else center.tolist(), threshold=threshold)
@@ -304,7 +304,8 @@ class Learner:
             "examples_seen": float(self.trainer.seen),
             "holdout_size": float(len(holdout)),
             "gate_examples": float(len(sample)),
-            "gate_candidate_accuracy": mine_on_sample.accuracy if mine_on_sample.accuracy is not None else float("nan"),
+            "gate_value": mine_value if mine_value is not None else float("nan"),
+            "champion_gate_value": their_value if their_value is not None else float("nan"),
             "threshold": threshold,
             "fitted_threshold": fitted,
             "train_time_s": time.perf_counter() - started,
@@ -351,15 +352,15 @@ class Learner:
         )
         return Outgoing(Topic.ROUTER_MODELS, "router", event)
 
-    def _gate(self, mine: Evaluation, theirs: Evaluation, holdout: int) -> tuple[bool, str]:
+    def _gate(self, mine: float | None, theirs: float | None, holdout: int) -> tuple[bool, str]:
         if holdout < self.config.min_holdout:
             return False, f"holdout {holdout} < {self.config.min_holdout}"
-        if mine.accuracy is None:
-            return False, "no labelled holdout outcomes"
-        floor = (theirs.accuracy or 0.0) + self.config.promotion_margin
-        if mine.accuracy < floor:
-            return False, f"accuracy {mine.accuracy:.4f} < champion {theirs.accuracy} + margin"
-        return True, f"accuracy {mine.accuracy:.4f} >= champion {theirs.accuracy} + margin"
+        if mine is None:
+            return False, "no rated or labelled holdout outcomes"
+        floor = (theirs or 0.0) + self.config.promotion_margin
+        if mine < floor:
+            return False, f"value {mine:.4f} < champion {theirs} + margin"
+        return True, f"value {mine:.4f} >= champion {theirs} + margin"
 
     def _baseline(self) -> Trainer:
         """What routes without a champion: the untrained network, which ranks exactly like the similarity scorer."""

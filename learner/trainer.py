@@ -198,6 +198,34 @@ class Trainer:
             tops.append(float(row.max()))
         return fit_threshold(tops, correct, target_precision) if tops else 0.5
 
+    def policy_value(self, outcomes: Sequence[Outcome]) -> float | None:
+        """Estimated share of these requests the network's pick would serve well (the promotion gate's measure).
+
+        An outcome naming the right agent scores the pick directly. A rating alone says only how the agent that
+        answered did: those outcomes count where the pick is that agent, weighted by one over the propensity with
+        which it was chosen (clipped at `max_ips_weight`), normalised by the total weight (self-normalised
+        importance sampling). So a network that avoids agents rated bad gains and one that leaves agents rated
+        good loses. Accuracy on thumbs-up labels instead only rewards agreeing with whoever answered: on traffic the
+        champion routed, no challenger can beat it there. None without usable outcomes."""
+        usable = [o for o in outcomes if o.agent in self._agent_index]
+        if not usable:
+            return None
+        picks = self.probabilities(np.stack([o.embedding for o in usable])).argmax(axis=1)
+        hits, labelled, weights, rewards = 0, 0, [], []
+        for outcome, pick in zip(usable, picks, strict=True):
+            if outcome.preferred in self._agent_index:
+                labelled += 1
+                hits += int(pick == self._agent_index[outcome.preferred])
+            elif outcome.good is not None:
+                match = pick == self._agent_index[outcome.agent]
+                weights.append(min(1.0 / max(outcome.propensity, 1e-6), self.max_ips_weight) if match else 0.0)
+                rewards.append(float(outcome.good))
+        if labelled + len(rewards) == 0:
+            return None
+        total = sum(weights)
+        rated = float(np.dot(weights, rewards) / total) if total > 0 else 0.0  # never agrees: no evidence for it
+        return (hits + rated * len(rewards)) / (labelled + len(rewards))
+
     def evaluate(self, holdout: Sequence[Outcome]) -> Evaluation:
         if not holdout:
             return Evaluation(0, None, None, None, None, {}, None, None)

@@ -171,3 +171,30 @@ def test_format_1_models_keep_scoring_as_they_were_trained(world: dict) -> None:
         )
     with pytest.raises(ValueError, match="format"):
         restore(payload | {"format": 3})
+
+
+def test_policy_value_credits_a_better_network_on_traffic_another_one_routed(world: dict) -> None:
+    """On thumbs-up labels the network that routed the traffic scores 1.0 (it labels its own picks); the policy
+    value instead credits a network that avoids the agents rated bad, and names the better one."""
+    logger = new_trainer(_features(world), DIM, hidden=32, seed=1)  # untrained: similarity, mostly wrong
+    learned = new_trainer(_features(world), DIM, hidden=32, seed=1)
+    _bandit_round(learned, world, 600)
+    rng, epsilon, agents = world["rng"], 0.1, logger.features.agents
+    logged, domains = [], []
+    for _ in range(300):
+        domain = int(rng.integers(3))
+        domains.append(domain)
+        embedding = _requests(world, domain, 1)[0]
+        greedy = logger.predict(embedding[None])[0]
+        agent = agents[int(rng.integers(len(agents)))] if rng.random() < epsilon else greedy
+        propensity = epsilon / len(agents) + (1 - epsilon) * (agent == greedy)
+        logged.append(Outcome(embedding, agent, good=agent == "abcd"[domain], propensity=propensity))
+    thumbs_up = logger.evaluate(logged).accuracy
+    assert thumbs_up is not None and thumbs_up >= 0.9 >= (learned.evaluate(logged).accuracy or 0) - 0.05
+    mine, theirs = learned.policy_value(logged), logger.policy_value(logged)
+    assert mine is not None and theirs is not None
+    assert theirs < 0.7 and mine >= theirs + 0.25
+    # Outcomes naming the right agent are scored directly: the same ranking, from other evidence.
+    named = [Outcome(o.embedding, o.agent, o.good, preferred="abcd"[d]) for o, d in zip(logged, domains, strict=True)]
+    assert (learned.policy_value(named) or 0) >= (logger.policy_value(named) or 0) + 0.25
+    assert learned.policy_value([]) is None
