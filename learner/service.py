@@ -288,17 +288,18 @@ class Learner:
         self._follow_registry()
         started = time.perf_counter()
         holdout = list(self.holdout)
-        mine = self.trainer.evaluate(holdout)
+        candidate = Trainer(self.trainer.averaged(), self.trainer.features, seed=self.config.seed)
+        mine = candidate.evaluate(holdout)
         sample, which = self._gate_sample()
         champion = self.champion or self._baseline()
         theirs = champion.evaluate(holdout)
-        mine_value, their_value = self.trainer.policy_value(sample), champion.policy_value(sample)
-        fitted = self.trainer.fitted_threshold(holdout, self.config.target_precision)
+        mine_value, their_value = candidate.policy_value(sample), champion.policy_value(sample)
+        fitted = candidate.fitted_threshold(holdout, self.config.target_precision)
         threshold = max(fitted, self.config.min_confidence)
         promote, reason = self._gate(mine_value, their_value, len(sample))
         reason = f"{reason} ({which}: {len(sample)} examples)"
         center = self.trainer.features.center  # the router must measure priors exactly as training did
-        payload = export(self.trainer.net, center=None if center is None else center.tolist(), threshold=threshold)
+        payload = export(candidate.net, center=None if center is None else center.tolist(), threshold=threshold)
         metrics = mine.as_metrics() | {
             "champion_accuracy": theirs.accuracy if theirs.accuracy is not None else float("nan"),
             "examples_seen": float(self.trainer.seen),
@@ -328,17 +329,17 @@ class Learner:
         if theirs.accuracy is not None:
             self.metrics.holdout_accuracy.labels("champion").set(theirs.accuracy)
         log.info("candidate evaluated", version=version, promoted=promote, reason=reason, **metrics)
-        promoted = [self._promote(version)] if promote else []
+        promoted = [self._promote(version, candidate)] if promote else []
         self._graduate()  # after the promotion, which froze the network this holdout evaluated
         return promoted
 
-    def _promote(self, version: str) -> Outgoing:
+    def _promote(self, version: str, candidate: Trainer) -> Outgoing:
         previous = self.champion_version
         if previous is not None:
             self.registry.set_alias(self.config.registry_name, PREVIOUS, previous)
             self.previous_version = previous
         self.registry.set_alias(self.config.registry_name, CHAMPION, version)
-        self.champion = self._frozen_copy(self.trainer)
+        self.champion = candidate
         self.champion_version = version
         self._champion_changed()
         self.metrics.promotions.inc()

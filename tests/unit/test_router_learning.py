@@ -198,3 +198,21 @@ def test_policy_value_credits_a_better_network_on_traffic_another_one_routed(wor
     named = [Outcome(o.embedding, o.agent, o.good, preferred="abcd"[d]) for o, d in zip(logged, domains, strict=True)]
     assert (learned.policy_value(named) or 0) >= (logger.policy_value(named) or 0) + 0.25
     assert learned.policy_value([]) is None
+
+
+def test_candidates_are_the_running_average_of_the_weights(world: dict) -> None:
+    import torch
+
+    trainer = new_trainer(_features(world, agents=3), DIM, hidden=8, seed=1)
+    untouched = trainer.averaged()
+    assert all(torch.equal(a, b) for a, b in zip(untouched.parameters(), trainer.net.parameters(), strict=True))
+    _bandit_round(trainer, world, 50)
+    averaged = dict(trainer.averaged().named_parameters())
+    moved = dict(trainer.net.named_parameters())
+    assert not torch.allclose(averaged["prior_weight"], moved["prior_weight"])  # lags the last iterate
+    trainer.set_features(_features(world, agents=4))  # an agent joins: averaged from its first update on
+    _bandit_round(trainer, world, 5)
+    assert "deltas.d" in dict(trainer.averaged().named_parameters())
+    plain = new_trainer(_features(world, agents=3), DIM, hidden=8, seed=1, average_decay=0)
+    _bandit_round(plain, world, 5)
+    assert all(torch.equal(a, b) for a, b in zip(plain.averaged().parameters(), plain.net.parameters(), strict=True))
