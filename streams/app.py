@@ -57,6 +57,7 @@ from .metrics import StreamMetrics
 from .store import MEMORY_SCHEME, PACK_KEY, PartitionedRocksStore, encode_packs
 from .store import SCHEME as DURABLE_STORE
 from .store import register as register_stores
+from .watermark import Watermark
 
 log = structlog.get_logger("smolit.streams")
 _RAW = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -97,38 +98,6 @@ class StreamsConfig:
     @property
     def facts_topic(self) -> str:
         return f"{self.topics.prefix}.streams-facts.v1"
-
-
-@dataclass
-class _Watermark:
-    """Event-time watermark of one partition number (over the input topics): the newest event time seen; once the
-    partition has been idle for `idle_s` with nothing left to read, the wall clock minus `idle_s` when that is later
-    (so a quiet system still closes its last windows and timeouts, while a replay of old events, which keeps the
-    partition busy, is judged by event time alone).
-
-    While input topics still have records to read (`lagging`), the watermark is the lowest of *their* newest event
-    times instead, and never follows the clock. In a backlog the consumer reads topics and partitions at different
-    speeds (the feedback topic, a third the size, ran minutes of event time ahead of the decisions): the newest
-    event time of the fastest topic, or the clock for a partition that merely waited, would close windows and
-    feedback TTLs that unread events still belong to (their facts then count as late and are dropped)."""
-
-    event_times: dict[str, float] = field(default_factory=dict)
-    """Input topic ("" for entries recovered from the table) → newest event time seen."""
-    last_wall: float = field(default_factory=time.monotonic)
-
-    def observe(self, t: float, topic: str = "") -> None:
-        self.event_times[topic] = max(self.event_times.get(topic, t), t)
-        self.last_wall = time.monotonic()
-
-    def current(self, idle_s: float, lagging: Sequence[str] = ()) -> float | None:
-        if lagging:
-            behind = [self.event_times.get(topic) for topic in lagging]
-            return None if None in behind else min(t for t in behind if t is not None)  # None: hold it
-        newest = max(self.event_times.values(), default=None)
-        if time.monotonic() - self.last_wall < idle_s:
-            return newest
-        wall = time.time() - idle_s
-        return wall if newest is None else max(newest, wall)
 
 
 @dataclass
@@ -190,7 +159,7 @@ class StreamsApp:
         self._out[Topic.DLQ] = app.topic(t(Topic.DLQ), **_RAW)
         self.joins = app.Table("joins", partitions=config.partitions)
         self.panes = app.Table("panes", partitions=config.partitions)
-        self._join_wm: dict[int, _Watermark] = {}
+        self._join_wm: dict[int, Watermark] = {}
         """Stage 1: watermark per input partition."""
         self._input_topics = tuple(t(x) for x in (Topic.DECISIONS, Topic.ANSWERS, Topic.FEEDBACK, Topic.SUBQUERIES))
         self._handled: dict[TP, int] = {}
@@ -281,7 +250,7 @@ class StreamsApp:
         event = decode(msg.value)
         position = (msg.topic, msg.partition, msg.offset)
         t = event.occurred_at.timestamp()
-        self._join_wm.setdefault(msg.partition, _Watermark()).observe(t, msg.topic)
+        self._join_wm.setdefault(msg.partition, Watermark()).observe(t, msg.topic)
         if isinstance(event, RoutingDecided | AnswerProduced | TaskFailed | FeedbackGiven):
             request_id = str(event.correlation_id)
             entry = batch.entries.get(request_id) or self._entry(request_id)
@@ -326,7 +295,7 @@ class StreamsApp:
 
     def _lagging(self, partition: int) -> list[str]:
         """The input topics whose records of this partition stage 1 has not all handled yet, as far as the
-        consumer's last fetch knows (see `_Watermark`)."""
+        consumer's last fetch knows (see `Watermark`)."""
         self._check_handled()
         consumer = self.app.consumer
         read = getattr(consumer, "_read_offset", {})  # faust-internal; from the committed offset until we handle one
@@ -582,7 +551,7 @@ class StreamsApp:
             if p not in inputs:
                 del self._join_wm[p]
         for p in inputs:
-            self._join_wm.setdefault(p, _Watermark())
+            self._join_wm.setdefault(p, Watermark())
         async with self._join_lock:
             held = await self._expire_joins()
             # Announce each input partition's watermark to every facts partition, after the timeouts it caused

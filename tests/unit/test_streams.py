@@ -201,9 +201,9 @@ def test_fetch_wait_follows_the_embedded_storage() -> None:
 
 def test_idle_partition_advances_to_the_wall_clock_only_when_nothing_is_left_to_read() -> None:
     """A partition waiting in a backlog keeps its event-time watermark; a caught-up idle one follows the clock."""
-    from smolit.streams.app import _Watermark
+    from smolit.streams.watermark import Watermark
 
-    wm = _Watermark()
+    wm = Watermark()
     wm.observe(1_000.0, "decisions")
     assert wm.current(idle_s=0.0, lagging=["decisions"]) == 1_000.0
     assert wm.current(idle_s=0.0) > 1_000.0
@@ -212,9 +212,9 @@ def test_idle_partition_advances_to_the_wall_clock_only_when_nothing_is_left_to_
 
 def test_a_topic_read_ahead_does_not_carry_the_watermark_past_one_still_behind() -> None:
     """With records left to read, the watermark is the slowest lagging topic's event time (held while unknown)."""
-    from smolit.streams.app import _Watermark
+    from smolit.streams.watermark import Watermark
 
-    wm = _Watermark()
+    wm = Watermark()
     wm.observe(1_000.0, "decisions")
     wm.observe(1_090.0, "feedback")
     assert wm.current(idle_s=3_600.0) == 1_090.0
