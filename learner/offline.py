@@ -18,10 +18,12 @@ from .trainer import Outcome, Trainer, new_trainer
 @dataclass(frozen=True)
 class TrainParams:
     lr: float = 1e-2
-    hidden: int = 256
+    hidden: int = 0
     weight_decay: float = 1e-4
     epochs: int = 5
     batch_size: int = 64
+    refit_iterations: int = 100
+    refit_l2: float = 1e-5
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ def split(examples: Sequence[TrainingExample], holdout_share: float, seed: int) 
 def train_offline(
     features: AgentFeatures, train: Sequence[Outcome], holdout: Sequence[Outcome], params: TrainParams, seed: int
 ) -> OfflineResult:
-    """A fresh network trained for `params.epochs` passes over `train` (seeded: the same data, the same model)."""
+    """A fresh network trained for `params.epochs` passes over `train`, then fitted in full batch on all of it as the
+    live learner fits its candidates (`Trainer.refit`); seeded: the same data, the same model."""
     started = time.perf_counter()
     trainer = new_trainer(
         features,
@@ -59,6 +62,7 @@ def train_offline(
     used = trainer.add(train)
     if used:
         trainer.train(params.epochs * math.ceil(used / params.batch_size))
+        trainer = Trainer(trainer.refit(used, params.refit_iterations, params.refit_l2), features, seed=seed)
     return OfflineResult(trainer, trainer.evaluate(holdout), params, used, time.perf_counter() - started)
 
 
@@ -79,7 +83,7 @@ def search(
     def objective(trial: optuna.Trial) -> float:
         params = TrainParams(
             lr=trial.suggest_float("lr", 1e-3, 3e-2, log=True),
-            hidden=trial.suggest_categorical("hidden", [64, 128, 256]),
+            hidden=trial.suggest_categorical("hidden", [0, 64, 256]),
             weight_decay=trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
             epochs=trial.suggest_int("epochs", 2, 10),
         )

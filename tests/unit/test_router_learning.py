@@ -216,3 +216,41 @@ def test_candidates_are_the_running_average_of_the_weights(world: dict) -> None:
     plain = new_trainer(_features(world, agents=3), DIM, hidden=8, seed=1, average_decay=0)
     _bandit_round(plain, world, 5)
     assert all(torch.equal(a, b) for a, b in zip(plain.averaged().parameters(), plain.net.parameters(), strict=True))
+
+
+def test_refitted_candidates_fit_the_buffer_better_and_leave_the_live_network_alone(world: dict) -> None:
+    """A candidate fitted in full batch on the buffer has a lower training loss than the running average it starts
+    from, the same outcomes give the same candidate, and online learning goes on from the untouched live network."""
+    import torch
+
+    trainer = new_trainer(_features(world), DIM, seed=1)
+    _bandit_round(trainer, world, 150)
+    live = {name: p.detach().clone() for name, p in trainer.net.named_parameters()}
+    batch = trainer._batch(list(trainer.buffer))
+    first, second = trainer.refit(1000, 50, 1e-5), trainer.refit(1000, 50, 1e-5)
+    with torch.no_grad():
+        assert float(trainer._loss_on(batch, first)) < float(trainer._loss_on(batch, trainer.averaged())) - 0.01
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters(), strict=True))
+    assert all(torch.equal(p, live[name]) for name, p in trainer.net.named_parameters())
+    assert _accuracy(Trainer(first, trainer.features), _test_set(world)) >= 0.9
+    same = trainer.refit(1000, 0, 1e-5)  # no iterations: the running average itself
+    assert all(torch.equal(a, b) for a, b in zip(same.parameters(), trainer.averaged().parameters(), strict=True))
+
+
+def test_the_hidden_layer_is_optional_and_both_shapes_round_trip(world: dict) -> None:
+    import torch
+
+    from smolit.router.model import RouterNet, export, restore
+
+    features = _features(world)
+    x = torch.from_numpy(_requests(world, 1, 4))
+    cards, priors = torch.from_numpy(features.card_vectors()), torch.from_numpy(features.priors(x.numpy()))
+    assert not any(name.startswith("refine") for name, _ in RouterNet(DIM).named_parameters())  # default: none
+    for hidden in (0, 8):
+        net = new_trainer(features, DIM, hidden=hidden, seed=3).net
+        _ = net(x, cards, priors, features.agents)
+        net.eval()
+        with torch.no_grad():
+            again = restore(export(net))
+            assert again.hidden == hidden
+            assert torch.equal(again(x, cards, priors, features.agents), net(x, cards, priors, features.agents))
