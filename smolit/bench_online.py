@@ -107,6 +107,7 @@ def run_online(
             started = time.perf_counter()
             sent = asyncio.run(_send(stack.gateway_url, train, domains, mode, concurrency))
             latencies = sent.pop("route_latency_ms")
+            on_step(f"{mode}: sent in {time.perf_counter() - started:.0f} s; waiting for the learner to catch up")
             registry = open_registry(settings.tracking_uri, settings.data_dir)
             _wait_for_learner(registry, settings.router_registry_name, sent["feedback"] * 0.9, 120, on_step)
             wall = time.perf_counter() - started
