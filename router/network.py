@@ -19,6 +19,12 @@ class NetworkScorer:
         self.threshold = float(payload.get("threshold", 0.5))  # type: ignore[arg-type]
         self.version = version
         self._cards = torch.from_numpy(self.features.card_vectors())
+        self._posterior = _posterior_over(payload.get("posterior"), self.agents, self.net.dim)
+
+    @property
+    def has_posterior(self) -> bool:
+        """Whether the model carries posterior variances (models registered before Thompson sampling do not)."""
+        return self._posterior is not None
 
     def with_features(self, features: AgentFeatures) -> NetworkScorer:
         """The same model over another agent set (agents created at runtime are scored from their cards)."""
@@ -32,3 +38,37 @@ class NetworkScorer:
         x = np.asarray(embeddings, dtype=np.float32)
         priors = torch.from_numpy(self.features.priors(x))
         return torch.sigmoid(self.net(torch.from_numpy(x), self._cards, priors, self.agents)).numpy()
+
+    @torch.no_grad()
+    def logit_posterior(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One request embedding -> per-agent mean logit and its variance under the model's diagonal posterior
+        (`v_k = sum_j h(q)_j^2 var(delta_kj) + var(b_k)`). Requires `has_posterior`."""
+        if self._posterior is None:
+            raise ValueError("this routing model has no posterior variances")
+        delta_var, bias_var = self._posterior
+        x = np.asarray(embedding, dtype=np.float32)[None]
+        query = torch.from_numpy(x)
+        priors = torch.from_numpy(self.features.priors(x))
+        logits = self.net(query, self._cards, priors, self.agents)[0].double().numpy()
+        refined = query if self.net.refine is None else query + self.net.refine(query)
+        if self.net.scaled_deltas:
+            refined = refined * self.net.log_temperature.exp()
+        squared = refined[0].double().pow(2).numpy()
+        return logits, delta_var @ squared + bias_var
+
+
+def _posterior_over(posterior: object, agents: list[str], dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(agents, dim) delta variances and (agents,) bias variances from a payload's `posterior` entry; agents the
+    model was not fitted on get its prior variance. None when the payload has none."""
+    if not isinstance(posterior, dict):
+        return None
+    prior = float(posterior["prior_var"])
+    deltas, biases = posterior.get("delta_var", {}), posterior.get("bias_var", {})
+    delta_var = np.full((len(agents), dim), prior, dtype=np.float64)
+    bias_var = np.full(len(agents), prior, dtype=np.float64)
+    for i, agent in enumerate(agents):
+        if agent in deltas:
+            delta_var[i] = np.asarray(deltas[agent], dtype=np.float64)
+        if agent in biases:
+            bias_var[i] = float(biases[agent])
+    return delta_var, bias_var
