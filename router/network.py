@@ -40,21 +40,20 @@ class NetworkScorer:
         return torch.sigmoid(self.net(torch.from_numpy(x), self._cards, priors, self.agents)).numpy()
 
     @torch.no_grad()
-    def logit_posterior(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One request embedding -> per-agent mean logit and its variance under the model's diagonal posterior
-        (`v_k = sum_j h(q)_j^2 var(delta_kj) + var(b_k)`). Requires `has_posterior`."""
+    def logit_posterior(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, dim) request embeddings -> (n, agents) mean logits and their variances under the model's diagonal
+        posterior (`v_k = sum_j h(q)_j^2 var(delta_kj) + var(b_k)`). Requires `has_posterior`."""
         if self._posterior is None:
             raise ValueError("this routing model has no posterior variances")
         delta_var, bias_var = self._posterior
-        x = np.asarray(embedding, dtype=np.float32)[None]
-        query = torch.from_numpy(x)
+        x = np.asarray(embeddings, dtype=np.float32)
+        queries = torch.from_numpy(x)
         priors = torch.from_numpy(self.features.priors(x))
-        logits = self.net(query, self._cards, priors, self.agents)[0].double().numpy()
-        refined = query if self.net.refine is None else query + self.net.refine(query)
+        logits = self.net(queries, self._cards, priors, self.agents).double().numpy()
+        refined = queries if self.net.refine is None else queries + self.net.refine(queries)
         if self.net.scaled_deltas:
             refined = refined * self.net.log_temperature.exp()
-        squared = refined[0].double().pow(2).numpy()
-        return logits, delta_var @ squared + bias_var
+        return logits, refined.double().pow(2).numpy() @ delta_var.T + bias_var
 
 
 def _posterior_over(posterior: object, agents: list[str], dim: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -244,6 +244,7 @@ class Router:
         self._metrics.routing_seconds.observe(elapsed)
         outputs: list[Outgoing] = []
         flagged, retired, factor = self.states.flagged, self.states.retired, self.states.factor  # one view per batch
+        posteriors: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per model, every row's at once (Thompson)
         for n, (request, clauses) in enumerate(zip(requests, all_clauses, strict=True)):
             if request.agent is not None and request.agent in retired:
                 outputs.append(self._refuse_retired(request))
@@ -294,8 +295,19 @@ class Router:
             if network is not None and request.agent is None and kinds[n] is None:
                 model = experiment[1] if experiment is not None and treated_now else network
                 if self._strategy == "thompson" and model.has_posterior:
+                    if id(model) not in posteriors:
+                        posteriors[id(model)] = model.logit_posterior(vectors)
+                    mean, variance = posteriors[id(model)]
+                    at = joint_rows[n] if context_used else n
                     decision, exploration, propensity = self._thompson(
-                        decision, scores, model, vector, flagged=flagged, factor=factor, threshold=req_threshold
+                        decision,
+                        scores,
+                        model.agents,
+                        mean[at],
+                        variance[at],
+                        flagged=flagged,
+                        factor=factor,
+                        threshold=req_threshold,
                     )
                 elif self._exploration > 0:
                     decision, exploration, propensity = self._explore(decision, scores)
@@ -389,8 +401,9 @@ class Router:
         self,
         greedy: Decision,
         scores: Mapping[str, float],
-        model: NetworkScorer,
-        vector: np.ndarray,
+        model_agents: Sequence[str],
+        mean: np.ndarray,
+        variance: np.ndarray,
         *,
         flagged: frozenset[str],
         factor: float,
@@ -398,13 +411,13 @@ class Router:
     ) -> tuple[Decision, bool, float]:
         """Thompson sampling: logits drawn from the model's posterior, demoted and decided like the mean scores
         (threshold and fallback included); the propensity is the share of `THOMPSON_DRAWS` further draws that
-        make the same pick (at least 1/draws). Only the agents in `scores` (not retired, allowed) compete."""
+        make the same pick (at least 1/draws). `mean`, `variance`: the model's logits and their posterior variances
+        over `model_agents`; only the agents in `scores` (not retired, allowed) compete."""
         agents = sorted(scores)
-        index = {a: i for i, a in enumerate(model.agents)}
+        index = {a: i for i, a in enumerate(model_agents)}
         if any(a not in index for a in agents):  # scores from another agent set: no posterior to draw from
             return greedy, False, 1.0
         columns = [index[a] for a in agents]
-        mean, variance = model.logit_posterior(vector)
         logits = mean[columns] + np.sqrt(variance[columns]) * self._np_rng.standard_normal(
             (THOMPSON_DRAWS + 1, len(agents))
         )

@@ -96,18 +96,18 @@ def test_the_payload_round_trips_with_and_without_variances(world: dict) -> None
     scorer = NetworkScorer(torch.load(buffer, weights_only=True), features, "v1")
     assert scorer.has_posterior
     q = _requests(world, 0, 1)[0]
-    mean, variance = scorer.logit_posterior(q)
+    (mean,), (variance,) = scorer.logit_posterior(q[None])
     square = float(np.sum(q.astype(np.float64) ** 2))
     # "c" was not fitted: the prior variance for its correction and bias.
     np.testing.assert_allclose(variance, [0.01 * square + 0.1, 0.02 * square + 0.2, 3.0 * square + 3.0], rtol=1e-5)
     np.testing.assert_allclose(1 / (1 + np.exp(-mean)), scorer.score(q[None])[0], rtol=1e-5)
     # An agent created at runtime (after the fit) also draws from the prior.
     grown = scorer.with_features(_features(world, agents=4))
-    assert grown.logit_posterior(q)[1][3] == pytest.approx(3.0 * square + 3.0, rel=1e-5)
+    assert grown.logit_posterior(q[None])[1][0, 3] == pytest.approx(3.0 * square + 3.0, rel=1e-5)
     old = NetworkScorer(_payload(None), features, "v0")  # models registered before Thompson sampling
     assert not old.has_posterior
     with pytest.raises(ValueError, match="posterior"):
-        old.logit_posterior(q)
+        old.logit_posterior(q[None])
 
 
 def test_thompson_explores_uncertain_requests_and_records_its_propensities(world: dict) -> None:
