@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     exploration: float = Field(default=0.05, ge=0, le=1)
     """Epsilon-greedy share of requests routed to a random agent once a trained network routes (recorded with
     its propensity in `RoutingDecided`)."""
+    exploration_strategy: Literal["epsilon", "thompson"] = "epsilon"
+    """How a trained network explores: "epsilon" (epsilon-greedy with `exploration`'s share) or "thompson" (each
+    request routed on logits drawn from the model's posterior; the pick's propensity is recorded). Models without
+    posterior variances (registered before it) explore epsilon-greedy."""
     learner_train_every: int = Field(default=200, ge=1)
     """Training examples between candidate evaluations."""
     learner_train_every_s: float = Field(default=60.0, gt=0)

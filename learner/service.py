@@ -308,7 +308,13 @@ class Learner:
         promote, reason = self._gate(mine_value, their_value, len(sample))
         reason = f"{reason} ({which}: {len(sample)} examples)"
         center = self.trainer.features.center  # the router must measure priors exactly as training did
-        payload = export(candidate.net, center=None if center is None else center.tolist(), threshold=threshold)
+        # Posterior variances from the refit's own outcomes: what Thompson sampling in the router draws from.
+        window = list(self.trainer.buffer)[-self.config.refit_window :]
+        posterior = self.trainer.posterior_variances(candidate.net, window, self.config.refit_l2)
+        extra = {} if posterior is None else {"posterior": posterior.export()}
+        payload = export(
+            candidate.net, center=None if center is None else center.tolist(), threshold=threshold, **extra
+        )
         metrics = mine.as_metrics() | {
             "champion_accuracy": theirs.accuracy if theirs.accuracy is not None else float("nan"),
             "examples_seen": float(self.trainer.seen),

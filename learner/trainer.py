@@ -54,6 +54,19 @@ class _Batch(NamedTuple):
     label: torch.Tensor
 
 
+class Posterior(NamedTuple):
+    """Per-agent posterior variances of the learned terms (`Trainer.posterior_variances`), stored with the model."""
+
+    delta_var: dict[str, torch.Tensor]
+    """Variance of each coordinate of the agent's correction `delta_k` (dim,)."""
+    bias_var: dict[str, float]
+    prior_var: float
+    """Variance of both for an agent without outcomes (one created after the model was fitted)."""
+
+    def export(self) -> dict[str, object]:
+        return {"delta_var": dict(self.delta_var), "bias_var": dict(self.bias_var), "prior_var": self.prior_var}
+
+
 def new_trainer(features: AgentFeatures, dim: int, *, hidden: int = 0, seed: int = 0, **options: float) -> Trainer:
     """A fresh network and trainer, both seeded: the same outcomes always give the same model."""
     torch.manual_seed(seed)
@@ -242,6 +255,42 @@ class Trainer:
 
         optimizer.step(closure)  # type: ignore[arg-type]
         return net
+
+    @torch.no_grad()
+    def posterior_variances(self, net: RouterNet, outcomes: Sequence[Outcome], l2: float) -> Posterior | None:
+        """Diagonal Laplace approximation of the posterior of each agent's correction `delta_k` and bias `b_k` around
+        `net` (fitted by `refit` on `outcomes` with `l2`), for Thompson sampling in the router.
+
+        The loss is read as a sum over the n outcomes, so the refit's `l2 * ||delta_k||^2` on the mean loss is a
+        Gaussian prior of precision `2 * l2 * n` (also used for the bias, which the refit leaves unpenalised). Each
+        outcome adds its loss curvature at the fitted logits times the squared (refined) query: softmax
+        cross-entropy rows `pi_k * (1 - pi_k)` on every agent, rating rows `sigmoid * (1 - sigmoid)` times the
+        clipped inverse propensity on the agent that answered. None without outcomes or without an L2 prior."""
+        if not outcomes or l2 <= 0:
+            return None
+        batch = self._batch(outcomes)
+        net.eval()
+        agents = self.features.agents
+        logits = net(batch.embeddings, self._card_vectors, batch.priors, agents)
+        refined = batch.embeddings if net.refine is None else batch.embeddings + net.refine(batch.embeddings)
+        if net.scaled_deltas:  # format 1: the correction sits inside the temperature product
+            refined = refined * net.log_temperature.exp()
+        curvature = torch.zeros_like(logits)
+        if len(batch.judged):
+            rows, cols = batch.judged, batch.chosen[batch.judged]
+            p = torch.sigmoid(logits[rows, cols])
+            curvature[rows, cols] += p * (1 - p) * batch.ips
+        if len(batch.labelled):
+            pi = torch.softmax(logits[batch.labelled], dim=1)
+            curvature[batch.labelled] += pi * (1 - pi)
+        prior = 2.0 * l2 * len(outcomes)
+        delta_precision = prior + curvature.T @ refined.pow(2)  # (agents, dim)
+        bias_precision = prior + curvature.sum(dim=0)
+        return Posterior(
+            delta_var={a: (1.0 / delta_precision[i]).clone() for i, a in enumerate(agents)},
+            bias_var={a: float(1.0 / bias_precision[i]) for i, a in enumerate(agents)},
+            prior_var=1.0 / prior,
+        )
 
     def _logits(self, embeddings: np.ndarray) -> torch.Tensor:
         priors = torch.from_numpy(self.features.priors(embeddings))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 import structlog
@@ -45,6 +45,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("smolit.router")
 PRODUCER = "router"
 
+
+THOMPSON_DRAWS = 256
+"""Monte-Carlo draws per request that estimate a Thompson pick's propensity (its share of draws it wins)."""
+
+ExplorationStrategy = Literal["epsilon", "thompson"]
 
 TOPIC_CHANGE_MARGIN = 0.1
 """A follow-up leaves its conversation's agent only when its own text scores another agent this far above the
@@ -115,7 +120,10 @@ class Router:
         exploration: float = 0.0,
         seed: int | None = None,
         states: AgentStates | None = None,
+        strategy: ExplorationStrategy = "epsilon",
     ) -> None:
+        """`exploration`: epsilon-greedy's share; `strategy` "thompson" samples each network routing from the model's
+        posterior instead (models without posterior variances fall back to epsilon-greedy)."""
         if fallback not in cards:
             raise ValueError(f"fallback agent {fallback!r} has no card (setting SMOLIT_FALLBACK_AGENT)")
         self._embedder = embedder
@@ -125,6 +133,8 @@ class Router:
         self._threshold = threshold
         self._exploration = exploration
         self._rng = random.Random(seed)
+        self._strategy = strategy
+        self._np_rng = np.random.default_rng(seed)
         self._metrics = metrics
         self.states = states or AgentStates(fallback)
         self._experiment: tuple[ExperimentStarted, NetworkScorer] | None = None
@@ -234,6 +244,7 @@ class Router:
         self._metrics.routing_seconds.observe(elapsed)
         outputs: list[Outgoing] = []
         flagged, retired, factor = self.states.flagged, self.states.retired, self.states.factor  # one view per batch
+        posteriors: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per model, every row's at once (Thompson)
         for n, (request, clauses) in enumerate(zip(requests, all_clauses, strict=True)):
             if request.agent is not None and request.agent in retired:
                 outputs.append(self._refuse_retired(request))
@@ -281,8 +292,25 @@ class Router:
             if kinds[n] is not None:  # small talk: the fallback agent replies briefly, whatever the scores
                 decision = Decision(self._fallback, scores.get(self._fallback, 0.0), low_confidence=False)
             exploration, propensity = False, 1.0
-            if network is not None and request.agent is None and kinds[n] is None and self._exploration > 0:
-                decision, exploration, propensity = self._explore(decision, scores)
+            if network is not None and request.agent is None and kinds[n] is None:
+                model = experiment[1] if experiment is not None and treated_now else network
+                if self._strategy == "thompson" and model.has_posterior:
+                    if id(model) not in posteriors:
+                        posteriors[id(model)] = model.logit_posterior(vectors)
+                    mean, variance = posteriors[id(model)]
+                    at = joint_rows[n] if context_used else n
+                    decision, exploration, propensity = self._thompson(
+                        decision,
+                        scores,
+                        model.agents,
+                        mean[at],
+                        variance[at],
+                        flagged=flagged,
+                        factor=factor,
+                        threshold=req_threshold,
+                    )
+                elif self._exploration > 0:
+                    decision, exploration, propensity = self._explore(decision, scores)
             packed = pack_vector(vector.tolist())
             decided = request.caused(
                 RoutingDecided,
@@ -368,6 +396,44 @@ class Router:
         if pick == greedy.agent:
             return greedy, True, propensity
         return Decision(pick, scores[pick], low_confidence=False), True, propensity
+
+    def _thompson(
+        self,
+        greedy: Decision,
+        scores: Mapping[str, float],
+        model_agents: Sequence[str],
+        mean: np.ndarray,
+        variance: np.ndarray,
+        *,
+        flagged: frozenset[str],
+        factor: float,
+        threshold: float,
+    ) -> tuple[Decision, bool, float]:
+        """Thompson sampling: logits drawn from the model's posterior, demoted and decided like the mean scores
+        (threshold and fallback included); the propensity is the share of `THOMPSON_DRAWS` further draws that
+        make the same pick (at least 1/draws). `mean`, `variance`: the model's logits and their posterior variances
+        over `model_agents`; only the agents in `scores` (not retired, allowed) compete."""
+        agents = sorted(scores)
+        index = {a: i for i, a in enumerate(model_agents)}
+        if any(a not in index for a in agents):  # scores from another agent set: no posterior to draw from
+            return greedy, False, 1.0
+        columns = [index[a] for a in agents]
+        logits = mean[columns] + np.sqrt(variance[columns]) * self._np_rng.standard_normal(
+            (THOMPSON_DRAWS + 1, len(agents))
+        )
+        probs = 1.0 / (1.0 + np.exp(-logits))
+        probs[:, [a in flagged for a in agents]] *= factor  # the demotion greedy scores get (`demote`)
+        best = probs.argmax(axis=1)  # ties go to the first name, as in `decide`
+        low = probs[np.arange(len(probs)), best] < threshold
+        picks = best.copy()
+        if self._fallback in scores:
+            fallback = agents.index(self._fallback)
+            picks[low & (best != fallback)] = fallback
+        propensity = max(float(np.mean(picks[1:] == picks[0])), 1.0 / THOMPSON_DRAWS)
+        pick = agents[int(picks[0])]
+        if pick == greedy.agent:
+            return greedy, False, propensity
+        return Decision(pick, scores[pick], low_confidence=bool(low[0])), True, propensity
 
 
 def _given_vector(packed: str | None) -> np.ndarray | None:

@@ -43,6 +43,7 @@ def run_router(w: Wiring, stop: threading.Event) -> None:
         threshold=w.settings.route_threshold,
         metrics=RouterMetrics.create(w.registry),
         exploration=w.settings.exploration,
+        strategy=w.settings.exploration_strategy,
         states=states,
     )
     catalog = CardCatalog(load_cards(w.settings.agents_dir), lambda cards, _: router.use_cards(cards))

@@ -18,6 +18,7 @@ from smolit.learner import Learner, LearnerConfig, LearnerMetrics
 from smolit.learner.trainer import new_trainer
 from smolit.router import ModelWatcher, Router, RouterMetrics
 from smolit.router.network import NetworkScorer
+from smolit.router.policy import decide
 
 from ..conftest import read_events
 
@@ -388,3 +389,38 @@ def test_the_gate_compares_on_user_labelled_examples_that_arrived_after_the_cham
     off.handle(world.bandit_examples(500) + corrected)
     off.candidate()
     assert off.registry.versions("smolit-router")[-1].metrics["gate_examples"] == len(off.holdout)
+
+
+def test_thompson_routing_draws_from_the_registered_posterior(world: World, tmp_path: Path) -> None:
+    """The learner registers the posterior variances with the candidate (through the MLflow artifact); a router with
+    `thompson` loads them, still beats similarity on the synthetic world, and records its explorations' propensities."""
+    router = Router(
+        world.cards_by_name(),
+        world,
+        fallback="general",
+        threshold=-1.0,
+        metrics=RouterMetrics.create(CollectorRegistry()),
+        seed=4,
+        strategy="thompson",
+    )
+    learner = _learner(world, router, tmp_path)
+    before, _ = _route(router, world, 0)
+    promoted = [o.event for o in learner.handle(world.bandit_examples(500)) if isinstance(o.event, RouterModelPromoted)]
+    assert len(promoted) == 1
+    version = promoted[0].version
+    scorer = NetworkScorer(learner.registry.load("smolit-router", version), router.features, version)
+    assert scorer.has_posterior
+    router.use_network(scorer)
+    requests = [
+        RequestReceived(correlation_id=uuid.uuid4(), conversation_id=f"c{i}", text=world.request(i % 3))
+        for i in range(300)
+    ]
+    decided = [o.event for o in router.handle(requests) if o.event.type == "RoutingDecided"]
+    accuracy = np.mean([d.agent == AGENTS[i % 3] for i, d in enumerate(decided)])
+    assert accuracy >= before + 0.3
+    assert all(0 < d.propensity <= 1 for d in decided)
+    explored = [d for d in decided if d.exploration]
+    assert explored, "a posterior fitted on 500 outcomes still leaves some requests uncertain"
+    greedy = [decide(d.scores, fallback="general", threshold=scorer.threshold).agent for d in decided]
+    assert all(d.exploration == (d.agent != g) for d, g in zip(decided, greedy, strict=True))
+    assert len(explored) < 0.5 * len(decided)
