@@ -12,7 +12,7 @@ from smolit.router.features import AgentFeatures
 
 from .dataset import in_holdout, outcome_of
 from .evaluation import Evaluation
-from .trainer import Outcome, Trainer, new_trainer
+from .trainer import Outcome, Posterior, Trainer, new_trainer
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class OfflineResult:
     params: TrainParams
     train_examples: int
     train_s: float
+    posterior: Posterior | None = None
+    """Posterior variances of the fitted model (`Trainer.posterior_variances`), for Thompson sampling."""
 
 
 def split(examples: Sequence[TrainingExample], holdout_share: float, seed: int) -> tuple[list[Outcome], list[Outcome]]:
@@ -60,10 +62,14 @@ def train_offline(
         buffer_size=max(len(train), 1),
     )
     used = trainer.add(train)
+    posterior = None
     if used:
         trainer.train(params.epochs * math.ceil(used / params.batch_size))
-        trainer = Trainer(trainer.refit(used, params.refit_iterations, params.refit_l2), features, seed=seed)
-    return OfflineResult(trainer, trainer.evaluate(holdout), params, used, time.perf_counter() - started)
+        fitted = trainer.refit(used, params.refit_iterations, params.refit_l2)
+        posterior = trainer.posterior_variances(fitted, list(trainer.buffer), params.refit_l2)
+        trainer = Trainer(fitted, features, seed=seed)
+    elapsed = time.perf_counter() - started
+    return OfflineResult(trainer, trainer.evaluate(holdout), params, used, elapsed, posterior)
 
 
 def search(

@@ -159,6 +159,7 @@ def retrain(
                     best.trainer.fitted_threshold(holdout, settings.learner_target_precision),
                     settings.learner_min_confidence,
                 ),
+                **({} if best.posterior is None else {"posterior": best.posterior.export()}),
             ),
             params=params_dict(best.params) | {"seed": settings.learner_seed, "source": "replay"},
             metrics=metrics,
