@@ -78,7 +78,7 @@ def test_replay_is_deterministic_and_registers_a_challenger(
     registry = open_registry(settings.tracking_uri, settings.data_dir)
     assert registry.version_for("smolit-router", CHAMPION) == "2"
     posterior = registry.load("smolit-router", "2")["posterior"]  # Thompson sampling can route with it
-    assert set(posterior["delta_var"]) == set(posterior["bias_var"]) and 0 < posterior["prior_var"]
+    assert set(posterior["delta_var"]) == set(posterior["bias_var"]) and posterior["prior_var"] > 0
     [promoted] = read_events(profile, topics, Topic.ROUTER_MODELS, 1)
     assert promoted.version == "2"
 
