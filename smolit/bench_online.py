@@ -87,7 +87,7 @@ def run_online(
             # Measure routing itself, not the fallback rule: neither similarity's threshold nor the network's fitted
             # one (target precision 0.8, at least 0.4) sends a request to the fallback agent, a real domain here. With
             # it, ratings in bandit mode mostly judged the fallback agent on the harder medmcqa set and taught the
-            # network little (in process: 0.647/0.666 test accuracy vs 0.700/0.694 without).
+            # network little (bandit 0.652 with it, 0.690 without; README).
             "SMOLIT_ROUTE_THRESHOLD": "-1",
             "SMOLIT_LEARNER_MIN_CONFIDENCE": "0",
             "SMOLIT_LEARNER_TARGET_PRECISION": "0.01",
